@@ -1,0 +1,337 @@
+//! One region's Apache Kafka 4 broker: the official jars from Maven Central (named by
+//! `kafka/pom.xml`, fetched once into a cache with `mvn dependency:copy-dependencies`), run with the
+//! machine's Java 17 as a single combined broker+controller in KRaft mode, storage formatted here,
+//! topics created through rdkafka's admin API with broker auto-creation off.
+
+use crate::error::{Result, StackError};
+use crate::process::{self, Lifetime};
+use base64::Engine;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::types::RDKafkaErrorCode;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// How long a fresh broker may take to answer metadata requests.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Name of the region's own event topic.
+pub const EVENTS_TOPIC: &str = "ledger.events";
+/// Name of the region's conflict topic.
+pub const CONFLICTS_TOPIC: &str = "ledger.conflicts";
+
+/// A topic to create: name, partitions and topic-level settings.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Topic-level configuration.
+    pub config: Vec<(&'static str, &'static str)>,
+}
+
+/// The topics every region needs, optionally behind a prefix (tests isolate themselves that way).
+pub fn region_topics(prefix: &str) -> Vec<TopicSpec> {
+    // The event log is the ledger's history: never deleted by time or size, never compacted
+    // (compaction would keep only the last event per account).
+    let history = vec![("retention.ms", "-1"), ("retention.bytes", "-1"), ("cleanup.policy", "delete")];
+    vec![
+        TopicSpec {
+            name: format!("{prefix}{EVENTS_TOPIC}"),
+            partitions: crate::config::EVENTS_PARTITIONS,
+            config: history.clone(),
+        },
+        TopicSpec { name: format!("{prefix}{CONFLICTS_TOPIC}"), partitions: 3, config: history },
+    ]
+}
+
+/// Runs `program -version`-style probes, mapping "not found" to a clear error.
+fn probe(program: &Path, arg: &str, what: &'static str, fix: &'static str) -> Result<String> {
+    match Command::new(program).arg(arg).output() {
+        Ok(out) => Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StackError::MissingBinary { what, path: program.to_path_buf(), fix })
+        }
+        Err(e) => Err(StackError::Io { path: program.to_path_buf(), source: e }),
+    }
+}
+
+/// Fails unless `java` runs and is version 17 or newer (Kafka 4 brokers need 17).
+pub fn check_java(java: &Path) -> Result<()> {
+    const FIX: &str = "install it with `apt-get install -y openjdk-17-jre-headless` or set LEDGER_JAVA";
+    let out = probe(java, "-version", "Java 17", FIX)?;
+    let major = out
+        .split('"')
+        .nth(1)
+        .and_then(|v| v.split(['.', '-', '+']).next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major < 17 {
+        return Err(StackError::MissingBinary { what: "Java 17 or newer", path: java.to_path_buf(), fix: FIX });
+    }
+    Ok(())
+}
+
+/// The cached Kafka jars: `<cache>/libs`, refreshed whenever `kafka/pom.xml` changes.
+#[derive(Debug, Clone)]
+pub struct KafkaJars {
+    /// Folder holding every runtime jar.
+    pub libs: PathBuf,
+}
+
+impl KafkaJars {
+    /// Returns the cached jars, downloading them with Maven first if the cache is missing or was
+    /// made from another pom. The download goes to a private folder renamed into place at the end,
+    /// so a failed or interrupted download never leaves a half-filled cache.
+    pub fn ensure(pom: &Path, cache: &Path, mvn: &Path) -> Result<Self> {
+        let libs = cache.join("libs");
+        let stamp = cache.join("libs.pom.xml");
+        let wanted = std::fs::read(pom).map_err(StackError::io(pom))?;
+        if libs.is_dir() && std::fs::read(&stamp).ok().as_deref() == Some(wanted.as_slice()) {
+            return Ok(Self { libs });
+        }
+        probe(mvn, "-v", "Maven", "install it with `apt-get install -y maven`")?;
+        std::fs::create_dir_all(cache).map_err(StackError::io(cache))?;
+        let staging = cache.join(format!("libs.partial-{}", std::process::id()));
+        let log = cache.join("mvn.log");
+        let _ = std::fs::remove_dir_all(&staging);
+        let mut cmd = Command::new(mvn);
+        cmd.arg("-B").arg("-f").arg(pom);
+        cmd.arg("dependency:copy-dependencies");
+        cmd.arg(format!("-DoutputDirectory={}", staging.display()));
+        cmd.arg("-DincludeScope=runtime");
+        let _ = std::fs::remove_file(&log);
+        process::log_to(&mut cmd, &log)?;
+        let status = cmd.status().map_err(StackError::io(mvn))?;
+        if !status.success() {
+            let _ = std::fs::remove_dir_all(&staging);
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let detail = output
+                .lines()
+                .find(|l| l.starts_with("[ERROR]") && l.len() > 8)
+                .map(|l| l.trim_start_matches("[ERROR]").trim().to_owned())
+                .unwrap_or_else(|| status.to_string());
+            return Err(StackError::KafkaJars { pom: pom.to_path_buf(), detail });
+        }
+        let _ = std::fs::remove_dir_all(&libs);
+        std::fs::rename(&staging, &libs).map_err(StackError::io(&libs))?;
+        std::fs::write(&stamp, &wanted).map_err(StackError::io(&stamp))?;
+        Ok(Self { libs })
+    }
+
+    fn classpath(&self) -> String {
+        format!("{}/*", self.libs.display())
+    }
+}
+
+/// One broker of ours.
+#[derive(Debug, Clone)]
+pub struct KafkaBroker {
+    /// The region folder for Kafka: config, data (`data/`) and logs live here.
+    pub dir: PathBuf,
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    /// KRaft controller port on 127.0.0.1.
+    pub controller_port: u16,
+    /// Heap size.
+    pub heap_mb: u32,
+    /// The java launcher.
+    pub java: PathBuf,
+    /// Broker output (stdout/stderr); the broker's own logs go to `dir/logs`.
+    pub log: PathBuf,
+}
+
+impl KafkaBroker {
+    /// The bootstrap address clients use.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The marker that identifies this broker's pid (its config path is on its command line).
+    pub fn marker(&self) -> String {
+        self.config_path().display().to_string()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("server.properties")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn server_properties(&self) -> String {
+        let (port, cport) = (self.port, self.controller_port);
+        let data = self.data_dir();
+        let data = data.display();
+        format!(
+            "# Written by ledgerctl: a single-node broker+controller in KRaft mode for local development.\n\
+             process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{cport}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             log.dirs={data}\n\
+             # Topics are created by the launcher with their intended settings, never by accident.\n\
+             auto.create.topics.enable=false\n\
+             num.partitions=1\n\
+             default.replication.factor=1\n\
+             min.insync.replicas=1\n\
+             # One broker: internal topics must have replication factor 1 or transactions never start.\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=10\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             transaction.state.log.num.partitions=10\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             num.network.threads=2\n\
+             num.io.threads=4\n\
+             log.retention.hours=-1\n"
+        )
+    }
+
+    fn log4j_config(&self) -> String {
+        let logs = self.dir.join("logs");
+        format!(
+            "Configuration:\n  Appenders:\n    RollingFile:\n      name: server\n      fileName: {logs}/server.log\n      filePattern: {logs}/server.log.%i\n      PatternLayout:\n        pattern: \"[%d] %p %m (%c)%n\"\n      Policies:\n        SizeBasedTriggeringPolicy:\n          size: 20MB\n      DefaultRolloverStrategy:\n        max: 3\n  Loggers:\n    Root:\n      level: INFO\n      AppenderRef:\n        - ref: server\n",
+            logs = logs.display()
+        )
+    }
+
+    /// Writes the configuration and formats storage unless it is already formatted.
+    pub fn init(&self, jars: &KafkaJars) -> Result<()> {
+        check_java(&self.java)?;
+        std::fs::create_dir_all(self.dir.join("logs")).map_err(StackError::io(&self.dir))?;
+        let config = self.config_path();
+        std::fs::write(&config, self.server_properties()).map_err(StackError::io(&config))?;
+        let log4j = self.dir.join("log4j2.yaml");
+        std::fs::write(&log4j, self.log4j_config()).map_err(StackError::io(&log4j))?;
+        let data = self.data_dir();
+        if data.join("meta.properties").is_file() {
+            return Ok(());
+        }
+        if data.exists() && std::fs::read_dir(&data).map_err(StackError::io(&data))?.next().is_some() {
+            return Err(StackError::CorruptState {
+                path: data,
+                detail: "not empty, yet no meta.properties: not a formatted Kafka log folder".into(),
+            });
+        }
+        let mut cmd = Command::new(&self.java);
+        cmd.arg("-Xmx256m").arg(format!("-Dlog4j2.configurationFile={}", log4j.display()));
+        cmd.arg("-cp").arg(jars.classpath()).arg("kafka.tools.StorageTool");
+        cmd.args(["format", "--ignore-formatted", "-t", &new_cluster_id(), "-c"]).arg(&config);
+        process::log_to(&mut cmd, &self.log)?;
+        let status = cmd.status().map_err(StackError::io(&self.java))?;
+        if !status.success() {
+            let _ = std::fs::remove_dir_all(&data);
+            return Err(StackError::CommandFailed {
+                what: "kafka storage format".into(),
+                detail: format!("{status}: {}", process::last_line(&self.log)),
+                log: self.log.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts the broker; returns at once (see [`KafkaBroker::wait_ready`]).
+    pub fn start(&self, jars: &KafkaJars, lifetime: Lifetime) -> Result<Child> {
+        let mut cmd = Command::new(&self.java);
+        cmd.arg(format!("-Xms{}m", self.heap_mb)).arg(format!("-Xmx{}m", self.heap_mb));
+        cmd.args([
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+        ]);
+        cmd.arg(format!("-Dlog4j2.configurationFile={}", self.dir.join("log4j2.yaml").display()));
+        cmd.arg(format!("-Dkafka.logs.dir={}", self.dir.join("logs").display()));
+        cmd.arg("-cp").arg(jars.classpath()).arg("kafka.Kafka").arg(self.config_path());
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "kafka")
+    }
+
+    /// Waits until the broker answers a metadata request, failing early if `pid` dies.
+    pub async fn wait_ready(&self, pid: u32) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let bootstrap = self.bootstrap();
+            let answered = tokio::task::spawn_blocking(move || metadata_ok(&bootstrap)).await.unwrap_or(false);
+            if answered {
+                return Ok(());
+            }
+            let dead = !process::is_ours_and_alive(pid, &self.marker());
+            if dead || started.elapsed() > READY_TIMEOUT {
+                let server_log = self.dir.join("logs").join("server.log");
+                return Err(StackError::NotReady {
+                    what: format!("Kafka on port {}", self.port),
+                    waited_s: started.elapsed().as_secs(),
+                    detail: if dead {
+                        format!("the broker exited: {}", process::last_line(&self.log))
+                    } else {
+                        "no answer to metadata requests".into()
+                    },
+                    log: if dead { self.log.clone() } else { server_log },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn metadata_ok(bootstrap: &str) -> bool {
+    let Ok(consumer) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("socket.connection.setup.timeout.ms", "1000")
+        .create::<rdkafka::consumer::BaseConsumer>()
+    else {
+        return false;
+    };
+    consumer.fetch_metadata(None, Duration::from_secs(1)).map(|m| !m.brokers().is_empty()).unwrap_or(false)
+}
+
+/// A random KRaft cluster id: 16 random bytes in unpadded base64url, as Kafka's `Uuid` prints them.
+pub fn new_cluster_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// Creates `topics` on the broker at `bootstrap`; topics that already exist are left as they are.
+/// Retries until `timeout`, because a broker that just answered metadata may still be electing its
+/// controller.
+pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec], timeout: Duration) -> Result<()> {
+    let kafka_err = |detail: String| StackError::Kafka { bootstrap: bootstrap.to_owned(), detail };
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| kafka_err(e.to_string()))?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            t.config
+                .iter()
+                .fold(NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)), |nt, (k, v)| nt.set(k, v))
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let started = Instant::now();
+    loop {
+        let outcome = admin.create_topics(new_topics.iter(), &options).await;
+        let failure = match outcome {
+            Ok(results) => results.into_iter().find_map(|r| match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                Err((name, code)) => Some(format!("creating topic {name}: {code}")),
+            }),
+            Err(e) => Some(e.to_string()),
+        };
+        match failure {
+            None => return Ok(()),
+            Some(detail) if started.elapsed() > timeout => return Err(kafka_err(detail)),
+            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `ledgerctl`: brings the local multi-region ledger up and down and reports its health.
+
+use clap::{Args, Parser, Subcommand};
+use ledgerctl::config::{self, StackConfig};
+use ledgerctl::stack::Stack;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ledgerctl", about = "Local multi-region ledger: PostgreSQL + Kafka per region")]
+struct Cli {
+    #[command(flatten)]
+    opts: Opts,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args)]
+struct Opts {
+    /// Where data, logs and env.json live.
+    #[arg(long, env = "LEDGER_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Region names, comma-separated, in port order.
+    #[arg(long, env = "LEDGER_REGIONS", value_delimiter = ',', global = true,
+          default_values_t = config::DEFAULT_REGIONS.map(String::from))]
+    regions: Vec<String>,
+    /// PostgreSQL port of the first region (region i uses base + i).
+    #[arg(long, env = "LEDGER_PG_PORT_BASE", default_value_t = config::DEFAULT_PG_PORT_BASE, global = true)]
+    pg_port_base: u16,
+    /// Kafka port of the first region (region i uses base + 10 i, its controller one above).
+    #[arg(long, env = "LEDGER_KAFKA_PORT_BASE", default_value_t = config::DEFAULT_KAFKA_PORT_BASE, global = true)]
+    kafka_port_base: u16,
+    /// HTTP port of the first region's node (region i uses base + i).
+    #[arg(long, env = "LEDGER_HTTP_PORT_BASE", default_value_t = config::DEFAULT_HTTP_PORT_BASE, global = true)]
+    http_port_base: u16,
+    /// Heap of each Kafka broker.
+    #[arg(long, env = "LEDGER_KAFKA_HEAP_MB", default_value_t = config::DEFAULT_KAFKA_HEAP_MB, global = true)]
+    kafka_heap_mb: u32,
+    /// Folder of Debian's PostgreSQL 15 binaries.
+    #[arg(long, env = "LEDGER_PG_BIN_DIR", global = true)]
+    pg_bin_dir: Option<PathBuf>,
+    /// The Java 17 launcher.
+    #[arg(long, env = "LEDGER_JAVA", global = true)]
+    java: Option<PathBuf>,
+    /// The pom.xml naming the Kafka jars.
+    #[arg(long, env = "LEDGER_KAFKA_POM", global = true)]
+    kafka_pom: Option<PathBuf>,
+    /// Where the Kafka jars are cached.
+    #[arg(long, env = "LEDGER_KAFKA_CACHE", global = true)]
+    kafka_cache: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start every region's PostgreSQL and Kafka, apply migrations, create topics, write env.json.
+    Up,
+    /// Stop every process `up` started, by pid.
+    Down {
+        /// Also delete the state folder: all local data.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print each part's health; exit 1 if any part is unhealthy or nothing runs.
+    Status,
+}
+
+impl Opts {
+    fn config(&self) -> Result<StackConfig, ledgerctl::StackError> {
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| config::repo_root().join(".devstack"));
+        let mut cfg =
+            StackConfig::new(&self.regions, self.pg_port_base, self.kafka_port_base, self.http_port_base, state_dir)?;
+        cfg.kafka_heap_mb = self.kafka_heap_mb;
+        if let Some(dir) = &self.pg_bin_dir {
+            cfg.pg_bin_dir = dir.clone();
+        }
+        if let Some(java) = &self.java {
+            cfg.java = java.clone();
+        }
+        if let Some(pom) = &self.kafka_pom {
+            cfg.kafka_pom = pom.clone();
+        }
+        if let Some(cache) = &self.kafka_cache {
+            cfg.kafka_cache_dir = cache.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ledgerctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
+    let cfg = cli.opts.config()?;
+    let manifest_path = cfg.manifest_path();
+    let stack = Stack::new(cfg);
+    match cli.command {
+        Cmd::Up => {
+            let manifest = stack.up().await?;
+            for r in &manifest.regions {
+                println!(
+                    "{:<10} postgres {}  kafka {}  http {}",
+                    r.name, r.postgres_url, r.kafka_bootstrap, r.http_url
+                );
+            }
+            println!("manifest: {}", manifest_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down { purge } => {
+            let stopped = stack.down(purge)?;
+            if stopped.is_empty() {
+                println!("nothing of ours was running");
+            }
+            for line in stopped {
+                println!("stopped {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status => {
+            let health = stack.status().await?;
+            if health.is_empty() {
+                println!("not running (no {})", manifest_path.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            for h in &health {
+                let pid = h.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let state = if h.healthy { "healthy".to_owned() } else { format!("UNHEALTHY: {}", h.detail) };
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", h.region, h.component, h.endpoint, pid);
+            }
+            Ok(if health.iter().all(|h| h.healthy) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
