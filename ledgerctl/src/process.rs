@@ -110,10 +110,9 @@ pub fn is_ours_and_alive(pid: u32, marker: &str) -> bool {
     };
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name, which may itself contain spaces.
-        if let Some(state) = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()) {
-            if state == 'Z' || state == 'X' {
-                return false;
-            }
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, Some('Z' | 'X')) {
+            return false;
         }
     }
     let marker = marker.as_bytes();

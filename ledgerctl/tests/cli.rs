@@ -1,0 +1,210 @@
+//! `ledgerctl up | status | down` as a user runs them, against real PostgreSQL and Kafka, and every
+//! bad input the launcher promises to report on one line without leaving anything running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
+
+/// A state folder plus port bases nobody else is using, and `down --purge` when the test ends,
+/// passed or not.
+struct Env {
+    dir: tempfile::TempDir,
+    regions: String,
+    pg_base: u16,
+    kafka_base: u16,
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+impl Env {
+    fn new(regions: &[&str]) -> Self {
+        let n = regions.len() as u16;
+        loop {
+            // uuid's randomness is enough to spread parallel tests over the range.
+            let r = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
+            let pg_base = 20000 + (r % 10000);
+            let kafka_base = 30000 + (r % 10000) / 10 * 10;
+            let all_free = (0..n).all(|i| {
+                port_free(pg_base + i) && port_free(kafka_base + 10 * i) && port_free(kafka_base + 10 * i + 1)
+            });
+            if all_free {
+                let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
+                return Self { dir, regions: regions.join(","), pg_base, kafka_base };
+            }
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(LEDGERCTL);
+        cmd.arg("--state-dir").arg(self.state());
+        cmd.args(["--regions", &self.regions]);
+        cmd.args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()]);
+        cmd.args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("running ledgerctl")
+    }
+
+    /// Pids of live processes whose command line mentions our state folder.
+    fn our_processes(&self) -> Vec<u32> {
+        processes_mentioning(&self.state())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "--purge"]);
+    }
+}
+
+fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z'))
+            .unwrap_or(false);
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Asserts a failed run: non-zero exit and exactly one line on stderr that contains `expected`.
+fn assert_one_line_error(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line, got: {stderr}");
+    assert!(lines[0].starts_with("ledgerctl: error:"), "{stderr}");
+    assert!(lines[0].contains(expected), "expected {expected:?} in: {stderr}");
+}
+
+#[test]
+fn up_status_up_again_and_down_leave_nothing_running() {
+    let env = Env::new(&["us-east", "eu-west"]);
+    let out = env.run(&["up"]);
+    assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
+    let regions = manifest["regions"].as_array().unwrap();
+    assert_eq!(regions.iter().map(|r| r["name"].as_str().unwrap()).collect::<Vec<_>>(), ["us-east", "eu-west"]);
+    for r in regions {
+        for field in ["http_url", "postgres_url", "kafka_bootstrap"] {
+            assert!(r[field].as_str().is_some_and(|s| !s.is_empty()), "{field} missing in {r}");
+        }
+        assert!(r["pids"]["postgres"].as_u64().is_some() && r["pids"]["kafka"].as_u64().is_some());
+    }
+    let mut pids_before = env.our_processes();
+    assert!(pids_before.len() >= 4, "two PostgreSQL and two Kafka processes run: {pids_before:?}");
+
+    let status = env.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "status: {text}");
+    assert_eq!(text.matches("healthy").count(), 4, "{text}");
+
+    // A second `up` keeps the running processes and starts nothing new.
+    assert!(env.run(&["up"]).status.success());
+    let manifest_again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
+    assert_eq!(manifest_again["regions"], manifest["regions"]);
+    let mut pids_after = env.our_processes();
+    pids_before.sort();
+    pids_after.sort();
+    let masters = |pids: &[u32]| -> Vec<u32> {
+        let wanted: Vec<u64> = regions
+            .iter()
+            .flat_map(|r| [r["pids"]["postgres"].as_u64().unwrap(), r["pids"]["kafka"].as_u64().unwrap()])
+            .collect();
+        pids.iter().copied().filter(|p| wanted.contains(&u64::from(*p))).collect()
+    };
+    assert_eq!(masters(&pids_before), masters(&pids_after));
+    assert_eq!(masters(&pids_after).len(), 4);
+
+    let down = env.run(&["down"]);
+    assert!(down.status.success());
+    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 4);
+    assert_eq!(env.our_processes(), Vec::<u32>::new(), "down leaves no process of ours");
+    assert!(!env.run(&["status"]).status.success(), "status fails when nothing runs");
+}
+
+#[test]
+fn a_port_in_use_is_reported_and_nothing_starts() {
+    let env = Env::new(&["us-east", "eu-west"]);
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", env.kafka_base + 10)).unwrap();
+    let out = env.run(&["up"]);
+    assert_one_line_error(&out, &format!("port {} for Kafka of eu-west is already in use", env.kafka_base + 10));
+    assert!(env.our_processes().is_empty());
+}
+
+#[test]
+fn a_missing_java_is_reported() {
+    let env = Env::new(&["us-east"]);
+    let out = env.cmd(&["up"]).env("LEDGER_JAVA", "/nonexistent/bin/java").output().unwrap();
+    assert_one_line_error(&out, "Java 17 not found at /nonexistent/bin/java");
+    assert!(env.our_processes().is_empty());
+}
+
+#[test]
+fn a_missing_postgresql_is_reported() {
+    let env = Env::new(&["us-east"]);
+    let out = env.run(&["--pg-bin-dir", "/nonexistent/pg/bin", "up"]);
+    assert_one_line_error(&out, "PostgreSQL 15 (initdb) not found at /nonexistent/pg/bin/initdb");
+    assert!(env.our_processes().is_empty());
+}
+
+#[test]
+fn a_failed_kafka_jar_download_is_reported_and_leaves_no_partial_cache() {
+    let env = Env::new(&["us-east"]);
+    let pom = env.dir.path().join("pom.xml");
+    std::fs::write(
+        &pom,
+        r#"<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+<groupId>ledger.test</groupId><artifactId>missing-jars</artifactId><version>1</version><packaging>pom</packaging>
+<dependencies><dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+<version>0.0.0-does-not-exist</version></dependency></dependencies></project>"#,
+    )
+    .unwrap();
+    let cache = env.dir.path().join("cache");
+    let out = env.cmd(&["up"]).env("LEDGER_KAFKA_POM", &pom).env("LEDGER_KAFKA_CACHE", &cache).output().unwrap();
+    assert_one_line_error(&out, "downloading the Kafka jars with Maven failed");
+    assert!(!cache.join("libs").exists(), "no half-filled jar cache");
+    assert!(env.our_processes().is_empty());
+}
+
+#[test]
+fn a_corrupt_state_folder_is_reported() {
+    let env = Env::new(&["us-east"]);
+    let pg = env.state().join("us-east").join("pg");
+    std::fs::create_dir_all(&pg).unwrap();
+    std::fs::write(pg.join("garbage"), "not a cluster").unwrap();
+    let out = env.run(&["up"]);
+    assert_one_line_error(&out, "is corrupt");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ledgerctl down --purge"));
+    assert!(env.our_processes().is_empty());
+}
+
+#[test]
+fn a_part_that_fails_to_start_rolls_back_everything_started() {
+    let env = Env::new(&["us-east"]);
+    // A 1 MiB heap is below the JVM's minimum: the broker dies at once, after PostgreSQL started.
+    let out = env.run(&["--kafka-heap-mb", "1", "up"]);
+    assert_one_line_error(&out, "did not become ready");
+    assert!(env.our_processes().is_empty(), "PostgreSQL was stopped again: {:?}", env.our_processes());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
+    assert!(manifest["regions"][0]["pids"]["postgres"].is_null(), "the manifest forgets what was stopped");
+}

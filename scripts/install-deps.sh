@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the ledger needs on a Debian machine, and only what is missing, so it is fast to run
+# again: PostgreSQL 15 (Debian's package), Java 17 and Maven (for the Kafka jars), a C toolchain
+# and zlib for librdkafka, and Rust through rustup (the toolchain itself is pinned by
+# rust-toolchain.toml and fetched by cargo). The Kafka jars are fetched by ledgerctl and the test
+# harness on first use, from kafka/pom.xml, into .cache/kafka.
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+command -v cc >/dev/null || need+=(build-essential)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+have_pkg zlib1g-dev || need+=(zlib1g-dev)
+command -v curl >/dev/null || need+=(curl ca-certificates)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "install-deps: installing rustup" >&2
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none >/dev/null
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi

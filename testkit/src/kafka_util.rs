@@ -1,0 +1,60 @@
+//! Small Kafka helpers for tests: read a whole topic under a chosen isolation level.
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::time::{Duration, Instant};
+
+/// One consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key, as text.
+    pub key: Option<String>,
+    /// Value, as text.
+    pub value: Option<String>,
+}
+
+/// Reads `topic` from the beginning until every partition reports its end (or `timeout` passes),
+/// with `isolation.level` set to `isolation` ("read_committed" or "read_uncommitted"). Blocking:
+/// call it from `spawn_blocking` or a plain thread in async tests.
+pub fn read_all(bootstrap: &str, topic: &str, isolation: &str, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("testkit-read-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation)
+        // End-of-partition events tell us when we have read everything there is.
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("creating a consumer");
+    consumer.subscribe(&[topic]).expect("subscribing");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut at_end = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && (partitions == 0 || at_end.len() < partitions) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                records.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}

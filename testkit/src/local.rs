@@ -1,0 +1,141 @@
+//! Local-process engines: the same `PgServer` and `KafkaBroker` that `ledgerctl up` uses, on free
+//! ports, in a temporary folder, tied to the test process's lifetime.
+
+use crate::on_private_runtime;
+use ledgerctl::config::{DEFAULT_KAFKA_HEAP_MB, StackConfig};
+use ledgerctl::kafka::{KafkaBroker, KafkaJars};
+use ledgerctl::postgres::PgServer;
+use ledgerctl::process::Lifetime;
+use std::path::PathBuf;
+use std::process::Child;
+
+struct LocalRegion {
+    pg: PgServer,
+    pg_child: Child,
+    broker: KafkaBroker,
+    kafka_child: Option<Child>,
+}
+
+pub(crate) struct LocalEngines {
+    dir: PathBuf,
+    jars: KafkaJars,
+    regions: Vec<LocalRegion>,
+}
+
+/// Temporary folders are named `<prefix><pid>-<random>`, so a later run can tell whose they were.
+const FOLDER_PREFIX: &str = "ledger-testkit-";
+
+/// A test process killed outright (SIGKILL) cannot delete its folder; the next run does.
+fn remove_folders_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(FOLDER_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding an ephemeral port");
+    listener.local_addr().expect("ephemeral port").port()
+}
+
+impl LocalEngines {
+    pub(crate) fn new() -> Self {
+        remove_folders_of_dead_runs();
+        let prefix = format!("{FOLDER_PREFIX}{}-", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir().expect("creating a temporary folder").keep();
+        // The launcher's defaults name the binaries, the pom and the shared jar cache.
+        let defaults = StackConfig::default_local();
+        PgServer::check_binaries(&defaults.pg_bin_dir).unwrap_or_else(|e| panic!("{e}"));
+        ledgerctl::kafka::check_java(&defaults.java).unwrap_or_else(|e| panic!("{e}"));
+        let jars = KafkaJars::ensure(&defaults.kafka_pom, &defaults.kafka_cache_dir, &defaults.mvn)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self { dir, jars, regions: Vec::new() }
+    }
+
+    /// Starts regions until there are `names.len()`, and returns each one's (PostgreSQL port, Kafka
+    /// bootstrap).
+    pub(crate) fn ensure(&mut self, names: &[String]) -> Vec<(u16, String)> {
+        let first_new = self.regions.len();
+        for name in names.iter().skip(first_new) {
+            let region_dir = self.dir.join(name);
+            std::fs::create_dir_all(&region_dir).expect("creating a region folder");
+            let pg = PgServer {
+                bin_dir: StackConfig::default_local().pg_bin_dir,
+                data_dir: region_dir.join("pg"),
+                port: free_port(),
+                log: region_dir.join("postgres.log"),
+            };
+            let broker = KafkaBroker {
+                dir: region_dir.join("kafka"),
+                port: free_port(),
+                controller_port: free_port(),
+                heap_mb: DEFAULT_KAFKA_HEAP_MB,
+                java: StackConfig::default_local().java,
+                log: region_dir.join("kafka.out"),
+            };
+            pg.init().unwrap_or_else(|e| panic!("{e}"));
+            broker.init(&self.jars).unwrap_or_else(|e| panic!("{e}"));
+            let pg_child = pg.start(Lifetime::TiedToThisProcess).unwrap_or_else(|e| panic!("{e}"));
+            let kafka_child = broker.start(&self.jars, Lifetime::TiedToThisProcess).unwrap_or_else(|e| panic!("{e}"));
+            self.regions.push(LocalRegion { pg, pg_child, broker, kafka_child: Some(kafka_child) });
+        }
+        let waits: Vec<_> = self.regions[first_new..]
+            .iter()
+            .map(|r| (r.pg.clone(), r.pg_child.id(), r.broker.clone(), r.kafka_child.as_ref().map(Child::id)))
+            .collect();
+        on_private_runtime(async move {
+            for (pg, pg_pid, broker, kafka_pid) in waits {
+                let kafka_pid = kafka_pid.expect("just started");
+                let (a, b) = tokio::join!(pg.wait_ready(pg_pid), broker.wait_ready(kafka_pid));
+                a.and(b).unwrap_or_else(|e| panic!("{e}"));
+            }
+        });
+        self.regions.iter().take(names.len()).map(|r| (r.pg.port, r.broker.bootstrap())).collect()
+    }
+
+    pub(crate) fn kill_kafka(&mut self, index: usize) {
+        if let Some(mut child) = self.regions[index].kafka_child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn start_kafka(&mut self, index: usize) {
+        self.kill_kafka(index);
+        let region = &mut self.regions[index];
+        let child = region.broker.start(&self.jars, Lifetime::TiedToThisProcess).unwrap_or_else(|e| panic!("{e}"));
+        let (broker, pid) = (region.broker.clone(), child.id());
+        region.kafka_child = Some(child);
+        on_private_runtime(async move { broker.wait_ready(pid).await }).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub(crate) fn kafka_pid(&self, index: usize) -> Option<u32> {
+        self.regions[index].kafka_child.as_ref().map(Child::id)
+    }
+
+    pub(crate) fn postgres_pid(&self, index: usize) -> Option<u32> {
+        Some(self.regions[index].pg_child.id())
+    }
+
+    /// SIGKILLs every engine and deletes the folder. Runs from the exit handler: no panics, no
+    /// threads, nothing graceful (the data is throw-away).
+    pub(crate) fn shutdown(mut self) {
+        for region in &mut self.regions {
+            let _ = region.pg_child.kill();
+            if let Some(child) = region.kafka_child.as_mut() {
+                let _ = child.kill();
+            }
+        }
+        for region in &mut self.regions {
+            let _ = region.pg_child.wait();
+            if let Some(child) = region.kafka_child.as_mut() {
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

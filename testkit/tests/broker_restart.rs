@@ -1,0 +1,54 @@
+//! A Kafka broker killed with SIGKILL and restarted by the harness comes back with its committed
+//! data. Its own test binary, because killing the shared broker would disturb other tests.
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::time::Duration;
+use testkit::kafka_util::read_all;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn killed_broker_comes_back_with_its_committed_data() {
+    let region = &testkit::regions(1)[0];
+    let prefix = testkit::unique_prefix();
+    tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
+    let topic = format!("{prefix}ledger.events");
+    {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", region.kafka_bootstrap())
+            .set("transactional.id", format!("{prefix}tx"))
+            .create()
+            .unwrap();
+        producer.init_transactions(TIMEOUT).unwrap();
+        producer.begin_transaction().unwrap();
+        for i in 0..50 {
+            producer.send(BaseRecord::to(&topic).key(&format!("acc{i}")).payload(&format!("v{i}"))).unwrap();
+        }
+        producer.commit_transaction(TIMEOUT).unwrap();
+    }
+
+    let old_pid = region.kafka_pid().expect("local engines have pids");
+    region.kill_kafka();
+    assert!(!std::path::Path::new(&format!("/proc/{old_pid}")).exists(), "the broker process is gone");
+    region.start_kafka();
+    assert_ne!(region.kafka_pid(), Some(old_pid));
+
+    let records = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
+    let mut values: Vec<String> = records.into_iter().filter_map(|r| r.value).collect();
+    values.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
+    assert_eq!(values, (0..50).map(|i| format!("v{i}")).collect::<Vec<_>>());
+
+    // And it takes new transactions after the restart.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", region.kafka_bootstrap())
+        .set("transactional.id", format!("{prefix}tx"))
+        .create()
+        .unwrap();
+    producer.init_transactions(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    producer.send(BaseRecord::to(&topic).key("acc-after").payload("after-restart")).unwrap();
+    producer.commit_transaction(TIMEOUT).unwrap();
+    let records = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
+    assert_eq!(records.len(), 51);
+}
