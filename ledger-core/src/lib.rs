@@ -1,12 +1,22 @@
-//! Pure domain types shared by every crate of the ledger: money amounts in minor units with checked
-//! arithmetic, validated account and region identifiers.
+//! Pure domain types and rules shared by every crate of the ledger: money amounts in minor units with
+//! checked arithmetic, validated identifiers, currencies, accounts, the double-entry posting rule,
+//! version vectors and the events that carry them between processes and regions.
 //!
 //! Architecture invariant: this crate does no I/O and depends on no runtime (no tokio, sqlx or
-//! rdkafka), so the rules that keep money correct can be tested exhaustively and in isolation.
-//! Later issues add the double-entry posting rules, version vectors and the conflict rules here.
+//! rdkafka), so the rules that keep money correct are tested exhaustively and in isolation.
 
+pub mod account;
+pub mod currency;
+pub mod event;
 pub mod ids;
 pub mod money;
+pub mod posting;
+pub mod vv;
 
+pub use account::{AccountSpec, AccountState};
+pub use currency::Currency;
+pub use event::{EventPayload, LedgerEvent};
 pub use ids::{AccountId, IdError, RegionId};
 pub use money::{Amount, MoneyError};
+pub use posting::{PostingError, post_transfer};
+pub use vv::VersionVector;
