@@ -1,9 +1,195 @@
 //! The region node: one per region. It serves the double-entry HTTP API (accounts, transfers,
-//! idempotency keys), commits each command's events, account state and outbox row in one
-//! PostgreSQL transaction, publishes the outbox to the region's Kafka with a transactional producer,
-//! and keeps read models from a read_committed consumer.
+//! idempotency keys), group-commits each command's events, account state, idempotency record and
+//! outbox rows in one PostgreSQL transaction, publishes the outbox to the region's Kafka with a
+//! transactional producer, and keeps read models and snapshots from a read_committed consumer.
 //!
-//! Filled by the region-node issue; today it only fixes the crate's place in the workspace and its
-//! dependency on the pure domain crate.
+//! Architecture invariant: a client hears 201 only after its command's PostgreSQL transaction
+//! committed (with `synchronous_commit` on); everything downstream (Kafka, read models, other
+//! regions) is derived from committed rows and tolerates being fed the same event twice.
 
-pub use ledger_core::RegionId;
+pub mod api;
+pub mod config;
+pub mod consumer;
+pub mod outbox;
+pub mod problem;
+pub mod telemetry;
+pub mod write;
+
+use crate::config::NodeConfig;
+use ledger_core::RegionId;
+use rdkafka::ClientConfig;
+use sqlx::migrate::Migrator;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The regional schema.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// PostgreSQL unreachable or failing.
+    #[error("postgresql: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database belongs to another region.
+    #[error("the database belongs to region {found}, not {expected}")]
+    WrongRegion {
+        /// The region configured.
+        expected: String,
+        /// The region the database records.
+        found: String,
+    },
+    /// Kafka client creation failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The HTTP address cannot be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    supervisor: JoinHandle<()>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Node {
+    /// Where the HTTP API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful stop: stop accepting, finish in-flight requests, commit what is queued, publish the
+    /// outbox, commit consumer offsets, close the pool.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.supervisor.await;
+    }
+
+    /// Stops every task at once with no cleanup, as a crash would (for tests).
+    pub fn crash(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.supervisor.abort();
+    }
+}
+
+/// Connects, migrates, and starts the committer, the publisher, the consumer and the HTTP server.
+pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
+    let region = RegionId::new(cfg.region.clone()).map_err(|e| StartError::Config(e.to_string()))?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(cfg.db_pool_max)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&cfg.database_url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    claim_region(&pool, &region).await?;
+    if !cfg.bootstrap_api_key.is_empty() {
+        api::auth_ensure_key(&pool, "bootstrap", &cfg.bootstrap_api_key, &["read", "write"]).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .map_err(|source| StartError::Bind { addr: cfg.http_addr.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.http_addr.clone(), source })?;
+    let kafka = Arc::new(ClientConfig::new().set("bootstrap.servers", &cfg.kafka_bootstrap).create()?);
+
+    let shutdown = CancellationToken::new();
+    let background = CancellationToken::new();
+    let (writer, committer) = write::start(pool.clone(), region.clone(), &cfg);
+    let mut tasks = vec![committer.abort_handle()];
+    let topic = format!("{}ledger.events", cfg.topic_prefix);
+    let publisher = cfg.run_publisher.then(|| {
+        let pcfg = outbox::PublisherConfig {
+            region: region.to_string(),
+            bootstrap: cfg.kafka_bootstrap.clone(),
+            topic: topic.clone(),
+            transactional_id: format!("{}ledger-outbox-{}", cfg.topic_prefix, region),
+            batch_max: cfg.publish_batch_max,
+            poll: Duration::from_millis(cfg.publish_poll_ms),
+        };
+        tokio::spawn(outbox::run(pool.clone(), pcfg, background.clone()))
+    });
+    let consumer = cfg.run_consumer.then(|| {
+        let ccfg = consumer::ConsumerConfig {
+            bootstrap: cfg.kafka_bootstrap.clone(),
+            topic: topic.clone(),
+            group: format!("{}ledger-read-models-{}", cfg.topic_prefix, region),
+            batch_max: cfg.consume_batch_max,
+            snapshot_every_events: cfg.snapshot_every_events,
+            snapshot_every: Duration::from_millis(cfg.snapshot_every_ms),
+            bloom_items: cfg.dedupe_bloom_items,
+        };
+        tokio::spawn(consumer::run(pool.clone(), ccfg, background.clone()))
+    });
+    tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
+    tasks.extend(consumer.iter().map(JoinHandle::abort_handle));
+
+    let state = api::AppState {
+        pool: pool.clone(),
+        writer,
+        region,
+        cfg: Arc::new(cfg),
+        keys: Arc::new(api::KeyCache::default()),
+        kafka,
+    };
+    let app = api::router(state);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tasks.push(http.abort_handle());
+
+    let supervisor_shutdown = shutdown.clone();
+    let supervisor = tokio::spawn(async move {
+        supervisor_shutdown.cancelled().await;
+        // 1. HTTP drains in-flight requests; dropping the router drops every Writer.
+        let _ = http.await;
+        // 2. The committer commits what is queued and stops.
+        let _ = committer.await;
+        // 3. The publisher publishes what was just committed; the consumer commits its offsets.
+        background.cancel();
+        if let Some(p) = publisher
+            && let Ok(Err(e)) = p.await
+        {
+            tracing::error!(error = %e, "publisher stopped with an error");
+        }
+        if let Some(c) = consumer {
+            let _ = c.await;
+        }
+        pool.close().await;
+    });
+    Ok(Node { addr, shutdown, supervisor, tasks })
+}
+
+/// Records this region in a fresh database, or refuses a database of another region.
+async fn claim_region(pool: &sqlx::PgPool, region: &RegionId) -> Result<(), StartError> {
+    sqlx::query("INSERT INTO region_identity (region) VALUES ($1) ON CONFLICT (singleton) DO NOTHING")
+        .bind(region.as_str())
+        .execute(pool)
+        .await?;
+    let found: String = sqlx::query_scalar("SELECT region FROM region_identity").fetch_one(pool).await?;
+    if found != region.as_str() {
+        return Err(StartError::WrongRegion { expected: region.to_string(), found });
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `/v1/accounts`: open (idempotent on identical attributes), read the authoritative state, page
+//! through the history, and read the Kafka-fed view with how far it lags.
+
+use super::body::JsonBody;
+use super::{AppState, read_problem, with_timeout};
+use crate::problem::Problem;
+use crate::write::{ACCOUNT_COLUMNS, rfc3339};
+use crate::write::{AccountRow, Command, OpenAccount, Outcome};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ledger_core::{AccountId, AccountSpec, Currency};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+use std::collections::HashMap;
+
+/// Page size when the client gives none, and the largest it may ask for.
+const PAGE_DEFAULT: i64 = 100;
+const PAGE_MAX: i64 = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OpenBody {
+    id: String,
+    currency: String,
+    #[serde(default)]
+    allow_negative: bool,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+pub(super) fn parse_account_id(id: &str) -> Result<AccountId, Problem> {
+    AccountId::new(id).map_err(|e| Problem::invalid_account_id(e.to_string()))
+}
+
+pub(super) async fn open(state: State<AppState>, body: JsonBody<OpenBody>) -> Response {
+    let body = body.value;
+    let spec = match (parse_account_id(&body.id), Currency::new(&body.currency)) {
+        (Err(p), _) => return p.into_response(),
+        (_, Err(e)) => return Problem::invalid_currency(e.to_string()).into_response(),
+        (Ok(id), Ok(currency)) => {
+            AccountSpec { id, currency, allow_negative: body.allow_negative, metadata: body.metadata }
+        }
+    };
+    let traceparent = crate::telemetry::traceparent_of(&tracing::Span::current());
+    let writer = state.writer.clone();
+    with_timeout(&state, async move {
+        match writer.submit(Command::Open(OpenAccount { spec, traceparent })).await? {
+            Outcome::Opened { account, created } => {
+                let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+                let location = format!("/v1/accounts/{}", account.state.spec.id);
+                Ok((status, [(header::LOCATION, location)], Json(account.to_json())))
+            }
+            Outcome::Transferred { .. } => Err(Problem::internal("unexpected outcome")),
+        }
+    })
+    .await
+}
+
+pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_account_id(&id) {
+        Ok(id) => id,
+        Err(p) => return p.into_response(),
+    };
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
+    match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_optional(&state.pool).await {
+        Ok(Some(row)) => match AccountRow::from_row(&row) {
+            Ok(account) => Json(account.to_json()).into_response(),
+            Err(e) => read_problem(e).into_response(),
+        },
+        Ok(None) => Problem::account_not_found(id.as_str()).into_response(),
+        Err(e) => read_problem(e).into_response(),
+    }
+}
+
+fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), Problem> {
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "after" | "limit")) {
+        return Err(Problem::invalid_query(format!("unknown parameter {unknown:?}; use after and limit")));
+    }
+    let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, Problem> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| Problem::invalid_query(format!("{name} must be an integer from {min} to {max}"))),
+        }
+    };
+    Ok((number("after", 0, 0, i64::MAX)?, number("limit", PAGE_DEFAULT, 1, PAGE_MAX)?))
+}
+
+pub(super) async fn entries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (id, (after, limit)) = match (parse_account_id(&id), page_params(&query)) {
+        (Ok(id), Ok(page)) => (id, page),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
+    let result = async {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)")
+            .bind(id.as_str())
+            .fetch_one(&state.pool)
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT seq, transfer_id, amount, balance_after, created_at FROM entries
+             WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&state.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(json!({
+                "seq": row.try_get::<i64, _>("seq")?,
+                "transfer_id": row.try_get::<uuid::Uuid, _>("transfer_id")?,
+                "amount": row.try_get::<i64, _>("amount")?,
+                "balance_after": row.try_get::<i64, _>("balance_after")?,
+                "created_at": rfc3339(&row.try_get("created_at")?),
+            }));
+        }
+        Ok::<_, sqlx::Error>(Some(out))
+    }
+    .await;
+    match result {
+        Ok(Some(entries)) => {
+            let next_after = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e["seq"].clone()));
+            Json(json!({ "account_id": id, "entries": entries, "next_after": next_after.flatten() })).into_response()
+        }
+        Ok(None) => Problem::account_not_found(id.as_str()).into_response(),
+        Err(e) => read_problem(e).into_response(),
+    }
+}
+
+/// The read model's balance for an account and how many entries it is behind the authoritative
+/// state: the Kafka-fed view is eventually consistent and says so.
+pub(super) async fn view(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_account_id(&id) {
+        Ok(id) => id,
+        Err(p) => return p.into_response(),
+    };
+    let row = sqlx::query(
+        "SELECT a.entry_seq, v.balance, v.entries_applied, v.updated_at
+         FROM accounts a LEFT JOIN rm_balances v ON v.account_id = a.id WHERE a.id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&state.pool)
+    .await;
+    match row {
+        Ok(Some(row)) => {
+            let authoritative: i64 = row.get("entry_seq");
+            let applied: Option<i64> = row.get("entries_applied");
+            let updated: Option<chrono::DateTime<chrono::Utc>> = row.get("updated_at");
+            Json(json!({
+                "account_id": id,
+                "balance": row.get::<Option<i64>, _>("balance").unwrap_or(0),
+                "entries_applied": applied.unwrap_or(0),
+                "entries_behind": authoritative - applied.unwrap_or(0),
+                "updated_at": updated.as_ref().map(rfc3339),
+            }))
+            .into_response()
+        }
+        Ok(None) => Problem::account_not_found(id.as_str()).into_response(),
+        Err(e) => read_problem(e).into_response(),
+    }
+}

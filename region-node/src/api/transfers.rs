@@ -1,0 +1,173 @@
+//! `/v1/transfers`: move money, idempotently with an `Idempotency-Key`, and read a transfer back.
+
+use super::accounts::parse_account_id;
+use super::body::{JsonBody, canonical_hash};
+use super::{AppState, read_problem, with_timeout};
+use crate::problem::Problem;
+use crate::write::{Command, Outcome, Transfer, transfer_json};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ledger_core::{AccountId, Amount, Currency, VersionVector};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::Row;
+
+/// Longest idempotency key accepted.
+const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// Header set on a response answered from the idempotency record.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TransferBody {
+    from: String,
+    to: String,
+    // Kept as raw JSON so a string, a fraction or a huge number each get a precise problem.
+    amount: Value,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, Value>,
+}
+
+fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
+    let Value::Number(n) = amount else {
+        return Err(Problem::invalid_amount("amount must be a JSON integer of minor units"));
+    };
+    if let Some(i) = n.as_i64() {
+        return Amount::new(i).map_err(|e| Problem::invalid_amount(e.to_string()));
+    }
+    if n.as_u64().is_some() {
+        return Err(Problem::amount_out_of_range(format!("amount {n} exceeds {}", i64::MAX)));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() > i64::MAX as f64 => {
+            Err(Problem::amount_out_of_range(format!("amount {n} exceeds {}", i64::MAX)))
+        }
+        _ => Err(Problem::invalid_amount(format!("amount must be an integer of minor units, got {n}"))),
+    }
+}
+
+fn parse_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| Problem::invalid_idempotency_key("the key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::invalid_idempotency_key(format!(
+            "the key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} visible ASCII characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Currency>), Problem> {
+    let from = parse_account_id(&body.from)?;
+    let to = parse_account_id(&body.to)?;
+    let amount = parse_amount(&body.amount)?;
+    let currency = body
+        .currency
+        .as_deref()
+        .map(Currency::new)
+        .transpose()
+        .map_err(|e| Problem::invalid_currency(e.to_string()))?;
+    if from == to {
+        return Err(Problem::same_account());
+    }
+    Ok((from, to, amount, currency))
+}
+
+pub(super) async fn create(state: State<AppState>, headers: HeaderMap, body: JsonBody<TransferBody>) -> Response {
+    let command = match parse_idempotency_key(&headers).and_then(|key| Ok((key, parse(&body.value)?))) {
+        Ok((idempotency_key, (from, to, amount, currency))) => Transfer {
+            transfer_id: uuid::Uuid::now_v7(),
+            from,
+            to,
+            amount,
+            currency,
+            metadata: body.value.metadata.clone(),
+            idempotency_key,
+            request_hash: canonical_hash(&body.raw),
+            traceparent: crate::telemetry::traceparent_of(&tracing::Span::current()),
+        },
+        Err(p) => return p.into_response(),
+    };
+    let writer = state.writer.clone();
+    with_timeout(&state, async move {
+        match writer.submit(Command::Transfer(command)).await? {
+            Outcome::Transferred { body, replayed } => {
+                let location = format!("/v1/transfers/{}", body["id"].as_str().unwrap_or_default());
+                let mut response = (StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response();
+                if replayed {
+                    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+                }
+                Ok(response)
+            }
+            Outcome::Opened { .. } => Err(Problem::internal("unexpected outcome")),
+        }
+    })
+    .await
+}
+
+pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+        return Problem::invalid_field("a transfer id is a UUID").into_response();
+    };
+    let row = sqlx::query(
+        "SELECT id, from_account, to_account, amount, currency, metadata, origin_region, idempotency_key,
+                created_at, from_vector, to_vector FROM transfers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => return Problem::transfer_not_found(&id.to_string()).into_response(),
+        Err(e) => return read_problem(e).into_response(),
+    };
+    let decoded = (|| -> Result<Value, Box<dyn std::error::Error>> {
+        let from = AccountId::new(row.try_get::<String, _>("from_account")?)?;
+        let to = AccountId::new(row.try_get::<String, _>("to_account")?)?;
+        let metadata: serde_json::Map<String, Value> = serde_json::from_value(row.try_get("metadata")?)?;
+        let from_vector: VersionVector = serde_json::from_value(row.try_get("from_vector")?)?;
+        let to_vector: VersionVector = serde_json::from_value(row.try_get("to_vector")?)?;
+        let key: Option<String> = row.try_get("idempotency_key")?;
+        Ok(transfer_json(
+            row.try_get("id")?,
+            &from,
+            &to,
+            row.try_get("amount")?,
+            &row.try_get::<String, _>("currency")?,
+            &metadata,
+            &row.try_get::<String, _>("origin_region")?,
+            key.as_deref(),
+            &row.try_get("created_at")?,
+            &from_vector,
+            &to_vector,
+        ))
+    })();
+    match decoded {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => Problem::internal(format!("stored transfer unreadable: {e}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_positive_integers_within_range() {
+        assert_eq!(parse_amount(&serde_json::json!(100)).unwrap().minor_units(), 100);
+        for (bad, slug) in [
+            (serde_json::json!(0), "invalid-amount"),
+            (serde_json::json!(-5), "invalid-amount"),
+            (serde_json::json!(1.5), "invalid-amount"),
+            (serde_json::json!("100"), "invalid-amount"),
+            (serde_json::json!(u64::MAX), "amount-out-of-range"),
+            (serde_json::from_str::<Value>("1e30").unwrap(), "amount-out-of-range"),
+        ] {
+            assert_eq!(parse_amount(&bad).unwrap_err().slug, slug, "{bad}");
+        }
+    }
+}

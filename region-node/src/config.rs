@@ -1,0 +1,167 @@
+//! Node configuration, layered: defaults, then an optional TOML file, then `LEDGER_NODE_*`
+//! environment variables, then command-line flags. The environment is passed in rather than read
+//! from the process, so resolution is testable.
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Everything a region node needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The region this node serves, e.g. `us-east`.
+    pub region: String,
+    /// Address the HTTP API listens on.
+    pub http_addr: String,
+    /// The regional PostgreSQL database.
+    pub database_url: String,
+    /// The regional Kafka.
+    pub kafka_bootstrap: String,
+    /// Prefix for every topic name (tests isolate themselves with it; empty in production).
+    pub topic_prefix: String,
+    /// Largest number of commands committed in one PostgreSQL transaction.
+    pub batch_commands_max: usize,
+    /// How long the committer waits for more commands after the first one of a batch.
+    pub commit_wait_us_max: u64,
+    /// Commands queued for the committer before requests are refused with 503.
+    pub queue_commands_max: usize,
+    /// Outbox rows published in one Kafka transaction.
+    pub publish_batch_max: i64,
+    /// Fallback poll interval of the publisher when no NOTIFY arrives.
+    pub publish_poll_ms: u64,
+    /// Messages applied to the read models in one PostgreSQL transaction.
+    pub consume_batch_max: usize,
+    /// A snapshot is written after this many applied events...
+    pub snapshot_every_events: u64,
+    /// ...or after this long, whichever comes first.
+    pub snapshot_every_ms: u64,
+    /// Events the duplicate bloom filter is sized for before it is renewed.
+    pub dedupe_bloom_items: usize,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// A request that takes longer is answered 503.
+    pub request_timeout_ms: u64,
+    /// PostgreSQL connections of the node.
+    pub db_pool_max: u32,
+    /// OTLP/gRPC endpoint for traces; off when empty.
+    pub otlp_endpoint: String,
+    /// An API key (read and write scopes) created at start-up if absent: the development key.
+    pub bootstrap_api_key: String,
+    /// Run the outbox publisher in this process.
+    pub run_publisher: bool,
+    /// Run the read-model consumer in this process.
+    pub run_consumer: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east".into(),
+            http_addr: "127.0.0.1:18080".into(),
+            database_url: "postgres://ledger:ledger@127.0.0.1:15432/ledger".into(),
+            kafka_bootstrap: "127.0.0.1:19092".into(),
+            topic_prefix: String::new(),
+            // A batch is bounded so one commit stays short and a slow batch cannot starve others.
+            batch_commands_max: 512,
+            // Short: at low load a request should not wait for company; at high load the queue
+            // fills batches while the previous commit is in flight anyway.
+            commit_wait_us_max: 200,
+            queue_commands_max: 20_000,
+            publish_batch_max: 2_000,
+            publish_poll_ms: 1_000,
+            consume_batch_max: 2_000,
+            snapshot_every_events: 10_000,
+            snapshot_every_ms: 5_000,
+            dedupe_bloom_items: 1_000_000,
+            body_limit_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            db_pool_max: 16,
+            otlp_endpoint: String::new(),
+            bootstrap_api_key: String::new(),
+            run_publisher: true,
+            run_consumer: true,
+        }
+    }
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default, Clone, clap::Parser, Serialize)]
+#[command(name = "region-node", about = "One region of the multi-region ledger")]
+pub struct Flags {
+    /// A TOML file with any of the settings.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The region this node serves.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// HTTP listen address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+    /// PostgreSQL URL.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_bootstrap: Option<String>,
+}
+
+/// Prefix of the environment variables that set node options: `LEDGER_NODE_BATCH_COMMANDS_MAX=64`.
+pub const ENV_PREFIX: &str = "LEDGER_NODE_";
+
+/// Resolves the configuration from defaults, the file, `env` (name, value pairs; pass
+/// `std::env::vars()` in the binary) and `flags`, later sources winning.
+pub fn resolve(
+    flags: &Flags,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<NodeConfig, Box<figment::Error>> {
+    let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
+    if let Some(path) = &flags.config {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let from_env: BTreeMap<String, figment::value::Value> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            // Values parse like figment's own `Env` provider: numbers and booleans are typed.
+            Some((key, v.parse().unwrap_or(figment::value::Value::from(v))))
+        })
+        .collect();
+    figment.merge(Serialized::defaults(from_env)).merge(Serialized::defaults(flags)).extract().map_err(Box::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_sources_win_and_unknown_settings_are_refused() {
+        let dir = std::env::temp_dir().join(format!("node-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        std::fs::write(&file, "region = \"eu-west\"\nbatch_commands_max = 7\nhttp_addr = \"127.0.0.1:1\"\n").unwrap();
+        let flags = Flags { config: Some(file.clone()), http_addr: Some("127.0.0.1:3".into()), ..Flags::default() };
+        let env = vec![
+            ("LEDGER_NODE_BATCH_COMMANDS_MAX".to_owned(), "9".to_owned()),
+            ("LEDGER_NODE_RUN_CONSUMER".to_owned(), "false".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let cfg = resolve(&flags, env).unwrap();
+        assert_eq!(cfg.region, "eu-west", "file over defaults");
+        assert_eq!(cfg.batch_commands_max, 9, "environment over file");
+        assert!(!cfg.run_consumer);
+        assert_eq!(cfg.http_addr, "127.0.0.1:3", "flags over everything");
+        assert_eq!(cfg.publish_batch_max, NodeConfig::default().publish_batch_max);
+
+        let typo = vec![("LEDGER_NODE_BATCH_COMANDS_MAX".to_owned(), "1".to_owned())];
+        assert!(resolve(&Flags::default(), typo).is_err(), "a misspelt setting is an error, not ignored");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,366 @@
+//! The read-model consumer: a read_committed consumer group on the region's `ledger.events` that
+//! keeps balance views and per-account history, drops duplicates, and writes snapshots.
+//!
+//! - Duplicates (the outbox may publish a record twice after a crash) are dropped by (event id,
+//!   account). A bloom filter sized for 0.01% false positives answers "certainly new" without a
+//!   query; a "maybe seen" goes to the exact check in PostgreSQL, and the primary key of
+//!   `rm_processed` is the final guard, so a false positive never drops a real event.
+//! - A batch of records is applied in one PostgreSQL transaction; offsets are committed only after
+//!   it commits, so a crash replays records (dropped as duplicates) and never skips one.
+//! - A snapshot of the view balances and offsets is written every `snapshot_every_events` records
+//!   or `snapshot_every_ms`, whichever comes first.
+
+use crate::telemetry::{self, metric};
+use bloomfilter::Bloom;
+use ledger_core::{AccountId, EventPayload, LedgerEvent};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// False-positive rate the bloom filter is sized for.
+const BLOOM_FP_RATE: f64 = 0.0001;
+/// How long to keep gathering records into a batch once one has arrived.
+const BATCH_GATHER: Duration = Duration::from_millis(5);
+/// Pause after a failed batch before it is retried.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why the consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Kafka failed in a way the loop cannot continue from.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Kafka bootstrap.
+    pub bootstrap: String,
+    /// Topic to read.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Records per PostgreSQL transaction.
+    pub batch_max: usize,
+    /// Snapshot after this many records...
+    pub snapshot_every_events: u64,
+    /// ...or this long.
+    pub snapshot_every: Duration,
+    /// Bloom filter capacity before renewal.
+    pub bloom_items: usize,
+}
+
+/// One record, detached from the consumer.
+struct Record {
+    partition: i32,
+    offset: i64,
+    account: String,
+    event_id: Option<uuid::Uuid>,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+impl Record {
+    fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        let mut event_id = None;
+        let mut traceparent = None;
+        if let Some(headers) = m.headers() {
+            for h in headers.iter() {
+                let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                match h.key {
+                    "event-id" => event_id = value.and_then(|v| uuid::Uuid::parse_str(v).ok()),
+                    "traceparent" => traceparent = value.map(str::to_owned),
+                    _ => {}
+                }
+            }
+        }
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            account: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            event_id,
+            payload: m.payload().unwrap_or_default().to_vec(),
+            traceparent,
+        }
+    }
+}
+
+/// Exact-check-backed duplicate filter.
+struct Dedupe {
+    bloom: Bloom<String>,
+    items: usize,
+    capacity: usize,
+}
+
+impl Dedupe {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1_000);
+        Self {
+            bloom: Bloom::new_for_fp_rate(capacity, BLOOM_FP_RATE).expect("valid bloom parameters"),
+            items: 0,
+            capacity,
+        }
+    }
+
+    fn maybe_seen(&self, key: &String) -> bool {
+        self.bloom.check(key)
+    }
+
+    fn remember(&mut self, key: &String) {
+        if self.items >= self.capacity {
+            // Beyond capacity the false-positive rate climbs; start afresh (the exact check still
+            // covers everything older).
+            *self = Self::new(self.capacity);
+        }
+        self.bloom.set(key);
+        self.items += 1;
+    }
+}
+
+/// Runs until `shutdown`.
+pub async fn run(pool: PgPool, cfg: ConsumerConfig, shutdown: CancellationToken) -> Result<(), ConsumeError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.bootstrap)
+        .set("group.id", &cfg.group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&cfg.topic])?;
+    let mut dedupe = Dedupe::new(cfg.bloom_items);
+    let mut since_snapshot: u64 = 0;
+    let mut last_snapshot = Instant::now();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(cfg.snapshot_every) => None,
+            m = consumer.recv() => Some(m),
+        };
+        let mut batch = Vec::new();
+        match first {
+            Some(Ok(m)) => batch.push(Record::from_message(&m)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+            None => {}
+        }
+        let gather_until = tokio::time::Instant::now() + BATCH_GATHER;
+        while !batch.is_empty() && batch.len() < cfg.batch_max {
+            match tokio::time::timeout_at(gather_until, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(Record::from_message(&m)),
+                _ => break,
+            }
+        }
+        if !batch.is_empty() {
+            let applied = loop {
+                match apply(&pool, &batch, &mut dedupe).await {
+                    Ok(applied) => break applied,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "applying to the read models failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(RETRY_BACKOFF) => {}
+                        }
+                    }
+                }
+            };
+            since_snapshot += applied;
+            commit_offsets(&consumer, &cfg.topic, &batch)?;
+        }
+        let due = since_snapshot >= cfg.snapshot_every_events
+            || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
+        if due {
+            match snapshot(&pool, &consumer).await {
+                Ok(()) => {
+                    since_snapshot = 0;
+                    last_snapshot = Instant::now();
+                }
+                Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+            }
+        }
+        metrics::gauge!(metric::SNAPSHOT_AGE).set(last_snapshot.elapsed().as_secs_f64());
+    }
+    // Shutdown: the last batch's offsets were committed asynchronously; make them durable.
+    let _ = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync));
+    Ok(())
+}
+
+fn commit_offsets(consumer: &StreamConsumer, topic: &str, batch: &[Record]) -> Result<(), ConsumeError> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in batch {
+        let e = next.entry(r.partition).or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in next {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.commit(&tpl, CommitMode::Async)?;
+    Ok(())
+}
+
+/// Applies a batch in one transaction; returns how many records were new.
+async fn apply(pool: &PgPool, batch: &[Record], dedupe: &mut Dedupe) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut seen = Vec::with_capacity(batch.len());
+    let mut applied = 0u64;
+    let mut duplicates = 0u64;
+    for record in batch {
+        let span = tracing::info_span!(
+            "process ledger.events",
+            otel.name = "process ledger.events",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.name = "process",
+            messaging.destination.partition.id = record.partition,
+            messaging.kafka.offset = record.offset,
+            trace_id = tracing::field::Empty,
+        );
+        telemetry::continue_trace(&span, record.traceparent.as_deref());
+        span.record("trace_id", telemetry::trace_id_of(&span));
+        let outcome = tracing::Instrument::instrument(apply_one(&mut tx, record, dedupe), span).await?;
+        match outcome {
+            Applied::New(key) => {
+                applied += 1;
+                seen.push(key);
+            }
+            Applied::Duplicate(key) => {
+                duplicates += 1;
+                seen.push(key);
+            }
+            Applied::Unreadable => {}
+        }
+    }
+    sqlx::query("UPDATE rm_progress SET events_applied = events_applied + $1")
+        .bind(applied as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    for key in &seen {
+        dedupe.remember(key);
+    }
+    metrics::counter!(metric::APPLIED).increment(applied);
+    metrics::counter!(metric::DUPLICATES).increment(duplicates);
+    Ok(applied)
+}
+
+enum Applied {
+    New(String),
+    Duplicate(String),
+    Unreadable,
+}
+
+async fn apply_one(
+    tx: &mut Transaction<'_, Postgres>,
+    record: &Record,
+    dedupe: &Dedupe,
+) -> Result<Applied, sqlx::Error> {
+    let event: LedgerEvent = match serde_json::from_slice(&record.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            // Not ours to interpret: skip it loudly rather than block the partition forever.
+            tracing::error!(error = %e, partition = record.partition, offset = record.offset, "unreadable record skipped");
+            return Ok(Applied::Unreadable);
+        }
+    };
+    if record.event_id.is_some_and(|id| id != event.event_id) {
+        tracing::error!(partition = record.partition, offset = record.offset, "event-id header disagrees with payload");
+        return Ok(Applied::Unreadable);
+    }
+    let key = format!("{}/{}", event.event_id, record.account);
+    if dedupe.maybe_seen(&key) {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm_processed WHERE event_id = $1 AND account_id = $2)")
+                .bind(event.event_id)
+                .bind(&record.account)
+                .fetch_one(&mut **tx)
+                .await?;
+        if exists {
+            return Ok(Applied::Duplicate(key));
+        }
+    }
+    let inserted =
+        sqlx::query("INSERT INTO rm_processed (event_id, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(event.event_id)
+            .bind(&record.account)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    if inserted == 0 {
+        return Ok(Applied::Duplicate(key));
+    }
+    let Ok(account) = AccountId::new(record.account.clone()) else { return Ok(Applied::Unreadable) };
+    match &event.payload {
+        EventPayload::AccountOpened { account: spec } => {
+            sqlx::query("INSERT INTO rm_balances (account_id, currency) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(spec.id.as_str())
+                .bind(spec.currency.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        EventPayload::TransferPosted { transfer_id, currency, .. } => {
+            let Some(amount) = event.posting_for(&account) else { return Ok(Applied::Unreadable) };
+            let balance_after: i64 = sqlx::query_scalar(
+                "INSERT INTO rm_balances (account_id, currency, balance, entries_applied) VALUES ($1, $2, $3, 1)
+                 ON CONFLICT (account_id) DO UPDATE SET balance = rm_balances.balance + EXCLUDED.balance,
+                     entries_applied = rm_balances.entries_applied + 1, updated_at = now()
+                 RETURNING balance",
+            )
+            .bind(account.as_str())
+            .bind(currency.as_str())
+            .bind(amount)
+            .fetch_one(&mut **tx)
+            .await?;
+            let occurred_at = chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .unwrap_or_else(|_| chrono::Utc::now());
+            sqlx::query(
+                "INSERT INTO rm_entries (account_id, event_id, transfer_id, amount, balance_after, occurred_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(account.as_str())
+            .bind(event.event_id)
+            .bind(transfer_id)
+            .bind(amount)
+            .bind(balance_after)
+            .bind(occurred_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(Applied::New(key))
+}
+
+/// Writes a snapshot of the view balances with the consumer's committed position, and refreshes
+/// the lag gauge.
+async fn snapshot(pool: &PgPool, consumer: &StreamConsumer) -> Result<(), sqlx::Error> {
+    let position = consumer.position().unwrap_or_default();
+    let mut offsets = serde_json::Map::new();
+    let mut lag: i64 = 0;
+    for element in position.elements() {
+        if let Offset::Offset(next) = element.offset() {
+            offsets.insert(element.partition().to_string(), next.into());
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_millis(500))
+            {
+                lag += (high - next).max(0);
+            }
+        }
+    }
+    metrics::gauge!(metric::CONSUMER_LAG).set(lag as f64);
+    sqlx::query(
+        "INSERT INTO ledger_snapshots (events_applied, offsets, balances)
+         SELECT p.events_applied, $1, COALESCE((SELECT jsonb_object_agg(account_id, balance) FROM rm_balances), '{}')
+         FROM rm_progress p",
+    )
+    .bind(serde_json::Value::Object(offsets))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The outbox publisher: moves committed outbox rows to the region's `ledger.events` topic with an
+//! idempotent, transactional producer, then marks them published.
+//!
+//! - It wakes on LISTEN/NOTIFY (the write path notifies in the same transaction as the rows), with
+//!   a slow poll as a fallback, never a tight loop.
+//! - Only one publisher of a region publishes at a time: it must hold a PostgreSQL advisory lock,
+//!   and only then initialises its producer, whose stable `transactional.id` fences any older
+//!   producer still alive. A second instance waits as a standby.
+//! - A crash between the Kafka commit and the marking publishes those rows again after restart;
+//!   consumers drop the copies by event id. That is the one duplicate this design allows, and the
+//!   failpoint `outbox-after-kafka-commit` exists to test it.
+
+use crate::telemetry::{self, metric};
+use chrono::{DateTime, Utc};
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgPool, Row};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Advisory lock key shared by every publisher of a region database ("outbox" in ASCII).
+const PUBLISHER_LOCK_KEY: i64 = 0x6f7574626f78;
+/// How long a Kafka transaction call may take before the producer is rebuilt.
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failure before trying again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why a publish round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// PostgreSQL failed.
+    #[error("postgresql: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A failpoint fired (tests only).
+    #[error("failpoint: {0}")]
+    Injected(String),
+}
+
+/// Publisher settings.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Region name, for the `origin-region` header and the transactional id.
+    pub region: String,
+    /// Kafka bootstrap.
+    pub bootstrap: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Stable per region (and per test prefix).
+    pub transactional_id: String,
+    /// Rows per Kafka transaction.
+    pub batch_max: i64,
+    /// Fallback poll interval.
+    pub poll: Duration,
+}
+
+/// Runs until `shutdown`, then publishes what is left and returns. A failure that ends the loop
+/// (a failpoint) is returned, as a crash would end the process.
+pub async fn run(pool: PgPool, cfg: PublisherConfig, shutdown: CancellationToken) -> Result<(), PublishError> {
+    loop {
+        // Leadership: hold the advisory lock on a dedicated connection for as long as we publish.
+        let Some(mut lock) = acquire_lock(&pool, &shutdown).await else { return Ok(()) };
+        let outcome = lead(&pool, &cfg, &shutdown, &mut lock).await;
+        let _ = lock.close().await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e @ PublishError::Injected(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher lost its footing, starting over");
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn acquire_lock(pool: &PgPool, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
+    let mut announced = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let attempt = async {
+            let mut conn = pool.acquire().await?.detach();
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(PUBLISHER_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(got.then_some(conn))
+        };
+        match attempt.await {
+            Ok(Some(conn)) => return Some(conn),
+            Ok(None) if !announced => {
+                tracing::info!("another publisher holds the outbox; standing by");
+                announced = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reach postgresql for the publisher lock"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn producer(cfg: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &cfg.bootstrap)
+        .set("transactional.id", &cfg.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("transaction.timeout.ms", "60000")
+        .create()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    // A panicked blocking call reads as a cancelled one: the caller rebuilds the producer.
+    tokio::task::spawn_blocking(f).await.unwrap_or(Err(KafkaError::Canceled))
+}
+
+async fn lead(
+    pool: &PgPool,
+    cfg: &PublisherConfig,
+    shutdown: &CancellationToken,
+    lock: &mut sqlx::PgConnection,
+) -> Result<(), PublishError> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(crate::write::OUTBOX_CHANNEL).await?;
+    let producer = producer(cfg)?;
+    let p = producer.clone();
+    blocking(move || p.init_transactions(KAFKA_CALL_TIMEOUT)).await?;
+    tracing::info!(transactional_id = %cfg.transactional_id, "publisher leading");
+    loop {
+        // Still the leader? A lost lock connection means another publisher may take over.
+        sqlx::query("SELECT 1").execute(&mut *lock).await?;
+        while publish_batch(pool, cfg, &producer).await? > 0 {}
+        let backlog: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?;
+        metrics::gauge!(metric::OUTBOX_BACKLOG).set(backlog as f64);
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            notified = listener.recv() => { notified?; }
+            _ = tokio::time::sleep(cfg.poll) => {}
+        }
+    }
+}
+
+/// Publishes up to `batch_max` unpublished rows in one Kafka transaction; returns how many.
+async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FutureProducer) -> Result<usize, PublishError> {
+    let rows = sqlx::query(
+        "SELECT id, event_id, partition_key, event_type, payload::text AS payload, traceparent, created_at
+         FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(cfg.batch_max)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    producer.begin_transaction()?;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut oldest: Option<DateTime<Utc>> = None;
+    let sent = (|| -> Result<(), PublishError> {
+        for row in &rows {
+            let event_id: uuid::Uuid = row.try_get("event_id")?;
+            let key: String = row.try_get("partition_key")?;
+            let event_type: String = row.try_get("event_type")?;
+            let payload: String = row.try_get("payload")?;
+            let parent: Option<String> = row.try_get("traceparent")?;
+            let created_at: DateTime<Utc> = row.try_get("created_at")?;
+            oldest = Some(oldest.map_or(created_at, |o| o.min(created_at)));
+            let span = tracing::info_span!(
+                "send ledger.events",
+                otel.name = "send ledger.events",
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.destination.name = %cfg.topic,
+                messaging.operation.name = "send",
+                trace_id = tracing::field::Empty,
+            );
+            telemetry::continue_trace(&span, parent.as_deref());
+            span.record("trace_id", telemetry::trace_id_of(&span));
+            let traceparent = telemetry::traceparent_of(&span);
+            let event_id = event_id.to_string();
+            let mut headers = OwnedHeaders::new()
+                .insert(Header { key: "event-id", value: Some(event_id.as_str()) })
+                .insert(Header { key: "event-type", value: Some(event_type.as_str()) })
+                .insert(Header { key: "origin-region", value: Some(cfg.region.as_str()) });
+            if let Some(tp) = traceparent.as_deref() {
+                headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+            }
+            let record = FutureRecord::to(&cfg.topic).key(&key).payload(&payload).headers(headers);
+            // The delivery future is not awaited: commit_transaction flushes and fails if any send did.
+            let _delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+            ids.push(row.try_get::<i64, _>("id")?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        let p = producer.clone();
+        let _ = blocking(move || p.abort_transaction(KAFKA_CALL_TIMEOUT)).await;
+        return Err(e);
+    }
+    let p = producer.clone();
+    if let Err(e) = blocking(move || p.commit_transaction(KAFKA_CALL_TIMEOUT)).await {
+        let p = producer.clone();
+        let _ = blocking(move || p.abort_transaction(KAFKA_CALL_TIMEOUT)).await;
+        return Err(e.into());
+    }
+    fail::fail_point!("outbox-after-kafka-commit", |_| Err(PublishError::Injected(
+        "crash between the Kafka commit and the marking".into()
+    )));
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(pool).await?;
+    if let Some(oldest) = oldest {
+        let lag = (Utc::now() - oldest).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::histogram!(metric::PUBLISH_LAG).record(lag);
+    }
+    metrics::counter!(metric::PUBLISHED).increment(ids.len() as u64);
+    Ok(ids.len())
+}

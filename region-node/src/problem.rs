@@ -1,0 +1,188 @@
+//! Errors as HTTP sees them: RFC 9457 `application/problem+json`, one stable `type` per kind of
+//! error. Every rejection of the API goes through here, so clients can switch on `type`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Base of every problem type URI; the slug after it is the stable part clients match on.
+pub const TYPE_BASE: &str = "https://ledger.dev/problems/";
+
+/// One API error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{slug}: {detail}")]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable identifier, e.g. `insufficient-funds`.
+    pub slug: &'static str,
+    /// Short human summary of the type.
+    pub title: &'static str,
+    /// What exactly was wrong with this request.
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl Problem {
+    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, slug, title, detail: detail.into() }
+    }
+
+    /// The body is not valid JSON.
+    pub fn invalid_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-json", "Request body is not valid JSON", detail)
+    }
+    /// A field the API does not know.
+    pub fn unknown_field(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unknown-field", "Request has an unknown field", detail)
+    }
+    /// A required field is absent.
+    pub fn missing_field(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "missing-field", "Request lacks a required field", detail)
+    }
+    /// A field has the wrong type or shape.
+    pub fn invalid_field(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-field", "Request has an invalid field", detail)
+    }
+    /// The body exceeds the size limit.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+            "the body exceeds the size limit",
+        )
+    }
+    /// Not `application/json`.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the body as application/json",
+        )
+    }
+    /// An account id outside the allowed length or characters.
+    pub fn invalid_account_id(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-account-id", "Invalid account id", detail)
+    }
+    /// Not a currency code.
+    pub fn invalid_currency(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-currency", "Invalid currency", detail)
+    }
+    /// Zero, negative or fractional amount.
+    pub fn invalid_amount(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-amount", "Invalid amount", detail)
+    }
+    /// An amount beyond 64-bit minor units.
+    pub fn amount_out_of_range(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "amount-out-of-range", "Amount out of range", detail)
+    }
+    /// `from` equals `to`.
+    pub fn same_account() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same-account",
+            "Transfer to the same account",
+            "from and to must be different accounts",
+        )
+    }
+    /// An account named by the request does not exist.
+    pub fn account_not_found(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "account-not-found", "Account not found", format!("no account {id:?}"))
+    }
+    /// A transfer that does not exist.
+    pub fn transfer_not_found(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "transfer-not-found", "Transfer not found", format!("no transfer {id:?}"))
+    }
+    /// Currencies differ.
+    pub fn currency_mismatch(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "currency-mismatch", "Currency mismatch", detail)
+    }
+    /// The debit would take an account that forbids it below zero.
+    pub fn insufficient_funds(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "insufficient-funds", "Insufficient funds", detail)
+    }
+    /// A balance would leave the 64-bit range.
+    pub fn balance_overflow(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "balance-overflow", "Balance out of range", detail)
+    }
+    /// The account exists with other attributes.
+    pub fn account_exists(id: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "account-exists",
+            "Account exists with other attributes",
+            format!("account {id:?} was opened with a different body"),
+        )
+    }
+    /// The idempotency key was used with another body.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+    }
+    /// A malformed idempotency key.
+    pub fn invalid_idempotency_key(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key", detail)
+    }
+    /// A malformed query parameter.
+    pub fn invalid_query(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameter", detail)
+    }
+    /// No or unknown API key.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            "send a valid API key as Authorization: Bearer <key>",
+        )
+    }
+    /// The key lacks the scope.
+    pub fn forbidden(scope: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Missing scope", format!("this API key lacks the {scope} scope"))
+    }
+    /// No such route.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource")
+    }
+    /// Method not allowed on the route.
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "see the API reference")
+    }
+    /// The node is overloaded or shutting down; retry with the same idempotency key.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+    }
+    /// A fault of ours; the request may or may not have been applied only if it carried no
+    /// idempotency key, so clients retry with the same key.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = Body {
+            kind: format!("{TYPE_BASE}{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response
+    }
+}

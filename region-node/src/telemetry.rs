@@ -1,0 +1,154 @@
+//! Logs, traces and metrics.
+//!
+//! - Logs: JSON lines; inside a request, publish or consume span they carry that span's `trace_id`.
+//! - Traces: `tracing` spans exported through OpenTelemetry (OTLP when an endpoint is configured).
+//!   One transfer is one trace: the HTTP span's W3C `traceparent` is stored with the outbox row, the
+//!   publisher's span continues it and puts its own `traceparent` in the Kafka headers, and the
+//!   consumer's span continues that.
+//! - Metrics: Prometheus text from `metrics-exporter-prometheus`, names below.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Metric names, in one place so dashboards and alerts have one source.
+pub mod metric {
+    /// Histogram, seconds, labels `method`, `route`, `status`.
+    pub const HTTP_DURATION: &str = "http_server_request_duration_seconds";
+    /// Histogram: commands per group commit.
+    pub const BATCH_SIZE: &str = "ledger_group_commit_batch_size";
+    /// Histogram, seconds: one group commit, lock to commit.
+    pub const COMMIT_SECONDS: &str = "ledger_group_commit_duration_seconds";
+    /// Gauge: outbox rows not yet published.
+    pub const OUTBOX_BACKLOG: &str = "ledger_outbox_backlog";
+    /// Histogram, seconds: outbox row creation to Kafka commit.
+    pub const PUBLISH_LAG: &str = "ledger_outbox_publish_lag_seconds";
+    /// Counter: records published.
+    pub const PUBLISHED: &str = "ledger_outbox_published_total";
+    /// Gauge: records on the topic the read-model consumer has not applied yet.
+    pub const CONSUMER_LAG: &str = "ledger_consumer_lag_events";
+    /// Counter: records dropped as already applied.
+    pub const DUPLICATES: &str = "ledger_consumer_duplicates_dropped_total";
+    /// Counter: records applied to the read models.
+    pub const APPLIED: &str = "ledger_consumer_events_applied_total";
+    /// Gauge, seconds since the last snapshot.
+    pub const SNAPSHOT_AGE: &str = "ledger_snapshot_age_seconds";
+}
+
+/// Latency buckets, seconds: fine below 10 ms where the latency targets are.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BATCH_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
+
+/// The process-wide Prometheus recorder (a process has one metrics recorder, however many nodes).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(metric::BATCH_SIZE.into()),
+                    &BATCH_BUCKETS,
+                )
+            })
+            .expect("valid buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Keeps the tracer provider alive; call [`Telemetry::shutdown`] on exit to flush spans.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops trace export.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs JSON logs and OpenTelemetry tracing for the process: OTLP/gRPC to `otlp_endpoint`
+/// when it is not empty, plus `extra` (tests pass an in-memory exporter). A second call in the
+/// same process (tests start many nodes) keeps the first installation.
+pub fn init(
+    otlp_endpoint: &str,
+    extra: Option<
+        Box<
+            dyn FnOnce(
+                opentelemetry_sdk::trace::TracerProviderBuilder,
+            ) -> opentelemetry_sdk::trace::TracerProviderBuilder,
+        >,
+    >,
+) -> Telemetry {
+    let mut builder = SdkTracerProvider::builder();
+    if !otlp_endpoint.is_empty() {
+        use opentelemetry_otlp::WithExportConfig;
+        match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(otlp_endpoint).build() {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => eprintln!("region-node: OTLP exporter disabled: {e}"),
+        }
+    }
+    if let Some(extra) = extra {
+        builder = extra(builder);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("region-node");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .is_ok();
+    Telemetry { provider: installed.then_some(provider) }
+}
+
+/// Helper for tests: a provider builder step adding a simple (synchronous) exporter.
+pub fn with_exporter<E: SpanExporter + 'static>(
+    exporter: E,
+) -> Box<dyn FnOnce(opentelemetry_sdk::trace::TracerProviderBuilder) -> opentelemetry_sdk::trace::TracerProviderBuilder>
+{
+    Box::new(move |b| b.with_simple_exporter(exporter))
+}
+
+/// The W3C `traceparent` of `span`, if it belongs to a sampled trace.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the trace named by `traceparent` (no-op when absent or malformed).
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else { return };
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id of `span` as 32 hex digits, for log lines.
+pub fn trace_id_of(span: &tracing::Span) -> String {
+    span.context().span().span_context().trace_id().to_string()
+}

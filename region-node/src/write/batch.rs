@@ -1,0 +1,506 @@
+//! One group commit: every command of a batch applied in memory against the locked accounts, then
+//! written with a constant number of bulk statements, in one PostgreSQL transaction.
+//!
+//! Accounts are locked with `SELECT … ORDER BY id FOR UPDATE`, always in id order, so two batches
+//! (or two nodes) touching the same accounts wait for each other and never deadlock.
+
+use super::{Command, OpenAccount, Outcome, Transfer};
+use crate::problem::Problem;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ledger_core::posting::PostingError;
+use ledger_core::{AccountId, AccountSpec, AccountState, EventPayload, LedgerEvent, RegionId, VersionVector};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Channel the publisher LISTENs on; notified in the same transaction as the outbox rows, so it
+/// wakes exactly when there is something committed to publish.
+pub const OUTBOX_CHANNEL: &str = "ledger_outbox";
+
+/// Attempts when PostgreSQL reports a transient conflict (serialization failure, deadlock, or a
+/// unique key taken by a concurrent writer such as a second node).
+const ATTEMPTS_MAX: usize = 3;
+
+/// An account as stored, for responses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRow {
+    /// Domain state.
+    pub state: AccountState,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Creation.
+    pub created_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    /// The API representation.
+    pub fn to_json(&self) -> Value {
+        let s = &self.state;
+        json!({
+            "id": s.spec.id,
+            "currency": s.spec.currency,
+            "balance": s.balance,
+            "allow_negative": s.spec.allow_negative,
+            "metadata": s.spec.metadata,
+            "version_vector": s.version,
+            "entries": s.entry_seq,
+            "created_at": rfc3339(&self.created_at),
+            "updated_at": rfc3339(&self.updated_at),
+        })
+    }
+
+    /// Reads one account row (columns as in [`ACCOUNT_COLUMNS`]).
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        let decode = |e: String| sqlx::Error::Decode(e.into());
+        let spec = AccountSpec {
+            id: AccountId::new(row.try_get::<String, _>("id")?).map_err(|e| decode(e.to_string()))?,
+            currency: ledger_core::Currency::new(&row.try_get::<String, _>("currency")?)
+                .map_err(|e| decode(e.to_string()))?,
+            allow_negative: row.try_get("allow_negative")?,
+            metadata: serde_json::from_value(row.try_get("metadata")?).map_err(|e| decode(e.to_string()))?,
+        };
+        let version: VersionVector =
+            serde_json::from_value(row.try_get("version_vector")?).map_err(|e| decode(e.to_string()))?;
+        Ok(Self {
+            state: AccountState {
+                spec,
+                balance: row.try_get("balance")?,
+                entry_seq: row.try_get("entry_seq")?,
+                version,
+            },
+            updated_at: row.try_get("updated_at")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+/// The columns [`AccountRow::from_row`] reads.
+pub const ACCOUNT_COLUMNS: &str =
+    "id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at";
+
+/// Timestamps as the API and events print them.
+pub fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Runs a batch, retrying the whole transaction on transient conflicts.
+pub(super) async fn run_with_retry(
+    pool: &PgPool,
+    region: &RegionId,
+    commands: &[Command],
+) -> Result<Vec<Result<Outcome, Problem>>, sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        match run(pool, region, commands).await {
+            Err(e) if attempt < ATTEMPTS_MAX && is_transient(&e) => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Serialization failure, deadlock, or unique violation: another writer got there first; a retry
+/// reads its committed result.
+fn is_transient(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "23505"))
+}
+
+/// What the batch will write, column by column, for bulk `UNNEST` inserts.
+#[derive(Default)]
+struct Writes {
+    new_accounts: Vec<AccountId>,
+    dirty_accounts: BTreeSet<AccountId>,
+    ev_id: Vec<uuid::Uuid>,
+    ev_aggregate: Vec<String>,
+    ev_type: Vec<String>,
+    ev_payload: Vec<Value>,
+    ev_vectors: Vec<Value>,
+    ev_traceparent: Vec<Option<String>>,
+    tr_id: Vec<uuid::Uuid>,
+    tr_event: Vec<uuid::Uuid>,
+    tr_from: Vec<String>,
+    tr_to: Vec<String>,
+    tr_amount: Vec<i64>,
+    tr_currency: Vec<String>,
+    tr_metadata: Vec<Value>,
+    tr_key: Vec<Option<String>>,
+    tr_from_vector: Vec<Value>,
+    tr_to_vector: Vec<Value>,
+    en_account: Vec<String>,
+    en_seq: Vec<i64>,
+    en_transfer: Vec<uuid::Uuid>,
+    en_amount: Vec<i64>,
+    en_balance: Vec<i64>,
+    ob_event: Vec<uuid::Uuid>,
+    ob_key: Vec<String>,
+    ob_type: Vec<String>,
+    ob_payload: Vec<Value>,
+    ob_traceparent: Vec<Option<String>>,
+    ik_key: Vec<String>,
+    ik_hash: Vec<String>,
+    ik_body: Vec<Value>,
+}
+
+/// In-memory state of a batch.
+struct Batch<'a> {
+    region: &'a RegionId,
+    now: DateTime<Utc>,
+    accounts: HashMap<AccountId, AccountRow>,
+    /// Idempotency records: committed ones plus those written earlier in this batch.
+    keys: HashMap<String, (String, Value)>,
+    writes: Writes,
+}
+
+async fn run(
+    pool: &PgPool,
+    region: &RegionId,
+    commands: &[Command],
+) -> Result<Vec<Result<Outcome, Problem>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let now = Utc::now();
+    let mut batch = Batch { region, now, accounts: HashMap::new(), keys: HashMap::new(), writes: Writes::default() };
+
+    let keys: Vec<String> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Transfer(t) => t.idempotency_key.clone(),
+            Command::Open(_) => None,
+        })
+        .collect();
+    if !keys.is_empty() {
+        let rows = sqlx::query("SELECT key, request_hash, response_body FROM idempotency_keys WHERE key = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            batch.keys.insert(row.try_get("key")?, (row.try_get("request_hash")?, row.try_get("response_body")?));
+        }
+    }
+
+    let mut ids: Vec<String> = commands
+        .iter()
+        .flat_map(|c| match c {
+            Command::Open(o) => vec![o.spec.id.to_string()],
+            Command::Transfer(t) => vec![t.from.to_string(), t.to.to_string()],
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    for row in sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&ids).fetch_all(&mut *tx).await? {
+        let account = AccountRow::from_row(&row)?;
+        batch.accounts.insert(account.state.spec.id.clone(), account);
+    }
+
+    let results: Vec<Result<Outcome, Problem>> = commands
+        .iter()
+        .map(|c| match c {
+            Command::Open(o) => batch.open(o),
+            Command::Transfer(t) => batch.transfer(t),
+        })
+        .collect();
+
+    if batch.writes.ev_id.is_empty() {
+        tx.rollback().await?;
+    } else {
+        batch.flush(&mut tx).await?;
+        tx.commit().await?;
+    }
+    Ok(results)
+}
+
+impl Batch<'_> {
+    fn occurred_at(&self) -> String {
+        rfc3339(&self.now)
+    }
+
+    fn open(&mut self, cmd: &OpenAccount) -> Result<Outcome, Problem> {
+        if let Some(existing) = self.accounts.get(&cmd.spec.id) {
+            return if existing.state.spec == cmd.spec {
+                Ok(Outcome::Opened { account: existing.clone(), created: false })
+            } else {
+                Err(Problem::account_exists(cmd.spec.id.as_str()))
+            };
+        }
+        let mut state = AccountState::opened(cmd.spec.clone());
+        state.version.increment(self.region);
+        let event = LedgerEvent {
+            event_id: uuid::Uuid::new_v4(),
+            origin_region: self.region.clone(),
+            occurred_at: self.occurred_at(),
+            payload: EventPayload::AccountOpened { account: cmd.spec.clone() },
+            vectors: BTreeMap::from([(cmd.spec.id.clone(), state.version.clone())]),
+        };
+        self.record_event(&event, cmd.traceparent.clone());
+        let row = AccountRow { state, updated_at: self.now, created_at: self.now };
+        self.writes.new_accounts.push(cmd.spec.id.clone());
+        self.accounts.insert(cmd.spec.id.clone(), row.clone());
+        Ok(Outcome::Opened { account: row, created: true })
+    }
+
+    fn transfer(&mut self, cmd: &Transfer) -> Result<Outcome, Problem> {
+        if let Some((hash, body)) = cmd.idempotency_key.as_ref().and_then(|key| self.keys.get(key)) {
+            return if *hash == cmd.request_hash {
+                Ok(Outcome::Transferred { body: body.clone(), replayed: true })
+            } else {
+                Err(Problem::idempotency_key_reused())
+            };
+        }
+        if cmd.from == cmd.to {
+            return Err(Problem::same_account());
+        }
+        let mut from =
+            self.accounts.get(&cmd.from).ok_or_else(|| Problem::account_not_found(cmd.from.as_str()))?.clone();
+        let mut to = self.accounts.get(&cmd.to).ok_or_else(|| Problem::account_not_found(cmd.to.as_str()))?.clone();
+        ledger_core::post_transfer(&mut from.state, &mut to.state, cmd.amount, cmd.currency, self.region)
+            .map_err(posting_problem)?;
+        from.updated_at = self.now;
+        to.updated_at = self.now;
+
+        let currency = from.state.spec.currency;
+        let event = LedgerEvent {
+            event_id: uuid::Uuid::new_v4(),
+            origin_region: self.region.clone(),
+            occurred_at: self.occurred_at(),
+            payload: EventPayload::TransferPosted {
+                transfer_id: cmd.transfer_id,
+                from: cmd.from.clone(),
+                to: cmd.to.clone(),
+                amount: cmd.amount,
+                currency,
+                metadata: cmd.metadata.clone(),
+                idempotency_key: cmd.idempotency_key.clone(),
+            },
+            vectors: BTreeMap::from([
+                (cmd.from.clone(), from.state.version.clone()),
+                (cmd.to.clone(), to.state.version.clone()),
+            ]),
+        };
+        self.record_event(&event, cmd.traceparent.clone());
+        let body = transfer_json(
+            cmd.transfer_id,
+            &cmd.from,
+            &cmd.to,
+            cmd.amount.minor_units(),
+            currency.as_str(),
+            &cmd.metadata,
+            self.region.as_str(),
+            cmd.idempotency_key.as_deref(),
+            &self.now,
+            &from.state.version,
+            &to.state.version,
+        );
+        let w = &mut self.writes;
+        w.tr_id.push(cmd.transfer_id);
+        w.tr_event.push(event.event_id);
+        w.tr_from.push(cmd.from.to_string());
+        w.tr_to.push(cmd.to.to_string());
+        w.tr_amount.push(cmd.amount.minor_units());
+        w.tr_currency.push(currency.to_string());
+        w.tr_metadata.push(Value::Object(cmd.metadata.clone()));
+        w.tr_key.push(cmd.idempotency_key.clone());
+        w.tr_from_vector.push(json!(from.state.version));
+        w.tr_to_vector.push(json!(to.state.version));
+        for (account, amount) in [(&from, -cmd.amount.minor_units()), (&to, cmd.amount.minor_units())] {
+            w.en_account.push(account.state.spec.id.to_string());
+            w.en_seq.push(account.state.entry_seq);
+            w.en_transfer.push(cmd.transfer_id);
+            w.en_amount.push(amount);
+            w.en_balance.push(account.state.balance);
+        }
+        if let Some(key) = &cmd.idempotency_key {
+            w.ik_key.push(key.clone());
+            w.ik_hash.push(cmd.request_hash.clone());
+            w.ik_body.push(body.clone());
+            self.keys.insert(key.clone(), (cmd.request_hash.clone(), body.clone()));
+        }
+        for account in [&from, &to] {
+            if !self.writes.new_accounts.contains(&account.state.spec.id) {
+                self.writes.dirty_accounts.insert(account.state.spec.id.clone());
+            }
+        }
+        self.accounts.insert(cmd.from.clone(), from);
+        self.accounts.insert(cmd.to.clone(), to);
+        Ok(Outcome::Transferred { body, replayed: false })
+    }
+
+    /// Queues the event row and one outbox row per touched account, keyed by that account.
+    fn record_event(&mut self, event: &LedgerEvent, traceparent: Option<String>) {
+        let payload = serde_json::to_value(event).expect("events serialize");
+        let w = &mut self.writes;
+        w.ev_id.push(event.event_id);
+        w.ev_aggregate.push(event.aggregate_id());
+        w.ev_type.push(event.event_type().to_owned());
+        w.ev_vectors.push(json!(event.vectors));
+        w.ev_traceparent.push(traceparent.clone());
+        for account in event.accounts() {
+            w.ob_event.push(event.event_id);
+            w.ob_key.push(account.to_string());
+            w.ob_type.push(event.event_type().to_owned());
+            w.ob_payload.push(payload.clone());
+            w.ob_traceparent.push(traceparent.clone());
+        }
+        w.ev_payload.push(payload);
+    }
+
+    async fn flush(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        let w = &self.writes;
+        let region = self.region.as_str();
+        let column = |ids: &mut dyn Iterator<Item = &AccountId>| -> Vec<&AccountRow> {
+            ids.map(|id| self.accounts.get(id).expect("written accounts are in the batch")).collect()
+        };
+        let new = column(&mut w.new_accounts.iter());
+        if !new.is_empty() {
+            sqlx::query(
+                "INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
+                 SELECT id, currency, allow_negative, balance, metadata, vv, seq, $8, $8
+                 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[], $5::jsonb[], $6::jsonb[], $7::int8[])
+                   AS u(id, currency, allow_negative, balance, metadata, vv, seq)",
+            )
+            .bind(new.iter().map(|a| a.state.spec.id.to_string()).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| a.state.spec.currency.to_string()).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| a.state.spec.allow_negative).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| a.state.balance).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| Value::Object(a.state.spec.metadata.clone())).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| json!(a.state.version)).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| a.state.entry_seq).collect::<Vec<_>>())
+            .bind(self.now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at, traceparent)
+             SELECT id, agg, typ, payload, vv, $6, $7, tp
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $8::text[])
+               WITH ORDINALITY AS u(id, agg, typ, payload, vv, tp, ord)
+             ORDER BY ord",
+        )
+        .bind(&w.ev_id)
+        .bind(&w.ev_aggregate)
+        .bind(&w.ev_type)
+        .bind(&w.ev_payload)
+        .bind(&w.ev_vectors)
+        .bind(region)
+        .bind(self.now)
+        .bind(&w.ev_traceparent)
+        .execute(&mut **tx)
+        .await?;
+        if !w.tr_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
+                                        from_vector, to_vector, origin_region, created_at)
+                 SELECT *, $11, $12 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[],
+                                                $7::jsonb[], $8::text[], $9::jsonb[], $10::jsonb[])",
+            )
+            .bind(&w.tr_id)
+            .bind(&w.tr_event)
+            .bind(&w.tr_from)
+            .bind(&w.tr_to)
+            .bind(&w.tr_amount)
+            .bind(&w.tr_currency)
+            .bind(&w.tr_metadata)
+            .bind(&w.tr_key)
+            .bind(&w.tr_from_vector)
+            .bind(&w.tr_to_vector)
+            .bind(region)
+            .bind(self.now)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+                 SELECT *, $6 FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[])",
+            )
+            .bind(&w.en_account)
+            .bind(&w.en_seq)
+            .bind(&w.en_transfer)
+            .bind(&w.en_amount)
+            .bind(&w.en_balance)
+            .bind(self.now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !w.ik_key.is_empty() {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
+                 SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)",
+            )
+            .bind(&w.ik_key)
+            .bind(&w.ik_hash)
+            .bind(&w.ik_body)
+            .bind(self.now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let dirty = column(&mut w.dirty_accounts.iter());
+        if !dirty.is_empty() {
+            sqlx::query(
+                "UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq, updated_at = $5
+                 FROM UNNEST($1::text[], $2::int8[], $3::jsonb[], $4::int8[]) AS u(id, balance, vv, seq)
+                 WHERE a.id = u.id",
+            )
+            .bind(dirty.iter().map(|a| a.state.spec.id.to_string()).collect::<Vec<_>>())
+            .bind(dirty.iter().map(|a| a.state.balance).collect::<Vec<_>>())
+            .bind(dirty.iter().map(|a| json!(a.state.version)).collect::<Vec<_>>())
+            .bind(dirty.iter().map(|a| a.state.entry_seq).collect::<Vec<_>>())
+            .bind(self.now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        // Outbox rows last: their ids then follow commit order closely, and NOTIFY is delivered
+        // only when this transaction commits.
+        sqlx::query(
+            "INSERT INTO outbox (event_id, partition_key, event_type, payload, traceparent, created_at)
+             SELECT ev, k, typ, payload, tp, $6
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
+               WITH ORDINALITY AS u(ev, k, typ, payload, tp, ord)
+             ORDER BY ord",
+        )
+        .bind(&w.ob_event)
+        .bind(&w.ob_key)
+        .bind(&w.ob_type)
+        .bind(&w.ob_payload)
+        .bind(&w.ob_traceparent)
+        .bind(self.now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut **tx).await?;
+        Ok(())
+    }
+}
+
+fn posting_problem(e: PostingError) -> Problem {
+    match e {
+        PostingError::SameAccount => Problem::same_account(),
+        PostingError::CurrencyMismatch { .. } => Problem::currency_mismatch(e.to_string()),
+        PostingError::InsufficientFunds { .. } => Problem::insufficient_funds(e.to_string()),
+        PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
+    }
+}
+
+/// The transfer representation, shared by `POST` (and its replays) and `GET`.
+#[allow(clippy::too_many_arguments)]
+pub fn transfer_json(
+    id: uuid::Uuid,
+    from: &AccountId,
+    to: &AccountId,
+    amount: i64,
+    currency: &str,
+    metadata: &serde_json::Map<String, Value>,
+    origin_region: &str,
+    idempotency_key: Option<&str>,
+    created_at: &DateTime<Utc>,
+    from_vector: &VersionVector,
+    to_vector: &VersionVector,
+) -> Value {
+    json!({
+        "id": id,
+        "from": from,
+        "to": to,
+        "amount": amount,
+        "currency": currency,
+        "metadata": metadata,
+        "origin_region": origin_region,
+        "idempotency_key": idempotency_key,
+        "created_at": rfc3339(created_at),
+        "version_vectors": { from.as_str(): from_vector, to.as_str(): to_vector },
+    })
+}

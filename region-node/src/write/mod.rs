@@ -1,0 +1,174 @@
+//! The write path: HTTP handlers hand commands to one committer task, which group-commits them,
+//! many commands per PostgreSQL transaction (bounded by `batch_commands_max` and
+//! `commit_wait_us_max`), so throughput is not capped at one fsync per transfer. Each command's
+//! events, account state, idempotency record and outbox rows commit together or not at all, and the
+//! client hears back only after the commit.
+
+mod batch;
+
+use crate::config::NodeConfig;
+use crate::problem::Problem;
+use ledger_core::{AccountId, AccountSpec, Amount, Currency, RegionId};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+pub use batch::{ACCOUNT_COLUMNS, AccountRow, OUTBOX_CHANNEL, rfc3339, transfer_json};
+
+/// Open an account (idempotent on identical attributes).
+#[derive(Debug, Clone)]
+pub struct OpenAccount {
+    /// Its attributes.
+    pub spec: AccountSpec,
+    /// The request's W3C traceparent.
+    pub traceparent: Option<String>,
+}
+
+/// Move money.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// Id given to the transfer if it is accepted.
+    pub transfer_id: uuid::Uuid,
+    /// Debited account.
+    pub from: AccountId,
+    /// Credited account.
+    pub to: AccountId,
+    /// Amount.
+    pub amount: Amount,
+    /// Currency asked for; the accounts' when absent.
+    pub currency: Option<Currency>,
+    /// Client data.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The client's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request body, to tell a replay from a reuse of the key.
+    pub request_hash: String,
+    /// The request's W3C traceparent.
+    pub traceparent: Option<String>,
+}
+
+/// A command for the committer.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// See [`OpenAccount`].
+    Open(OpenAccount),
+    /// See [`Transfer`].
+    Transfer(Transfer),
+}
+
+/// What a committed command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The account, and whether this command created it (false: it already existed, identical).
+    Opened {
+        /// The account as stored.
+        account: AccountRow,
+        /// Created now.
+        created: bool,
+    },
+    /// The transfer's response body, and whether it is the replay of an earlier request.
+    Transferred {
+        /// Response body (the same bytes on replay).
+        body: serde_json::Value,
+        /// True when answered from the idempotency record.
+        replayed: bool,
+    },
+}
+
+type Reply = oneshot::Sender<Result<Outcome, Problem>>;
+
+/// Handle to the committer; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+impl Writer {
+    /// Queues `command` and waits for its commit.
+    pub async fn submit(&self, command: Command) -> Result<Outcome, Problem> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx.try_send((command, reply_tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Problem::unavailable("the write queue is full; retry later"),
+            mpsc::error::TrySendError::Closed(_) => Problem::unavailable("the node is shutting down"),
+        })?;
+        reply_rx.await.map_err(|_| Problem::unavailable("the committer stopped before answering"))?
+    }
+}
+
+/// Starts the committer; it runs until every `Writer` is dropped and the queue is drained.
+pub fn start(pool: PgPool, region: RegionId, cfg: &NodeConfig) -> (Writer, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(cfg.queue_commands_max.max(1));
+    let limits = Limits {
+        batch_commands_max: cfg.batch_commands_max.max(1),
+        commit_wait: Duration::from_micros(cfg.commit_wait_us_max),
+    };
+    let handle = tokio::spawn(run(pool, region, limits, rx));
+    (Writer { tx }, handle)
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    batch_commands_max: usize,
+    commit_wait: Duration,
+}
+
+async fn run(pool: PgPool, region: RegionId, limits: Limits, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    while let Some(first) = rx.recv().await {
+        let mut pending = vec![first];
+        let deadline = tokio::time::Instant::now() + limits.commit_wait;
+        while pending.len() < limits.batch_commands_max {
+            match rx.try_recv() {
+                Ok(next) => pending.push(next),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(next)) => pending.push(next),
+                    _ => break,
+                },
+            }
+        }
+        commit(&pool, &region, pending).await;
+    }
+}
+
+/// Commits a batch; if the transaction fails, each command is retried alone, so one command that
+/// trips the database cannot fail the others.
+async fn commit(pool: &PgPool, region: &RegionId, pending: Vec<(Command, Reply)>) {
+    let (commands, replies): (Vec<Command>, Vec<Reply>) = pending.into_iter().unzip();
+    metrics::histogram!(crate::telemetry::metric::BATCH_SIZE).record(commands.len() as f64);
+    let started = Instant::now();
+    let span = tracing::info_span!("db.transaction", db.system = "postgresql", batch_size = commands.len());
+    let outcome = tracing::Instrument::instrument(batch::run_with_retry(pool, region, &commands), span).await;
+    metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) if commands.len() > 1 => {
+            tracing::warn!(error = %e, batch_size = commands.len(), "batch failed, committing its commands one by one");
+            for (command, reply) in commands.into_iter().zip(replies) {
+                let result = match batch::run_with_retry(pool, region, std::slice::from_ref(&command)).await {
+                    Ok(mut results) => results.pop().unwrap_or_else(|| Err(Problem::internal("no result"))),
+                    Err(e) => Err(db_problem(&e)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(db_problem(&e)));
+            }
+        }
+    }
+}
+
+fn db_problem(e: &sqlx::Error) -> Problem {
+    tracing::error!(error = %e, "command failed in the database");
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            Problem::unavailable("the database is unreachable; retry with the same Idempotency-Key")
+        }
+        _ => Problem::internal("the command was not applied; retry with the same Idempotency-Key"),
+    }
+}
