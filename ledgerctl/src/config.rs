@@ -57,6 +57,8 @@ pub struct StackConfig {
     pub mvn: PathBuf,
     /// Kafka heap size.
     pub kafka_heap_mb: u32,
+    /// The `region-node` binary.
+    pub node_bin: PathBuf,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -112,6 +114,7 @@ impl StackConfig {
             java: PathBuf::from("java"),
             mvn: PathBuf::from("mvn"),
             kafka_heap_mb: DEFAULT_KAFKA_HEAP_MB,
+            node_bin: crate::node::default_bin(),
         })
     }
 

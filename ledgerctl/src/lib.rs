@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod kafka;
 pub mod manifest;
+pub mod node;
 pub mod postgres;
 pub mod process;
 pub mod stack;

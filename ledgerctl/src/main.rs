@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ledgerctl::config::{self, StackConfig};
-use ledgerctl::stack::Stack;
+use ledgerctl::stack::{Component, Stack};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,12 +48,34 @@ struct Opts {
     /// Where the Kafka jars are cached.
     #[arg(long, env = "LEDGER_KAFKA_CACHE", global = true)]
     kafka_cache: Option<PathBuf>,
+    /// The region-node binary (default: next to ledgerctl).
+    #[arg(long, env = "LEDGER_NODE_BIN", global = true)]
+    node_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start every region's PostgreSQL and Kafka, apply migrations, create topics, write env.json.
+    /// Start every region's PostgreSQL, Kafka and node; apply migrations, create topics, write env.json.
     Up,
+    /// Stop one component, in one region or all.
+    Stop {
+        /// postgres, kafka or node.
+        component: Component,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// SIGKILL instead of a clean stop, as a crash would.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Start one stopped component again, in one region or all, and wait until it serves.
+    Start {
+        /// postgres, kafka or node.
+        component: Component,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Stop every process `up` started, by pid.
     Down {
         /// Also delete the state folder: all local data.
@@ -81,6 +103,9 @@ impl Opts {
         }
         if let Some(cache) = &self.kafka_cache {
             cfg.kafka_cache_dir = cache.clone();
+        }
+        if let Some(bin) = &self.node_bin {
+            cfg.node_bin = bin.clone();
         }
         Ok(cfg)
     }
@@ -111,7 +136,30 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                     r.name, r.postgres_url, r.kafka_bootstrap, r.http_url
                 );
             }
+            if let Some(key) = &manifest.api_key {
+                println!("api key: {key}");
+            }
             println!("manifest: {}", manifest_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stop { component, region, kill } => {
+            let stopped = stack.stop(component, region.as_deref(), kill)?;
+            if stopped.is_empty() {
+                println!("no {} of ours was running", component.name());
+            }
+            for line in stopped {
+                println!("stopped {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Start { component, region } => {
+            let started = stack.start(component, region.as_deref()).await?;
+            if started.is_empty() {
+                println!("{} already running", component.name());
+            }
+            for line in started {
+                println!("started {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { purge } => {
@@ -133,7 +181,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             for h in &health {
                 let pid = h.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 let state = if h.healthy { "healthy".to_owned() } else { format!("UNHEALTHY: {}", h.detail) };
-                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", h.region, h.component, h.endpoint, pid);
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", h.region, h.component.name(), h.endpoint, pid);
             }
             Ok(if health.iter().all(|h| h.healthy) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -52,6 +52,9 @@ pub struct Pids {
     pub postgres: Option<u32>,
     /// The Kafka JVM.
     pub kafka: Option<u32>,
+    /// The region node.
+    #[serde(default)]
+    pub node: Option<u32>,
 }
 
 impl Manifest {

@@ -1,4 +1,4 @@
-//! `up`, `down` and `status` of the local multi-region stack.
+//! `up`, `down`, `status`, and `stop`/`start` of one component, for the local multi-region stack.
 //!
 //! `up` checks everything it can before starting anything (binaries, jars, ports, state folders),
 //! records each process in the manifest the moment it exists, and if any part fails to come up it
@@ -8,8 +8,10 @@ use crate::config::{RegionSpec, StackConfig};
 use crate::error::{Result, StackError};
 use crate::kafka::{self, KafkaBroker, KafkaJars};
 use crate::manifest::{Manifest, Pids, RegionEntry};
+use crate::node::NodeProcess;
 use crate::postgres::{self, PgServer};
 use crate::process::{self, Lifetime};
+use ledger_core::RegionId;
 use nix::sys::signal::Signal;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -18,6 +20,48 @@ use tokio::task::JoinSet;
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// How long topic creation may retry after the broker first answers.
 pub const TOPICS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A part of a region that can be stopped and started on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// The regional PostgreSQL.
+    Postgres,
+    /// The regional Kafka broker.
+    Kafka,
+    /// The region node.
+    Node,
+}
+
+impl Component {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Postgres => "postgres",
+            Component::Kafka => "kafka",
+            Component::Node => "node",
+        }
+    }
+
+    /// The signal that asks it to stop cleanly. SIGINT is PostgreSQL's "fast" shutdown: it does
+    /// not wait for clients to disconnect.
+    fn stop_signal(self) -> Signal {
+        match self {
+            Component::Postgres => Signal::SIGINT,
+            Component::Kafka | Component::Node => Signal::SIGTERM,
+        }
+    }
+
+    fn pid(self, pids: &mut Pids) -> &mut Option<u32> {
+        match self {
+            Component::Postgres => &mut pids.postgres,
+            Component::Kafka => &mut pids.kafka,
+            Component::Node => &mut pids.node,
+        }
+    }
+}
+
+/// Components in start order (each needs the ones before it); stop goes in reverse.
+const START_ORDER: [Component; 3] = [Component::Postgres, Component::Kafka, Component::Node];
 
 /// The stack's parts, built from a configuration.
 pub struct Stack {
@@ -29,8 +73,8 @@ pub struct Stack {
 pub struct Health {
     /// Region name.
     pub region: String,
-    /// "postgres" or "kafka".
-    pub component: &'static str,
+    /// Which part.
+    pub component: Component,
     /// Its address.
     pub endpoint: String,
     /// Its pid, if recorded.
@@ -41,7 +85,7 @@ pub struct Health {
     pub detail: String,
 }
 
-/// A component started during this `up`, to be stopped if `up` fails.
+/// A process started during this command, to be stopped if the command fails.
 struct Started {
     pid: u32,
     marker: String,
@@ -76,6 +120,28 @@ impl Stack {
         }
     }
 
+    fn node(&self, region: &RegionSpec, api_key: &str) -> NodeProcess {
+        let dir = self.cfg.region_dir(&region.name);
+        NodeProcess {
+            bin: self.cfg.node_bin.clone(),
+            region: region.name.to_string(),
+            http_port: region.http_port,
+            database_url: self.pg(region).url(postgres::DATABASE),
+            kafka_bootstrap: self.kafka(region).bootstrap(),
+            api_key: api_key.to_owned(),
+            log: dir.join("node.log"),
+            dir,
+        }
+    }
+
+    fn marker(&self, region: &RegionSpec, component: Component) -> String {
+        match component {
+            Component::Postgres => self.pg(region).marker(),
+            Component::Kafka => self.kafka(region).marker(),
+            Component::Node => self.node(region, "").marker(),
+        }
+    }
+
     fn entry(&self, region: &RegionSpec, pids: Pids) -> RegionEntry {
         let (pg, kafka) = (self.pg(region), self.kafka(region));
         RegionEntry {
@@ -93,27 +159,49 @@ impl Stack {
         }
     }
 
+    fn load(&self) -> Result<Manifest> {
+        Manifest::load(&self.cfg.manifest_path())?.ok_or_else(|| {
+            StackError::Config(format!("nothing is up: no {}; run `ledgerctl up`", self.cfg.manifest_path().display()))
+        })
+    }
+
+    /// Spawns one component (detached) and returns its pid. Does not wait.
+    fn spawn(&self, region: &RegionSpec, component: Component, jars: &KafkaJars, api_key: &str) -> Result<u32> {
+        let child = match component {
+            Component::Postgres => self.pg(region).start(Lifetime::Detached)?,
+            Component::Kafka => self.kafka(region).start(jars, Lifetime::Detached)?,
+            Component::Node => self.node(region, api_key).start(Lifetime::Detached)?,
+        };
+        Ok(child.id())
+    }
+
+    /// Waits until a started component serves; for PostgreSQL and Kafka also prepares the database
+    /// and the topics.
+    async fn ready(&self, region: &RegionSpec, component: Component, pid: u32, api_key: &str) -> Result<()> {
+        match component {
+            Component::Postgres => {
+                let pg = self.pg(region);
+                pg.wait_ready(pid).await?;
+                pg.prepare_database(postgres::DATABASE).await?;
+                pg.claim_region(postgres::DATABASE, region.name.as_str()).await
+            }
+            Component::Kafka => {
+                let broker = self.kafka(region);
+                broker.wait_ready(pid).await?;
+                kafka::create_topics(&broker.bootstrap(), &kafka::region_topics(""), TOPICS_TIMEOUT).await
+            }
+            Component::Node => self.node(region, api_key).wait_ready(pid).await,
+        }
+    }
+
     /// Brings every region up (idempotent: running parts are kept) and returns the manifest.
     pub async fn up(&self) -> Result<Manifest> {
         let mut started = Vec::new();
-        match self.up_inner(&mut started).await {
-            Ok(manifest) => Ok(manifest),
-            Err(e) => {
-                rollback(&started);
-                // Forget what we just stopped; keep what was already running before this `up`.
-                if let Ok(Some(mut manifest)) = Manifest::load(&self.cfg.manifest_path()) {
-                    for region in &mut manifest.regions {
-                        for pid in [&mut region.pids.postgres, &mut region.pids.kafka] {
-                            if pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
-                                *pid = None;
-                            }
-                        }
-                    }
-                    let _ = manifest.save(&self.cfg.manifest_path());
-                }
-                Err(e)
-            }
+        let outcome = self.up_inner(&mut started).await;
+        if outcome.is_err() {
+            self.roll_back(&started);
         }
+        outcome
     }
 
     async fn up_inner(&self, started: &mut Vec<Started>) -> Result<Manifest> {
@@ -121,87 +209,185 @@ impl Stack {
         std::fs::create_dir_all(&cfg.state_dir).map_err(StackError::io(&cfg.state_dir))?;
         let mut manifest = Manifest::load(&cfg.manifest_path())?
             .unwrap_or_else(|| Manifest { state_dir: cfg.state_dir.clone(), ..Manifest::default() });
+        let api_key = manifest.api_key.clone().unwrap_or_else(new_api_key);
+        manifest.api_key = Some(api_key.clone());
 
         // 1. Everything that can be checked without starting anything.
         PgServer::check_binaries(&cfg.pg_bin_dir)?;
         kafka::check_java(&cfg.java)?;
+        NodeProcess::check_binary(&cfg.node_bin)?;
         let jars = KafkaJars::ensure(&cfg.kafka_pom, &cfg.kafka_cache_dir, &cfg.mvn)?;
-        let mut plan = Vec::new();
+        let mut running: Vec<Pids> = Vec::new();
         for region in &cfg.regions {
-            let (pg, broker) = (self.pg(region), self.kafka(region));
-            let known = manifest.region(region.name.as_str()).map(|r| r.pids.clone()).unwrap_or_default();
-            let pg_pid = known.postgres.filter(|p| process::is_ours_and_alive(*p, &pg.marker()));
-            let kafka_pid = known.kafka.filter(|p| process::is_ours_and_alive(*p, &broker.marker()));
-            if pg_pid.is_none() {
-                process::ensure_port_free(region.pg_port, &format!("PostgreSQL of {}", region.name))?;
+            let mut known = manifest.region(region.name.as_str()).map(|r| r.pids.clone()).unwrap_or_default();
+            for component in START_ORDER {
+                let marker = self.marker(region, component);
+                let slot = component.pid(&mut known);
+                *slot = slot.filter(|p| process::is_ours_and_alive(*p, &marker));
+                if slot.is_none() {
+                    for (port, what) in ports(region, component) {
+                        process::ensure_port_free(port, &format!("{what} of {}", region.name))?;
+                    }
+                }
             }
-            if kafka_pid.is_none() {
-                process::ensure_port_free(region.kafka_port, &format!("Kafka of {}", region.name))?;
-                process::ensure_port_free(
-                    region.kafka_controller_port,
-                    &format!("the Kafka controller of {}", region.name),
-                )?;
-            }
-            plan.push((region, pg, broker, pg_pid, kafka_pid));
+            running.push(known);
         }
-        for (region, pg, broker, pg_pid, kafka_pid) in &plan {
-            std::fs::create_dir_all(cfg.region_dir(&region.name))
-                .map_err(StackError::io(cfg.region_dir(&region.name)))?;
-            if pg_pid.is_none() {
-                pg.init()?;
-            }
-            if kafka_pid.is_none() {
-                broker.init(&jars)?;
-            }
-        }
-
-        // 2. Start what is not running, recording each pid at once.
-        manifest.regions.retain(|r| cfg.regions.iter().any(|s| s.name.as_str() == r.name));
-        for (region, pg, broker, pg_pid, kafka_pid) in &plan {
-            let mut pids = Pids { postgres: *pg_pid, kafka: *kafka_pid };
+        for (region, pids) in cfg.regions.iter().zip(&running) {
+            let dir = cfg.region_dir(&region.name);
+            std::fs::create_dir_all(&dir).map_err(StackError::io(&dir))?;
             if pids.postgres.is_none() {
-                let child = pg.start(Lifetime::Detached)?;
-                started.push(Started { pid: child.id(), marker: pg.marker(), signal: Signal::SIGINT });
-                pids.postgres = Some(child.id());
+                self.pg(region).init()?;
             }
             if pids.kafka.is_none() {
-                let child = broker.start(&jars, Lifetime::Detached)?;
-                started.push(Started { pid: child.id(), marker: broker.marker(), signal: Signal::SIGTERM });
-                pids.kafka = Some(child.id());
+                self.kafka(region).init(&jars)?;
             }
+        }
+        manifest.regions.retain(|r| cfg.regions.iter().any(|s| s.name.as_str() == r.name));
+
+        // 2. Engines first, then nodes: start what is not running, record each pid at once, wait.
+        for phase in [&[Component::Postgres, Component::Kafka][..], &[Component::Node][..]] {
+            let mut waits = Vec::new();
+            for (region, pids) in cfg.regions.iter().zip(running.iter_mut()) {
+                for &component in phase {
+                    let fresh = component.pid(pids).is_none();
+                    if fresh {
+                        let pid = self.spawn(region, component, &jars, &api_key)?;
+                        started.push(Started {
+                            pid,
+                            marker: self.marker(region, component),
+                            signal: component.stop_signal(),
+                        });
+                        *component.pid(pids) = Some(pid);
+                        let entry = self.entry(region, pids.clone());
+                        match manifest.regions.iter_mut().find(|r| r.name == entry.name) {
+                            Some(existing) => *existing = entry,
+                            None => manifest.regions.push(entry),
+                        }
+                        manifest.save(&cfg.manifest_path())?;
+                    }
+                    let pid = component.pid(pids).expect("running or just started");
+                    // Engines already running are still checked: topics or the database may be new.
+                    if fresh || component != Component::Node {
+                        waits.push((region.clone(), component, pid));
+                    }
+                }
+            }
+            self.wait_all(waits, &api_key).await?;
+        }
+        for (region, pids) in cfg.regions.iter().zip(running) {
             let entry = self.entry(region, pids);
             match manifest.regions.iter_mut().find(|r| r.name == entry.name) {
                 Some(existing) => *existing = entry,
                 None => manifest.regions.push(entry),
             }
-            manifest.save(&cfg.manifest_path())?;
-        }
-
-        // 3. Wait for every part, in parallel, then create the database and the topics.
-        let mut waits = JoinSet::new();
-        for (region, pg, broker, _, _) in &plan {
-            let entry = manifest.region(region.name.as_str()).expect("recorded above").clone();
-            let (pg, broker, name) = (pg.clone(), broker.clone(), region.name.to_string());
-            waits.spawn(async move {
-                let pg_pid = entry.pids.postgres.expect("recorded above");
-                let kafka_pid = entry.pids.kafka.expect("recorded above");
-                let (pg_ready, kafka_ready) = tokio::join!(pg.wait_ready(pg_pid), broker.wait_ready(kafka_pid));
-                pg_ready?;
-                pg.prepare_database(postgres::DATABASE).await?;
-                pg.claim_region(postgres::DATABASE, &name).await?;
-                kafka_ready?;
-                kafka::create_topics(&broker.bootstrap(), &kafka::region_topics(""), TOPICS_TIMEOUT).await
-            });
-        }
-        while let Some(joined) = waits.join_next().await {
-            joined.map_err(|e| StackError::Config(format!("a start-up task panicked: {e}")))??;
         }
         manifest.save(&cfg.manifest_path())?;
         Ok(manifest)
     }
 
-    /// Stops every process recorded in the manifest, by pid, and removes the manifest. With `purge`,
-    /// also deletes the state folder (all local data). Returns a line per process stopped.
+    async fn wait_all(&self, waits: Vec<(RegionSpec, Component, u32)>, api_key: &str) -> Result<()> {
+        let mut set = JoinSet::new();
+        for (region, component, pid) in waits {
+            let stack = Stack { cfg: self.cfg.clone() };
+            let api_key = api_key.to_owned();
+            set.spawn(async move { stack.ready(&region, component, pid, &api_key).await });
+        }
+        while let Some(joined) = set.join_next().await {
+            joined.map_err(|e| StackError::Config(format!("a start-up task panicked: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Stops what this command started and forgets it in the manifest.
+    fn roll_back(&self, started: &[Started]) {
+        let handles: Vec<_> = started
+            .iter()
+            .map(|s| {
+                let (pid, marker, signal) = (s.pid, s.marker.clone(), s.signal);
+                std::thread::spawn(move || process::stop(pid, &marker, signal, STOP_GRACE))
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        if let Ok(Some(mut manifest)) = Manifest::load(&self.cfg.manifest_path()) {
+            for region in &mut manifest.regions {
+                for component in START_ORDER {
+                    let slot = component.pid(&mut region.pids);
+                    if slot.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
+                        *slot = None;
+                    }
+                }
+            }
+            let _ = manifest.save(&self.cfg.manifest_path());
+        }
+    }
+
+    /// The regions named (all when `None`), as the manifest records them.
+    fn select<'m>(&self, manifest: &'m Manifest, region: Option<&str>) -> Result<Vec<&'m RegionEntry>> {
+        let chosen: Vec<&RegionEntry> =
+            manifest.regions.iter().filter(|r| region.is_none_or(|n| r.name == n)).collect();
+        if chosen.is_empty() {
+            let known: Vec<&str> = manifest.regions.iter().map(|r| r.name.as_str()).collect();
+            return Err(StackError::Config(format!(
+                "no region {:?} is up; known: {}",
+                region.unwrap_or(""),
+                known.join(", ")
+            )));
+        }
+        Ok(chosen)
+    }
+
+    /// Stops `component` in `region` (every region when `None`), cleanly or with SIGKILL.
+    pub fn stop(&self, component: Component, region: Option<&str>, kill: bool) -> Result<Vec<String>> {
+        let mut manifest = self.load()?;
+        let names: Vec<String> = self.select(&manifest, region)?.iter().map(|r| r.name.clone()).collect();
+        let mut stopped = Vec::new();
+        for entry in manifest.regions.iter_mut().filter(|r| names.contains(&r.name)) {
+            let spec = spec_of(entry)?;
+            let marker = self.marker(&spec, component);
+            if let Some(pid) = component.pid(&mut entry.pids).take() {
+                let signal = if kill { Signal::SIGKILL } else { component.stop_signal() };
+                if process::stop(pid, &marker, signal, STOP_GRACE) {
+                    stopped.push(format!("{} {} (pid {pid})", entry.name, component.name()));
+                }
+            }
+        }
+        manifest.save(&self.cfg.manifest_path())?;
+        Ok(stopped)
+    }
+
+    /// Starts `component` in `region` (every region when `None`) if it is not running, and waits
+    /// until it serves.
+    pub async fn start(&self, component: Component, region: Option<&str>) -> Result<Vec<String>> {
+        let mut manifest = self.load()?;
+        let api_key = manifest.api_key.clone().unwrap_or_else(new_api_key);
+        let jars = match component {
+            Component::Kafka => KafkaJars::ensure(&self.cfg.kafka_pom, &self.cfg.kafka_cache_dir, &self.cfg.mvn)?,
+            _ => KafkaJars { libs: Default::default() },
+        };
+        let names: Vec<String> = self.select(&manifest, region)?.iter().map(|r| r.name.clone()).collect();
+        let mut waits = Vec::new();
+        let mut started = Vec::new();
+        for entry in manifest.regions.iter_mut().filter(|r| names.contains(&r.name)) {
+            let spec = spec_of(entry)?;
+            let marker = self.marker(&spec, component);
+            if component.pid(&mut entry.pids).is_some_and(|p| process::is_ours_and_alive(p, &marker)) {
+                continue;
+            }
+            let pid = self.spawn(&spec, component, &jars, &api_key)?;
+            *component.pid(&mut entry.pids) = Some(pid);
+            started.push(format!("{} {} (pid {pid})", entry.name, component.name()));
+            waits.push((spec, component, pid));
+        }
+        manifest.save(&self.cfg.manifest_path())?;
+        self.wait_all(waits, &api_key).await?;
+        Ok(started)
+    }
+
+    /// Stops every process recorded in the manifest, by pid (nodes first, so they can flush), and
+    /// removes the manifest. With `purge`, also deletes the state folder (all local data). Returns
+    /// a line per process stopped.
     pub fn down(&self, purge: bool) -> Result<Vec<String>> {
         let path = self.cfg.manifest_path();
         let mut stopped = Vec::new();
@@ -216,22 +402,23 @@ impl Stack {
             Err(e) => return Err(e),
         };
         if let Some(manifest) = manifest {
-            let mut handles = Vec::new();
-            for region in &manifest.regions {
-                let parts = [
-                    ("kafka", region.pids.kafka, region.kafka_dir.join("server.properties"), Signal::SIGTERM),
-                    // SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to leave.
-                    ("postgres", region.pids.postgres, region.postgres_data_dir.clone(), Signal::SIGINT),
-                ];
-                for (component, pid, marker, signal) in parts {
-                    let Some(pid) = pid else { continue };
-                    let label = format!("{} {component} (pid {pid})", region.name);
-                    handles.push(std::thread::spawn(move || {
-                        process::stop(pid, &marker.display().to_string(), signal, STOP_GRACE).then_some(label)
-                    }));
+            for phase in [&[Component::Node][..], &[Component::Kafka, Component::Postgres][..]] {
+                let mut handles = Vec::new();
+                for region in &manifest.regions {
+                    let spec = spec_of(region)?;
+                    for &component in phase {
+                        let Some(pid) = component.pid(&mut region.pids.clone()).to_owned() else { continue };
+                        let (marker, label) = (
+                            self.marker(&spec, component),
+                            format!("{} {} (pid {pid})", region.name, component.name()),
+                        );
+                        handles.push(std::thread::spawn(move || {
+                            process::stop(pid, &marker, component.stop_signal(), STOP_GRACE).then_some(label)
+                        }));
+                    }
                 }
+                stopped.extend(handles.into_iter().filter_map(|h| h.join().ok().flatten()));
             }
-            stopped.extend(handles.into_iter().filter_map(|h| h.join().ok().flatten()));
             std::fs::remove_file(&path).map_err(StackError::io(&path))?;
         }
         if purge && self.cfg.state_dir.exists() {
@@ -247,45 +434,58 @@ impl Stack {
         };
         let mut out = Vec::new();
         for r in &manifest.regions {
-            let pg_marker = r.postgres_data_dir.display().to_string();
-            let pg_alive = r.pids.postgres.is_some_and(|p| process::is_ours_and_alive(p, &pg_marker));
-            let pg_answer = if pg_alive { postgres_answers(&r.postgres_url).await } else { Err("not running".into()) };
-            out.push(Health {
-                region: r.name.clone(),
-                component: "postgres",
-                endpoint: format!("127.0.0.1:{}", r.postgres_port),
-                pid: r.pids.postgres,
-                healthy: pg_answer.is_ok(),
-                detail: pg_answer.err().unwrap_or_default(),
-            });
-            let kafka_marker = r.kafka_dir.join("server.properties").display().to_string();
-            let kafka_alive = r.pids.kafka.is_some_and(|p| process::is_ours_and_alive(p, &kafka_marker));
-            let kafka_answer =
-                if kafka_alive { kafka_answers(&r.kafka_bootstrap).await } else { Err("not running".into()) };
-            out.push(Health {
-                region: r.name.clone(),
-                component: "kafka",
-                endpoint: r.kafka_bootstrap.clone(),
-                pid: r.pids.kafka,
-                healthy: kafka_answer.is_ok(),
-                detail: kafka_answer.err().unwrap_or_default(),
-            });
+            let spec = spec_of(r)?;
+            for component in START_ORDER {
+                let pid = *component.pid(&mut r.pids.clone());
+                let alive = pid.is_some_and(|p| process::is_ours_and_alive(p, &self.marker(&spec, component)));
+                let endpoint = match component {
+                    Component::Postgres => format!("127.0.0.1:{}", r.postgres_port),
+                    Component::Kafka => r.kafka_bootstrap.clone(),
+                    Component::Node => r.http_url.clone(),
+                };
+                let answer = match component {
+                    _ if !alive => Err("not running".into()),
+                    Component::Postgres => postgres_answers(&r.postgres_url).await,
+                    Component::Kafka => kafka_answers(&r.kafka_bootstrap).await,
+                    Component::Node => node_answers(r.http_port).await,
+                };
+                out.push(Health {
+                    region: r.name.clone(),
+                    component,
+                    endpoint,
+                    pid,
+                    healthy: answer.is_ok(),
+                    detail: answer.err().unwrap_or_default(),
+                });
+            }
         }
         Ok(out)
     }
 }
 
-fn rollback(started: &[Started]) {
-    let handles: Vec<_> = started
-        .iter()
-        .map(|s| {
-            let (pid, marker, signal) = (s.pid, s.marker.clone(), s.signal);
-            std::thread::spawn(move || process::stop(pid, &marker, signal, STOP_GRACE))
-        })
-        .collect();
-    for h in handles {
-        let _ = h.join();
+/// The ports a component listens on, with what they are for.
+fn ports(region: &RegionSpec, component: Component) -> Vec<(u16, &'static str)> {
+    match component {
+        Component::Postgres => vec![(region.pg_port, "PostgreSQL")],
+        Component::Kafka => vec![(region.kafka_port, "Kafka"), (region.kafka_controller_port, "the Kafka controller")],
+        Component::Node => vec![(region.http_port, "the node")],
     }
+}
+
+/// The region as the manifest recorded it (ports may differ from the current flags).
+fn spec_of(entry: &RegionEntry) -> Result<RegionSpec> {
+    Ok(RegionSpec {
+        name: RegionId::new(entry.name.clone()).map_err(|e| StackError::Config(e.to_string()))?,
+        pg_port: entry.postgres_port,
+        kafka_port: entry.kafka_port,
+        kafka_controller_port: entry.kafka_controller_port,
+        http_port: entry.http_port,
+    })
+}
+
+/// A development API key: 256 random bits.
+fn new_api_key() -> String {
+    format!("ldev_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 async fn postgres_answers(url: &str) -> std::result::Result<(), String> {
@@ -309,4 +509,12 @@ async fn kafka_answers(bootstrap: &str) -> std::result::Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+async fn node_answers(port: u16) -> std::result::Result<(), String> {
+    match tokio::task::spawn_blocking(move || crate::node::http_status(port, "/readyz")).await {
+        Ok(Some(200)) => Ok(()),
+        Ok(Some(status)) => Err(format!("/readyz answered {status}")),
+        _ => Err("no answer".into()),
+    }
 }

@@ -13,6 +13,7 @@ struct Env {
     regions: String,
     pg_base: u16,
     kafka_base: u16,
+    http_base: u16,
 }
 
 fn port_free(port: u16) -> bool {
@@ -27,12 +28,16 @@ impl Env {
             let r = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
             let pg_base = 20000 + (r % 10000);
             let kafka_base = 30000 + (r % 10000) / 10 * 10;
+            let http_base = 40000 + (r % 10000);
             let all_free = (0..n).all(|i| {
-                port_free(pg_base + i) && port_free(kafka_base + 10 * i) && port_free(kafka_base + 10 * i + 1)
+                port_free(pg_base + i)
+                    && port_free(kafka_base + 10 * i)
+                    && port_free(kafka_base + 10 * i + 1)
+                    && port_free(http_base + i)
             });
             if all_free {
                 let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
-                return Self { dir, regions: regions.join(","), pg_base, kafka_base };
+                return Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base };
             }
         }
     }
@@ -46,6 +51,7 @@ impl Env {
         cmd.arg("--state-dir").arg(self.state());
         cmd.args(["--regions", &self.regions]);
         cmd.args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()]);
+        cmd.args(["--http-port-base", &self.http_base.to_string()]);
         cmd.args(args);
         cmd
     }
@@ -92,51 +98,64 @@ fn assert_one_line_error(out: &Output, expected: &str) {
     assert!(lines[0].contains(expected), "expected {expected:?} in: {stderr}");
 }
 
+fn read_manifest(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap()
+}
+
+/// The recorded pids of every region's postgres, kafka and node.
+fn recorded_pids(manifest: &serde_json::Value) -> Vec<u32> {
+    let regions = manifest["regions"].as_array().unwrap();
+    regions.iter().flat_map(|r| ["postgres", "kafka", "node"].map(|p| r["pids"][p].as_u64().unwrap() as u32)).collect()
+}
+
 #[test]
-fn up_status_up_again_and_down_leave_nothing_running() {
+fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let env = Env::new(&["us-east", "eu-west"]);
     let out = env.run(&["up"]);
     assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
 
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
+    let manifest = read_manifest(&env);
     let regions = manifest["regions"].as_array().unwrap();
     assert_eq!(regions.iter().map(|r| r["name"].as_str().unwrap()).collect::<Vec<_>>(), ["us-east", "eu-west"]);
     for r in regions {
         for field in ["http_url", "postgres_url", "kafka_bootstrap"] {
             assert!(r[field].as_str().is_some_and(|s| !s.is_empty()), "{field} missing in {r}");
         }
-        assert!(r["pids"]["postgres"].as_u64().is_some() && r["pids"]["kafka"].as_u64().is_some());
     }
-    let mut pids_before = env.our_processes();
-    assert!(pids_before.len() >= 4, "two PostgreSQL and two Kafka processes run: {pids_before:?}");
+    let api_key = manifest["api_key"].as_str().expect("a development api key");
+    assert!(api_key.len() >= 32);
+    let pids = recorded_pids(&manifest);
+    let running = env.our_processes();
+    assert!(pids.iter().all(|p| running.contains(p)), "every recorded pid runs: {pids:?} in {running:?}");
 
     let status = env.run(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status: {text}");
-    assert_eq!(text.matches("healthy").count(), 4, "{text}");
+    assert_eq!(text.matches("healthy").count(), 6, "{text}");
+    assert!(!text.contains("UNHEALTHY"), "{text}");
+
+    // One node killed and started again, by pid, while the rest keep running.
+    let node_pid = manifest["regions"][1]["pids"]["node"].as_u64().unwrap() as u32;
+    let stop = env.run(&["stop", "node", "--region", "eu-west", "--kill"]);
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(!env.our_processes().contains(&node_pid), "the killed node is gone");
+    let status = env.run(&["status"]);
+    assert!(!status.status.success(), "status reports the stopped node");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("not running"));
+    let start = env.run(&["start", "node", "--region", "eu-west"]);
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(env.run(&["status"]).status.success(), "healthy again after start");
+    let manifest = read_manifest(&env);
+    let pids = recorded_pids(&manifest);
+    assert!(!pids.contains(&node_pid));
 
     // A second `up` keeps the running processes and starts nothing new.
     assert!(env.run(&["up"]).status.success());
-    let manifest_again: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
-    assert_eq!(manifest_again["regions"], manifest["regions"]);
-    let mut pids_after = env.our_processes();
-    pids_before.sort();
-    pids_after.sort();
-    let masters = |pids: &[u32]| -> Vec<u32> {
-        let wanted: Vec<u64> = regions
-            .iter()
-            .flat_map(|r| [r["pids"]["postgres"].as_u64().unwrap(), r["pids"]["kafka"].as_u64().unwrap()])
-            .collect();
-        pids.iter().copied().filter(|p| wanted.contains(&u64::from(*p))).collect()
-    };
-    assert_eq!(masters(&pids_before), masters(&pids_after));
-    assert_eq!(masters(&pids_after).len(), 4);
+    assert_eq!(read_manifest(&env)["regions"], manifest["regions"]);
 
     let down = env.run(&["down"]);
     assert!(down.status.success());
-    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 4);
+    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 6);
     assert_eq!(env.our_processes(), Vec::<u32>::new(), "down leaves no process of ours");
     assert!(!env.run(&["status"]).status.success(), "status fails when nothing runs");
 }

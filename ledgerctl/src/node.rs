@@ -1,0 +1,127 @@
+//! One region's node process (`region-node`), configured through a TOML file in the region's state
+//! folder; the file's path on its command line is the marker that identifies its pid.
+
+use crate::error::{Result, StackError};
+use crate::process::{self, Lifetime};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to answer `/readyz` (it migrates and connects to Kafka first).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A region node of ours.
+#[derive(Debug, Clone)]
+pub struct NodeProcess {
+    /// The `region-node` binary.
+    pub bin: PathBuf,
+    /// The region's state folder (config and log go here).
+    pub dir: PathBuf,
+    /// Region name.
+    pub region: String,
+    /// HTTP port on 127.0.0.1.
+    pub http_port: u16,
+    /// The regional database.
+    pub database_url: String,
+    /// The regional Kafka.
+    pub kafka_bootstrap: String,
+    /// The development API key the node creates at start-up.
+    pub api_key: String,
+    /// Node output.
+    pub log: PathBuf,
+}
+
+/// The default `region-node` binary: next to the running `ledgerctl`, as cargo builds them.
+pub fn default_bin() -> PathBuf {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("region-node"))
+        .unwrap_or_else(|_| PathBuf::from("region-node"))
+}
+
+impl NodeProcess {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    /// The marker that identifies this node's pid.
+    pub fn marker(&self) -> String {
+        self.config_path().display().to_string()
+    }
+
+    /// Fails when the binary is missing.
+    pub fn check_binary(bin: &Path) -> Result<()> {
+        if bin.is_file() {
+            return Ok(());
+        }
+        Err(StackError::MissingBinary {
+            what: "the region node",
+            path: bin.to_path_buf(),
+            fix: "build it with `cargo build -p region-node` (./dev up does) or set LEDGER_NODE_BIN",
+        })
+    }
+
+    /// Writes the node's configuration file.
+    pub fn write_config(&self) -> Result<()> {
+        let toml = format!(
+            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\n",
+            self.region, self.http_port, self.database_url, self.kafka_bootstrap, self.api_key
+        );
+        let path = self.config_path();
+        std::fs::write(&path, toml).map_err(StackError::io(&path))
+    }
+
+    /// Starts the node; returns at once (see [`NodeProcess::wait_ready`]).
+    pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
+        Self::check_binary(&self.bin)?;
+        self.write_config()?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(self.config_path());
+        // The node's own settings come from the file only, not from this shell's environment.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LEDGER_NODE_")) {
+            cmd.env_remove(key);
+        }
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "region-node")
+    }
+
+    /// Waits until `/readyz` answers 200, failing early if `pid` dies.
+    pub async fn wait_ready(&self, pid: u32) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let port = self.http_port;
+            let ready =
+                tokio::task::spawn_blocking(move || http_status(port, "/readyz") == Some(200)).await.unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            let dead = !process::is_ours_and_alive(pid, &self.marker());
+            if dead || started.elapsed() > READY_TIMEOUT {
+                return Err(StackError::NotReady {
+                    what: format!("the {} node on port {}", self.region, self.http_port),
+                    waited_s: started.elapsed().as_secs(),
+                    detail: if dead {
+                        format!("the node exited: {}", process::last_line(&self.log))
+                    } else {
+                        "/readyz never answered 200".into()
+                    },
+                    log: self.log.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The status code of `GET path` on 127.0.0.1:`port`, or `None` if nothing answers. A few lines of
+/// HTTP/1.0 rather than an HTTP client: this is the launcher's only request.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let timeout = Duration::from_secs(3);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
