@@ -94,6 +94,8 @@ impl Node {
 /// Connects, migrates, and starts the committer, the publisher, the consumer and the HTTP server.
 pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     let region = RegionId::new(cfg.region.clone()).map_err(|e| StartError::Config(e.to_string()))?;
+    // Install the metrics recorder before anything records: a recorder installed later loses those.
+    telemetry::prometheus();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(cfg.db_pool_max)
         .acquire_timeout(Duration::from_secs(5))

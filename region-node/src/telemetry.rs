@@ -11,10 +11,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -85,16 +86,19 @@ impl Telemetry {
 /// Installs JSON logs and OpenTelemetry tracing for the process: OTLP/gRPC to `otlp_endpoint`
 /// when it is not empty, plus `extra` (tests pass an in-memory exporter). A second call in the
 /// same process (tests start many nodes) keeps the first installation.
-pub fn init(
-    otlp_endpoint: &str,
-    extra: Option<
-        Box<
-            dyn FnOnce(
-                opentelemetry_sdk::trace::TracerProviderBuilder,
-            ) -> opentelemetry_sdk::trace::TracerProviderBuilder,
-        >,
-    >,
-) -> Telemetry {
+pub fn init(otlp_endpoint: &str, extra: Option<ProviderStep>) -> Telemetry {
+    install(otlp_endpoint, extra, false)
+}
+
+/// As [`init`], for tests: log lines go through the test harness's capture, not straight to stdout.
+pub fn init_for_tests(extra: Option<ProviderStep>) -> Telemetry {
+    install("", extra, true)
+}
+
+/// A step applied to the tracer provider builder (tests add an in-memory exporter this way).
+pub type ProviderStep = Box<dyn FnOnce(TracerProviderBuilder) -> TracerProviderBuilder>;
+
+fn install(otlp_endpoint: &str, extra: Option<ProviderStep>, test_writer: bool) -> Telemetry {
     let mut builder = SdkTracerProvider::builder();
     if !otlp_endpoint.is_empty() {
         use opentelemetry_otlp::WithExportConfig;
@@ -112,7 +116,16 @@ pub fn init(
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false))
+        .with(if test_writer {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_test_writer()
+                .boxed()
+        } else {
+            tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).boxed()
+        })
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .is_ok();
@@ -120,10 +133,7 @@ pub fn init(
 }
 
 /// Helper for tests: a provider builder step adding a simple (synchronous) exporter.
-pub fn with_exporter<E: SpanExporter + 'static>(
-    exporter: E,
-) -> Box<dyn FnOnce(opentelemetry_sdk::trace::TracerProviderBuilder) -> opentelemetry_sdk::trace::TracerProviderBuilder>
-{
+pub fn with_exporter<E: SpanExporter + 'static>(exporter: E) -> ProviderStep {
     Box::new(move |b| b.with_simple_exporter(exporter))
 }
 

@@ -2,7 +2,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use std::time::{Duration, Instant};
 
 /// One consumed record.
@@ -16,6 +16,8 @@ pub struct Record {
     pub key: Option<String>,
     /// Value, as text.
     pub value: Option<String>,
+    /// Headers, as text, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Reads `topic` from the beginning until every partition reports its end (or `timeout` passes),
@@ -47,6 +49,19 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str, timeout: Duration
                     offset: m.offset(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {

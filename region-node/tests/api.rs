@@ -1,0 +1,390 @@
+//! The HTTP API contract against real PostgreSQL and Kafka: accounts, transfers, idempotency,
+//! every bad input (status, problem type, and proof that nothing was written), authentication,
+//! health, and the overdraft race.
+
+mod common;
+
+use common::{TestNode, assert_ledger_consistent, start};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn funded(node: &TestNode, id: &str, amount: i64) {
+    node.open(id, "USD", false).await;
+    let r = node.transfer("world", id, amount).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+async fn with_world() -> TestNode {
+    let node = start(|_| {}).await;
+    node.open("world", "USD", true).await;
+    node
+}
+
+#[tokio::test]
+async fn accounts_open_idempotently_and_refuse_a_different_body() {
+    let node = start(|_| {}).await;
+    let body = json!({"id": "acc1", "currency": "USD", "allow_negative": false, "metadata": {"owner": "ann"}});
+    let first = node.post("/v1/accounts", body.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.headers["location"], "/v1/accounts/acc1");
+    let again = node.post("/v1/accounts", body).await;
+    assert_eq!(again.status, 200, "same id, same body: idempotent");
+    assert_eq!(again.body["id"], "acc1");
+    let before = node.fingerprint().await;
+    let other = node.post("/v1/accounts", json!({"id": "acc1", "currency": "EUR"})).await;
+    assert_eq!((other.status, other.problem()), (409, "account-exists"));
+    assert_eq!(node.fingerprint().await, before);
+
+    let got = node.get("/v1/accounts/acc1").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body["currency"], "USD");
+    assert_eq!(got.body["balance"], 0);
+    assert_eq!(got.body["allow_negative"], false);
+    assert_eq!(got.body["metadata"], json!({"owner": "ann"}));
+    assert_eq!(got.body["version_vector"], json!({"us-east": 1}));
+    assert!(got.body["updated_at"].as_str().is_some());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn transfers_move_money_with_read_your_writes_and_history() {
+    let node = with_world().await;
+    funded(&node, "alice", 500).await;
+    node.open("bob", "USD", false).await;
+    let r = node.transfer("alice", "bob", 120).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["origin_region"], "us-east");
+    assert_eq!(r.body["version_vectors"]["alice"], json!({"us-east": 3}));
+    assert_eq!(r.body["version_vectors"]["bob"], json!({"us-east": 2}));
+    // Read-your-writes: the authoritative state reflects the acknowledged transfer at once.
+    assert_eq!(node.balance("alice").await, 380);
+    assert_eq!(node.balance("bob").await, 120);
+    assert_eq!(node.balance("world").await, -500);
+
+    let id = r.body["id"].as_str().unwrap();
+    let got = node.get(&format!("/v1/transfers/{id}")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, r.body, "GET returns what POST answered");
+
+    // `currency` may be given explicitly when it matches.
+    let r = node.post("/v1/transfers", json!({"from": "bob", "to": "alice", "amount": 20, "currency": "USD"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    for amount in [1, 2, 3] {
+        assert_eq!(node.transfer("alice", "bob", amount).await.status, 201);
+    }
+    // alice: +500, -120, +20, -1, -2, -3
+    let page = node.get("/v1/accounts/alice/entries?limit=4").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let entries = page.body["entries"].as_array().unwrap();
+    assert_eq!(entries.iter().map(|e| e["amount"].as_i64().unwrap()).collect::<Vec<_>>(), [500, -120, 20, -1]);
+    assert_eq!(entries.iter().map(|e| e["balance_after"].as_i64().unwrap()).collect::<Vec<_>>(), [500, 380, 400, 399]);
+    assert_eq!(page.body["next_after"], 4);
+    let rest = node.get("/v1/accounts/alice/entries?after=4&limit=4").await;
+    let rest_entries = rest.body["entries"].as_array().unwrap();
+    assert_eq!(rest_entries.iter().map(|e| e["balance_after"].as_i64().unwrap()).collect::<Vec<_>>(), [397, 394]);
+    assert_eq!(rest.body["next_after"], Value::Null);
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_original_and_refuse_another_body() {
+    let node = with_world().await;
+    funded(&node, "alice", 100).await;
+    node.open("bob", "USD", false).await;
+    let body = json!({"from": "alice", "to": "bob", "amount": 30, "metadata": {"a": 1, "b": [1, 2]}});
+    let key = [("Idempotency-Key", "pay-42")];
+    let first = node.send(Method::POST, "/v1/transfers", Some(&node.write_key), Some(body), &key).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+
+    // The same body with other key order is the same request.
+    let reordered = json!({"metadata": {"b": [1, 2], "a": 1}, "amount": 30, "to": "bob", "from": "alice"});
+    let replay = node.send(Method::POST, "/v1/transfers", Some(&node.write_key), Some(reordered), &key).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.body, first.body);
+    assert_eq!(node.balance("alice").await, 70, "applied once");
+
+    let before = node.fingerprint().await;
+    let other = json!({"from": "alice", "to": "bob", "amount": 31});
+    let reused = node.send(Method::POST, "/v1/transfers", Some(&node.write_key), Some(other), &key).await;
+    assert_eq!((reused.status, reused.problem()), (409, "idempotency-key-reused"));
+    assert_eq!(node.fingerprint().await, before, "nothing written");
+
+    // Concurrent retries of one key: exactly one transfer.
+    let retries: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, base, key) = (node.http.clone(), node.base.clone(), node.write_key.clone());
+            tokio::spawn(async move {
+                let body = json!({"from": "alice", "to": "bob", "amount": 5});
+                let r = http
+                    .post(format!("{base}/v1/transfers"))
+                    .bearer_auth(key)
+                    .header("Idempotency-Key", "pay-43")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for retry in retries {
+        let (status, body) = retry.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        ids.insert(body["id"].to_string());
+    }
+    assert_eq!(ids.len(), 1, "one transfer id for one key");
+    assert_eq!(node.balance("alice").await, 65);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_problem_type_and_writes_nothing() {
+    let node = with_world().await;
+    funded(&node, "alice", 100).await;
+    node.open("bob", "USD", false).await;
+    node.open("eve-eur", "EUR", false).await;
+    let long_id = "a".repeat(65);
+    let big_metadata = "x".repeat(70 * 1024);
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("overdraft", json!({"from": "alice", "to": "bob", "amount": 101}), 409, "insufficient-funds"),
+        ("unknown source", json!({"from": "nobody", "to": "bob", "amount": 1}), 404, "account-not-found"),
+        ("unknown destination", json!({"from": "alice", "to": "nobody", "amount": 1}), 404, "account-not-found"),
+        ("currency mismatch", json!({"from": "alice", "to": "eve-eur", "amount": 1}), 422, "currency-mismatch"),
+        (
+            "wrong currency",
+            json!({"from": "alice", "to": "bob", "amount": 1, "currency": "EUR"}),
+            422,
+            "currency-mismatch",
+        ),
+        (
+            "malformed currency",
+            json!({"from": "alice", "to": "bob", "amount": 1, "currency": "usd"}),
+            400,
+            "invalid-currency",
+        ),
+        ("same account", json!({"from": "alice", "to": "alice", "amount": 1}), 422, "same-account"),
+        ("zero", json!({"from": "alice", "to": "bob", "amount": 0}), 400, "invalid-amount"),
+        ("negative", json!({"from": "alice", "to": "bob", "amount": -5}), 400, "invalid-amount"),
+        ("fractional", json!({"from": "alice", "to": "bob", "amount": 1.5}), 400, "invalid-amount"),
+        ("string amount", json!({"from": "alice", "to": "bob", "amount": "1"}), 400, "invalid-amount"),
+        (
+            "overflowing",
+            json!({"from": "alice", "to": "bob", "amount": 9223372036854775808u64}),
+            400,
+            "amount-out-of-range",
+        ),
+        ("unknown field", json!({"from": "alice", "to": "bob", "amount": 1, "memo": "x"}), 400, "unknown-field"),
+        ("missing field", json!({"from": "alice", "amount": 1}), 400, "missing-field"),
+        ("bad id charset", json!({"from": "al ice", "to": "bob", "amount": 1}), 400, "invalid-account-id"),
+        ("bad id length", json!({"from": long_id, "to": "bob", "amount": 1}), 400, "invalid-account-id"),
+        (
+            "too large",
+            json!({"from": "alice", "to": "bob", "amount": 1, "metadata": {"x": big_metadata}}),
+            413,
+            "payload-too-large",
+        ),
+    ];
+    let before = node.fingerprint().await;
+    for (name, body, status, slug) in cases {
+        let r = node.post("/v1/transfers", body).await;
+        assert_eq!((r.status, r.problem()), (status, slug), "{name}: {}", r.body);
+        assert_eq!(node.fingerprint().await, before, "{name} wrote something");
+    }
+
+    let raw = |body: &'static str, content_type: &'static str| {
+        node.http
+            .post(format!("{}/v1/transfers", node.base))
+            .bearer_auth(&node.write_key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let r = raw("{\"from\": \"alice\",", "application/json").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["type"], format!("{}invalid-json", region_node::problem::TYPE_BASE));
+    let r = raw("{}", "text/plain").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let key_cases = [("", "invalid-idempotency-key"), ("has space", "invalid-idempotency-key")];
+    for (key, slug) in key_cases {
+        let body = json!({"from": "alice", "to": "bob", "amount": 1});
+        let r = node
+            .send(Method::POST, "/v1/transfers", Some(&node.write_key), Some(body), &[("Idempotency-Key", key)])
+            .await;
+        assert_eq!((r.status, r.problem()), (400, slug), "key {key:?}");
+    }
+    let account_cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"id": "bad id", "currency": "USD"}), 400, "invalid-account-id"),
+        (json!({"id": "ok", "currency": "dollars"}), 400, "invalid-currency"),
+        (json!({"id": "ok", "currency": "USD", "colour": "red"}), 400, "unknown-field"),
+        (json!({"id": "ok", "currency": "USD", "allow_negative": "yes"}), 400, "invalid-field"),
+    ];
+    for (body, status, slug) in account_cases {
+        let r = node.post("/v1/accounts", body.clone()).await;
+        assert_eq!((r.status, r.problem()), (status, slug), "{body}");
+    }
+    assert_eq!(node.fingerprint().await, before, "nothing written by any bad input");
+
+    let r = node.get("/v1/accounts/nobody").await;
+    assert_eq!((r.status, r.problem()), (404, "account-not-found"));
+    let r = node.get("/v1/accounts/alice/entries?limit=0").await;
+    assert_eq!((r.status, r.problem()), (400, "invalid-query"));
+    let r = node.get("/v1/accounts/alice/entries?page=2").await;
+    assert_eq!((r.status, r.problem()), (400, "invalid-query"));
+    let r = node.get(&format!("/v1/transfers/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!((r.status, r.problem()), (404, "transfer-not-found"));
+    let r = node.get("/v1/nothing-here").await;
+    assert_eq!((r.status, r.problem()), (404, "not-found"));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn api_keys_are_required_and_scoped() {
+    let node = with_world().await;
+    let body = json!({"id": "acc", "currency": "USD"});
+    let none = node.send(Method::POST, "/v1/accounts", None, Some(body.clone()), &[]).await;
+    assert_eq!((none.status, none.problem()), (401, "unauthorized"));
+    let wrong = node.send(Method::POST, "/v1/accounts", Some("not-a-key"), Some(body.clone()), &[]).await;
+    assert_eq!((wrong.status, wrong.problem()), (401, "unauthorized"));
+    let read_only = node.send(Method::POST, "/v1/accounts", Some(&node.read_key), Some(body.clone()), &[]).await;
+    assert_eq!((read_only.status, read_only.problem()), (403, "forbidden"));
+    let got = node.send(Method::GET, "/v1/accounts/world", None, None, &[]).await;
+    assert_eq!(got.status, 401);
+    assert_eq!(node.get("/v1/accounts/world").await.status, 200, "a read key reads");
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT key_hash FROM api_keys").fetch_all(&node.db.pool).await.unwrap();
+    assert!(!stored.iter().any(|h| h == &node.write_key || h == &node.read_key), "keys are stored hashed");
+    assert!(stored.contains(&region_node::api::hash_key(&node.write_key)));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let node = with_world().await;
+    funded(&node, "alice", 10).await;
+    let healthz = node.send(Method::GET, "/healthz", None, None, &[]).await;
+    assert_eq!(healthz.status, 200);
+    let ready = node.http.get(format!("{}/readyz", node.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    node.wait_read_models(Duration::from_secs(30)).await;
+    let metrics = node.http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "http_server_request_duration_seconds_bucket",
+        "ledger_group_commit_batch_size",
+        "ledger_outbox_publish_lag_seconds",
+        "ledger_outbox_backlog",
+        "ledger_consumer_events_applied_total",
+        "ledger_snapshot_age_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(metrics.contains("route=\"/v1/transfers\""));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn racing_debits_never_overdraw() {
+    let node = with_world().await;
+    funded(&node, "alice", 1_000).await;
+    for i in 0..4 {
+        node.open(&format!("shop{i}"), "USD", false).await;
+    }
+    // 200 debits of 10 race for 1,000: exactly 100 may pass, whatever the interleaving.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, base, key) = (node.http.clone(), node.base.clone(), node.write_key.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"from": "alice", "to": format!("shop{}", i % 4), "amount": 10});
+            let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            201 => accepted += 1,
+            409 => assert_eq!(body["type"], format!("{}insufficient-funds", region_node::problem::TYPE_BASE)),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(accepted, 100);
+    assert_eq!(node.balance("alice").await, 0);
+    let mut shops = 0;
+    for i in 0..4 {
+        shops += node.balance(&format!("shop{i}")).await;
+    }
+    assert_eq!(shops, 1_000, "the accepted sum is exactly what alice had");
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn events_reach_kafka_with_headers_and_the_read_models_once() {
+    let node = with_world().await;
+    funded(&node, "alice", 300).await;
+    node.open("bob", "USD", false).await;
+    for _ in 0..5 {
+        assert_eq!(node.transfer("alice", "bob", 7).await.status, 201);
+    }
+    let views = node.wait_read_models(Duration::from_secs(30)).await;
+    for (id, view, authoritative) in &views {
+        assert_eq!(view, authoritative, "view of {id}");
+    }
+    let view = node.get("/v1/views/accounts/alice").await;
+    assert_eq!(view.body["balance"], 265);
+    assert_eq!(view.body["entries_behind"], 0);
+
+    let (bootstrap, topic) = (node.region.kafka_bootstrap().to_owned(), node.topic());
+    let records = tokio::task::spawn_blocking(move || {
+        testkit::kafka_util::read_all(&bootstrap, &topic, "read_committed", Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&node.db.pool).await.unwrap();
+    assert_eq!(records.len() as i64, outbox, "each outbox row published once");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_events").fetch_one(&node.db.pool).await.unwrap();
+    // 3 openings (one record each) and 6 transfers (one record per account).
+    assert_eq!((events, outbox), (9, 3 + 12));
+    for r in &records {
+        let header = |k: &str| r.headers.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let payload: Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(header("event-id").as_deref(), payload["event_id"].as_str());
+        assert!(header("event-type").is_some_and(|t| t == "transfer.posted" || t == "account.opened"));
+        assert_eq!(header("origin-region").as_deref(), Some("us-east"));
+        assert!(header("traceparent").is_some_and(|t| t.starts_with("00-")), "traceparent header");
+        assert!(payload["vectors"][r.key.as_deref().unwrap()].is_object(), "the keyed account's vector travels");
+    }
+    // Per account, records arrive in the order the ledger wrote them.
+    let alice_types: Vec<String> = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("alice"))
+        .map(|r| {
+            serde_json::from_str::<Value>(r.value.as_deref().unwrap()).unwrap()["vectors"]["alice"]["us-east"]
+                .to_string()
+        })
+        .collect();
+    assert_eq!(alice_types, (1..=7).map(|i| i.to_string()).collect::<Vec<_>>());
+
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_snapshots").fetch_one(&node.db.pool).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut snapshots = snapshots;
+    while snapshots == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        snapshots = sqlx::query_scalar("SELECT count(*) FROM ledger_snapshots").fetch_one(&node.db.pool).await.unwrap();
+    }
+    assert!(snapshots > 0, "a snapshot within the configured interval");
+    let balances: Value = sqlx::query_scalar("SELECT balances FROM ledger_snapshots ORDER BY id DESC LIMIT 1")
+        .fetch_one(&node.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(balances["bob"], 35);
+    node.stop().await;
+}

@@ -1,0 +1,191 @@
+//! Shared by the region-node integration tests: a node on testkit's real PostgreSQL and Kafka, with
+//! its own database and topic prefix, plus HTTP helpers and a fingerprint of everything stored.
+
+#![allow(dead_code)]
+
+use region_node::config::NodeConfig;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// A running node and what a test needs to talk to it.
+pub struct TestNode {
+    pub node: Option<region_node::Node>,
+    pub base: String,
+    pub write_key: String,
+    pub read_key: String,
+    pub db: testkit::TestDb,
+    pub region: testkit::Region,
+    pub prefix: String,
+    pub cfg: NodeConfig,
+    pub http: reqwest::Client,
+}
+
+/// A response: status, headers, JSON body (Null if not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The problem type's slug, asserting the problem media type.
+    pub fn problem(&self) -> &str {
+        let ct = self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert_eq!(ct, "application/problem+json", "problem responses use the problem media type: {}", self.body);
+        self.body["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(region_node::problem::TYPE_BASE))
+            .expect("a problem type")
+    }
+}
+
+/// Starts a node on fresh storage; `tune` adjusts the configuration first.
+pub async fn start(tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    // As the binary does: logs and tracing (so requests carry a traceparent); once per process.
+    std::mem::forget(region_node::telemetry::init_for_tests(None));
+    let region = testkit::regions(1)[0].clone();
+    let db = region.fresh_database().await;
+    let prefix = testkit::unique_prefix();
+    region.create_topics(&prefix).await;
+    let write_key = format!("test-write-{}", uuid::Uuid::new_v4());
+    let mut cfg = NodeConfig {
+        region: region.name().to_owned(),
+        http_addr: "127.0.0.1:0".into(),
+        database_url: db.url.clone(),
+        kafka_bootstrap: region.kafka_bootstrap().to_owned(),
+        topic_prefix: prefix.clone(),
+        bootstrap_api_key: write_key.clone(),
+        snapshot_every_ms: 300,
+        ..NodeConfig::default()
+    };
+    tune(&mut cfg);
+    let node = region_node::start(cfg.clone()).await.expect("node starts");
+    let read_key = format!("test-read-{}", uuid::Uuid::new_v4());
+    region_node::api::auth_ensure_key(&db.pool, "reader", &read_key, &["read"]).await.unwrap();
+    let base = format!("http://{}", node.addr());
+    TestNode { node: Some(node), base, write_key, read_key, db, region, prefix, cfg, http: reqwest::Client::new() }
+}
+
+impl TestNode {
+    pub fn topic(&self) -> String {
+        format!("{}ledger.events", self.prefix)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, headers, body }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, Some(&self.write_key), Some(body), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, Some(&self.read_key), None, &[]).await
+    }
+
+    pub async fn open(&self, id: &str, currency: &str, allow_negative: bool) {
+        let r =
+            self.post("/v1/accounts", json!({"id": id, "currency": currency, "allow_negative": allow_negative})).await;
+        assert_eq!(r.status, 201, "opening {id}: {}", r.body);
+    }
+
+    pub async fn transfer(&self, from: &str, to: &str, amount: i64) -> Reply {
+        self.post("/v1/transfers", json!({"from": from, "to": to, "amount": amount})).await
+    }
+
+    pub async fn balance(&self, id: &str) -> i64 {
+        let r = self.get(&format!("/v1/accounts/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["balance"].as_i64().unwrap()
+    }
+
+    /// Everything the ledger stores, to prove a rejected request wrote nothing.
+    pub async fn fingerprint(&self) -> Value {
+        let counts: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM ledger_events), (SELECT count(*) FROM outbox),
+                    (SELECT count(*) FROM transfers), (SELECT count(*) FROM entries), (SELECT count(*) FROM idempotency_keys)",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap();
+        let balances: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT id, balance, entry_seq FROM accounts ORDER BY id")
+                .fetch_all(&self.db.pool)
+                .await
+                .unwrap();
+        json!({ "counts": [counts.0, counts.1, counts.2, counts.3, counts.4, counts.5], "balances": balances })
+    }
+
+    /// Waits until the read models have applied every entry of every account, and returns the
+    /// (account, view balance, authoritative balance) triples.
+    pub async fn wait_read_models(&self, timeout: Duration) -> Vec<(String, i64, i64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows: Vec<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT a.id, v.balance, a.balance, a.entry_seq, v.entries_applied
+                 FROM accounts a LEFT JOIN rm_balances v ON v.account_id = a.id ORDER BY a.id",
+            )
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap();
+            let caught_up =
+                rows.iter().all(|(_, view, _, seq, applied)| view.is_some() && applied.unwrap_or(0) == *seq);
+            if caught_up {
+                return rows.into_iter().map(|(id, view, auth, _, _)| (id, view.unwrap_or(0), auth)).collect();
+            }
+            assert!(Instant::now() < deadline, "read models did not catch up: {rows:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Every account's balance equals the sum of its entries, its entry count matches, and every
+/// transfer has exactly its two entries: nothing is ever half-written.
+pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
+    let bad: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a.id, a.balance, COALESCE(sum(e.amount), 0)::bigint FROM accounts a LEFT JOIN entries e ON e.account_id = a.id
+         GROUP BY a.id, a.balance, a.entry_seq HAVING a.balance <> COALESCE(sum(e.amount), 0) OR a.entry_seq <> count(e.seq)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(bad.is_empty(), "accounts whose balance disagrees with their entries: {bad:?}");
+    let half: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM transfers t WHERE (SELECT count(*) FROM entries e WHERE e.transfer_id = t.id) <> 2",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(half, 0, "transfers without exactly two entries");
+    let total: i64 =
+        sqlx::query_scalar("SELECT COALESCE(sum(balance), 0)::bigint FROM accounts").fetch_one(pool).await.unwrap();
+    assert_eq!(total, 0, "money is neither created nor destroyed");
+}
