@@ -234,7 +234,7 @@ impl KafkaBroker {
         let mut cmd = Command::new(&self.java);
         cmd.arg("-Xmx256m");
         cmd.arg("-cp").arg(jars.classpath()).arg("kafka.tools.StorageTool");
-        cmd.args(["format", "--ignore-formatted", "-t", &new_cluster_id(), "-c"]).arg(&config);
+        cmd.args(format_args(&new_cluster_id())).arg(&config);
         process::log_to(&mut cmd, &self.log)?;
         let status = cmd.status().map_err(StackError::io(&self.java))?;
         if !status.success() {
@@ -309,6 +309,12 @@ fn metadata_ok(bootstrap: &str) -> bool {
     consumer.fetch_metadata(None, Duration::from_secs(1)).map(|m| !m.brokers().is_empty()).unwrap_or(false)
 }
 
+/// The storage tool's arguments up to the config path. The id goes as `--cluster-id=<id>`, one
+/// argument: a random id may begin with '-' and would otherwise be read as an option.
+fn format_args(cluster_id: &str) -> [String; 4] {
+    ["format".into(), "--ignore-formatted".into(), format!("--cluster-id={cluster_id}"), "-c".into()]
+}
+
 /// A random KRaft cluster id: 16 random bytes in unpadded base64url, as Kafka's `Uuid` prints them.
 pub fn new_cluster_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
@@ -345,5 +351,19 @@ pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec], timeout: Durat
             Some(detail) if started.elapsed() > timeout => return Err(kafka_err(detail)),
             Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: one run in 64 formatted storage with an id starting with '-', which the storage
+    /// tool took for an option ("argument --cluster-id/-t: expected one argument").
+    #[test]
+    fn a_cluster_id_starting_with_a_dash_stays_one_argument() {
+        let args = format_args("-Zx3Ab8mQz2p1YVmLw9c0A");
+        assert_eq!(args[2], "--cluster-id=-Zx3Ab8mQz2p1YVmLw9c0A");
+        assert_eq!(new_cluster_id().len(), 22);
     }
 }
