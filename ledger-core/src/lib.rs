@@ -11,6 +11,8 @@ pub mod event;
 pub mod ids;
 pub mod money;
 pub mod posting;
+pub mod replica;
+pub mod replication;
 pub mod vv;
 
 pub use account::{AccountSpec, AccountState};

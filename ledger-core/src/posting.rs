@@ -31,6 +31,9 @@ pub enum PostingError {
         /// The amount asked for.
         amount: i64,
     },
+    /// An account this region does not know.
+    #[error("unknown account")]
+    UnknownAccount,
     /// A balance would leave the 64-bit range.
     #[error(transparent)]
     Money(#[from] MoneyError),

@@ -473,6 +473,7 @@ fn posting_problem(e: PostingError) -> Problem {
         PostingError::CurrencyMismatch { .. } => Problem::currency_mismatch(e.to_string()),
         PostingError::InsufficientFunds { .. } => Problem::insufficient_funds(e.to_string()),
         PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
+        PostingError::UnknownAccount => Problem::account_not_found("?"),
     }
 }
 

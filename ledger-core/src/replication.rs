@@ -1,0 +1,223 @@
+//! Applying events that originated in other regions: causal delivery per account, and conflict
+//! detection when an event is concurrent with what a region already applied.
+//!
+//! Causal delivery: an event `e` from region `o` may be applied once, for every account `x` it
+//! touches, the local vector of `x` has exactly `e.vectors[x][o] - 1` from `o` (every earlier
+//! event of `o` on `x`) and at least `e.vectors[x][r]` from every other region `r` (everything `o`
+//! had seen on `x`). Otherwise it waits; nothing about arrival order matters.
+//!
+//! Concurrency: once `e` is deliverable, an event `f` already applied on `x` that `e` did not see
+//! (`f`'s own counter above `e.vectors[x][origin(f)]`) is concurrent with it; `f` cannot have seen
+//! `e` either, since causal delivery would have applied `e` first. Each concurrent pair is one
+//! conflict, identified by the pair of event ids, so every region that applies both finds the
+//! same conflict, whichever order it received them in. Its kind is judged on the pair's joint
+//! causal past (the same set of events in every region), never on what else a region happens to
+//! have applied meanwhile.
+
+use crate::account::AccountSpec;
+use crate::event::{EventPayload, LedgerEvent};
+use crate::ids::{AccountId, RegionId};
+use crate::vv::VersionVector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Whether an arriving event can be applied now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// All its causal predecessors are applied.
+    Ready,
+    /// Its origin's counter shows it (or a later event of its origin) is already applied.
+    AlreadyApplied,
+    /// A predecessor is missing: hold it.
+    Wait,
+}
+
+/// Decides delivery of `event` given each touched account's local vector (empty for an account
+/// this region has never seen).
+pub fn delivery(event: &LedgerEvent, local: impl Fn(&AccountId) -> VersionVector) -> Delivery {
+    let origin = &event.origin_region;
+    let mut outcome = Delivery::Ready;
+    for account in event.accounts() {
+        let Some(theirs) = event.vectors.get(account) else { return Delivery::Wait };
+        let ours = local(account);
+        let (have, want) = (ours.get(origin), theirs.get(origin));
+        if have >= want {
+            outcome = Delivery::AlreadyApplied;
+            continue;
+        }
+        if have + 1 != want {
+            return Delivery::Wait;
+        }
+        let saw_everything =
+            theirs.to_map().into_iter().all(|(region, counter)| &region == origin || ours.get(&region) >= counter);
+        if !saw_everything {
+            return Delivery::Wait;
+        }
+    }
+    outcome
+}
+
+/// One applied event as seen from one account: what conflict detection needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEvent {
+    /// The event.
+    pub event_id: uuid::Uuid,
+    /// Where it originated.
+    pub origin: RegionId,
+    /// Its origin's counter in the account's vector after it.
+    pub counter: u64,
+    /// The account's vector after it.
+    pub vector: VersionVector,
+    /// Signed amount it posted to the account (0 for an opening).
+    pub posting: i64,
+    /// For an opening, the attributes it opened the account with.
+    pub opened: Option<AccountSpec>,
+    /// The client's idempotency key, for a transfer that had one.
+    pub idempotency_key: Option<String>,
+}
+
+impl AccountEvent {
+    /// The view of `event` from `account`, if it touches it.
+    pub fn of(event: &LedgerEvent, account: &AccountId) -> Option<Self> {
+        let vector = event.vectors.get(account)?.clone();
+        let (opened, idempotency_key) = match &event.payload {
+            EventPayload::AccountOpened { account: spec } => (Some(spec.clone()), None),
+            EventPayload::TransferPosted { idempotency_key, .. } => (None, idempotency_key.clone()),
+        };
+        Some(Self {
+            event_id: event.event_id,
+            origin: event.origin_region.clone(),
+            counter: vector.get(&event.origin_region),
+            posting: event.posting_for(account).unwrap_or(0),
+            vector,
+            opened,
+            idempotency_key,
+        })
+    }
+
+    /// True when `self` is in the causal past of (or equal to) the vector `v`.
+    pub fn seen_by(&self, v: &VersionVector) -> bool {
+        v.get(&self.origin) >= self.counter
+    }
+}
+
+/// The applied events on an account that `incoming` (deliverable, not yet applied) did not see.
+pub fn concurrent_with<'h>(history: &'h [AccountEvent], incoming: &AccountEvent) -> Vec<&'h AccountEvent> {
+    history.iter().filter(|f| f.event_id != incoming.event_id && !f.seen_by(&incoming.vector)).collect()
+}
+
+/// What went wrong between two events, most serious first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictKind {
+    /// The same idempotency key was executed in two regions.
+    DuplicateIntent,
+    /// The same account was opened concurrently with different attributes.
+    AccountDefinition,
+    /// With both applied, an account that forbids it is below zero.
+    Overdraft,
+    /// Concurrent postings that break nothing.
+    ConcurrentBenign,
+}
+
+impl ConflictKind {
+    /// The kebab-case name stored and published.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::DuplicateIntent => "duplicate-intent",
+            ConflictKind::AccountDefinition => "account-definition",
+            ConflictKind::Overdraft => "overdraft",
+            ConflictKind::ConcurrentBenign => "concurrent-benign",
+        }
+    }
+}
+
+/// The conflict id of a pair of events: the same whichever region computes it, in whichever order.
+/// A version 8 UUID made of the SHA-256 of the two ids in ascending order.
+pub fn conflict_id(a: uuid::Uuid, b: uuid::Uuid) -> uuid::Uuid {
+    use sha2::Digest;
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let digest = sha2::Sha256::new()
+        .chain_update(b"ledger-conflict")
+        .chain_update(lo.as_bytes())
+        .chain_update(hi.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The balance of an account over the joint causal past of two events on it (both included): the
+/// same set of events in every region that has applied both.
+pub fn joint_balance(history: &[AccountEvent], a: &AccountEvent, b: &AccountEvent) -> i64 {
+    let mut joint = a.vector.clone();
+    joint.merge(&b.vector);
+    history.iter().filter(|h| h.seen_by(&joint)).map(|h| h.posting).sum()
+}
+
+/// The kind of a concurrent pair on `account` (whose attributes are `spec`).
+pub fn classify(
+    spec: Option<&AccountSpec>,
+    history: &[AccountEvent],
+    a: &AccountEvent,
+    b: &AccountEvent,
+) -> ConflictKind {
+    if a.idempotency_key.is_some() && a.idempotency_key == b.idempotency_key {
+        return ConflictKind::DuplicateIntent;
+    }
+    if let (Some(x), Some(y)) = (&a.opened, &b.opened) {
+        return if x == y { ConflictKind::ConcurrentBenign } else { ConflictKind::AccountDefinition };
+    }
+    let forbids_negative = spec.is_some_and(|s| !s.allow_negative);
+    if forbids_negative && joint_balance(history, a, b) < 0 {
+        return ConflictKind::Overdraft;
+    }
+    ConflictKind::ConcurrentBenign
+}
+
+/// A detected conflict: the same record (but `detected_by`) in every region that detects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Derived from the pair of events.
+    pub conflict_id: uuid::Uuid,
+    /// What went wrong.
+    pub kind: ConflictKind,
+    /// The account it concerns.
+    pub account: AccountId,
+    /// The pair, ordered by event id: (event id, origin region, the account's vector after it).
+    pub sides: [(uuid::Uuid, RegionId, VersionVector); 2],
+}
+
+impl Conflict {
+    /// Builds the conflict of a pair, ordering the sides canonically.
+    pub fn of(kind: ConflictKind, account: &AccountId, a: &AccountEvent, b: &AccountEvent) -> Self {
+        let (x, y) = if a.event_id <= b.event_id { (a, b) } else { (b, a) };
+        Self {
+            conflict_id: conflict_id(a.event_id, b.event_id),
+            kind,
+            account: account.clone(),
+            sides: [(x.event_id, x.origin.clone(), x.vector.clone()), (y.event_id, y.origin.clone(), y.vector.clone())],
+        }
+    }
+}
+
+/// Deterministic choice between two openings of one account id: the opening from the region that
+/// sorts first, then the smaller event id, wins everywhere, so attributes converge.
+pub fn winning_opening<'a>(a: &'a AccountEvent, b: &'a AccountEvent) -> &'a AccountEvent {
+    if (&a.origin, a.event_id) <= (&b.origin, b.event_id) { a } else { b }
+}
+
+/// Conflicts per account found while applying one event, keyed by conflict id (a pair touching
+/// two accounts is one conflict; the more serious kind wins).
+pub fn merge_conflicts(found: impl IntoIterator<Item = Conflict>) -> BTreeMap<uuid::Uuid, Conflict> {
+    let mut out: BTreeMap<uuid::Uuid, Conflict> = BTreeMap::new();
+    for c in found {
+        match out.get(&c.conflict_id) {
+            Some(existing) if (existing.kind, &existing.account) <= (c.kind, &c.account) => {}
+            _ => {
+                out.insert(c.conflict_id, c);
+            }
+        }
+    }
+    out
+}
