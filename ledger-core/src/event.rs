@@ -35,6 +35,10 @@ pub enum EventPayload {
         metadata: serde_json::Map<String, serde_json::Value>,
         /// The client's idempotency key, if it sent one.
         idempotency_key: Option<String>,
+        /// SHA-256 of the canonical request body, so any region can tell a replay of the key from
+        /// a reuse with another body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_hash: Option<String>,
     },
 }
 
@@ -108,6 +112,7 @@ mod tests {
                 currency: Currency::new("USD").unwrap(),
                 metadata: Default::default(),
                 idempotency_key: None,
+                request_hash: None,
             },
             vectors: BTreeMap::new(),
         };

@@ -9,8 +9,8 @@ use crate::ids::{AccountId, RegionId};
 use crate::money::Amount;
 use crate::posting::{PostingError, post_transfer};
 use crate::replication::{
-    AccountEvent, Conflict, ConflictKind, Delivery, classify, concurrent_with, delivery, merge_conflicts,
-    winning_opening,
+    AccountEvent, Conflict, ConflictKind, Delivery, classify, concurrent_with, delivery, joint_balance,
+    merge_conflicts, winning_opening,
 };
 use crate::vv::VersionVector;
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,6 +103,7 @@ impl Replica {
                 currency: a.spec.currency,
                 metadata: Default::default(),
                 idempotency_key: key,
+                request_hash: None,
             },
         };
         self.apply(&event);
@@ -161,7 +162,8 @@ impl Replica {
             let spec = self.accounts.get(account).map(|a| a.spec.clone());
             let history = &self.history[account];
             for other in &concurrent {
-                found.push(Conflict::of(classify(spec.as_ref(), history, &incoming, other), account, &incoming, other));
+                let kind = classify(spec.as_ref(), || joint_balance(history, &incoming, other), &incoming, other);
+                found.push(Conflict::of(kind, account, &incoming, other));
             }
         }
         if let EventPayload::TransferPosted { idempotency_key: Some(key), .. } = &event.payload {

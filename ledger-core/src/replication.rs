@@ -155,10 +155,12 @@ pub fn joint_balance(history: &[AccountEvent], a: &AccountEvent, b: &AccountEven
     history.iter().filter(|h| h.seen_by(&joint)).map(|h| h.posting).sum()
 }
 
-/// The kind of a concurrent pair on `account` (whose attributes are `spec`).
+/// The kind of a concurrent pair on an account (whose attributes are `spec`); `joint_balance`
+/// gives the account's balance over the pair's joint causal past (see [`joint_balance`]), asked
+/// for only when it matters.
 pub fn classify(
     spec: Option<&AccountSpec>,
-    history: &[AccountEvent],
+    joint_balance: impl FnOnce() -> i64,
     a: &AccountEvent,
     b: &AccountEvent,
 ) -> ConflictKind {
@@ -169,7 +171,7 @@ pub fn classify(
         return if x == y { ConflictKind::ConcurrentBenign } else { ConflictKind::AccountDefinition };
     }
     let forbids_negative = spec.is_some_and(|s| !s.allow_negative);
-    if forbids_negative && joint_balance(history, a, b) < 0 {
+    if forbids_negative && joint_balance() < 0 {
         return ConflictKind::Overdraft;
     }
     ConflictKind::ConcurrentBenign

@@ -59,6 +59,8 @@ pub struct StackConfig {
     pub kafka_heap_mb: u32,
     /// The `region-node` binary.
     pub node_bin: PathBuf,
+    /// The `replicator` binary.
+    pub replicator_bin: PathBuf,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -115,6 +117,7 @@ impl StackConfig {
             mvn: PathBuf::from("mvn"),
             kafka_heap_mb: DEFAULT_KAFKA_HEAP_MB,
             node_bin: crate::node::default_bin(),
+            replicator_bin: crate::node::default_replicator_bin(),
         })
     }
 

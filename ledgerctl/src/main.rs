@@ -51,6 +51,9 @@ struct Opts {
     /// The region-node binary (default: next to ledgerctl).
     #[arg(long, env = "LEDGER_NODE_BIN", global = true)]
     node_bin: Option<PathBuf>,
+    /// The replicator binary (default: next to ledgerctl).
+    #[arg(long, env = "LEDGER_REPLICATOR_BIN", global = true)]
+    replicator_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -59,7 +62,7 @@ enum Cmd {
     Up,
     /// Stop one component, in one region or all.
     Stop {
-        /// postgres, kafka or node.
+        /// postgres, kafka, node or replicator.
         component: Component,
         /// Only this region.
         #[arg(long)]
@@ -70,7 +73,7 @@ enum Cmd {
     },
     /// Start one stopped component again, in one region or all, and wait until it serves.
     Start {
-        /// postgres, kafka or node.
+        /// postgres, kafka, node or replicator.
         component: Component,
         /// Only this region.
         #[arg(long)]
@@ -106,6 +109,9 @@ impl Opts {
         }
         if let Some(bin) = &self.node_bin {
             cfg.node_bin = bin.clone();
+        }
+        if let Some(bin) = &self.replicator_bin {
+            cfg.replicator_bin = bin.clone();
         }
         Ok(cfg)
     }

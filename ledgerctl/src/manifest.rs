@@ -55,6 +55,9 @@ pub struct Pids {
     /// The region node.
     #[serde(default)]
     pub node: Option<u32>,
+    /// The replicator into this region.
+    #[serde(default)]
+    pub replicator: Option<u32>,
 }
 
 impl Manifest {

@@ -28,6 +28,8 @@ pub struct NodeProcess {
     pub kafka_bootstrap: String,
     /// The development API key the node creates at start-up.
     pub api_key: String,
+    /// The other regions (their events arrive mirrored).
+    pub peers: Vec<String>,
     /// Node output.
     pub log: PathBuf,
 }
@@ -64,8 +66,8 @@ impl NodeProcess {
     /// Writes the node's configuration file.
     pub fn write_config(&self) -> Result<()> {
         let toml = format!(
-            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\n",
-            self.region, self.http_port, self.database_url, self.kafka_bootstrap, self.api_key
+            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\n",
+            self.region, self.http_port, self.database_url, self.kafka_bootstrap, self.api_key, self.peers
         );
         let path = self.config_path();
         std::fs::write(&path, toml).map_err(StackError::io(&path))
@@ -124,4 +126,88 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The replicator into one region: it mirrors every other region's events into this region's Kafka.
+#[derive(Debug, Clone)]
+pub struct ReplicatorProcess {
+    /// The `replicator` binary.
+    pub bin: PathBuf,
+    /// The region's state folder.
+    pub dir: PathBuf,
+    /// The target region.
+    pub region: String,
+    /// The target region's Kafka.
+    pub bootstrap: String,
+    /// Every region: (name, Kafka bootstrap).
+    pub sources: Vec<(String, String)>,
+    /// Port of its `/metrics` and `/healthz`.
+    pub metrics_port: u16,
+    /// Its output.
+    pub log: PathBuf,
+}
+
+/// The default `replicator` binary: next to the running `ledgerctl`.
+pub fn default_replicator_bin() -> PathBuf {
+    std::env::current_exe().map(|exe| exe.with_file_name("replicator")).unwrap_or_else(|_| PathBuf::from("replicator"))
+}
+
+impl ReplicatorProcess {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("replicator.toml")
+    }
+
+    /// The marker that identifies this replicator's pid.
+    pub fn marker(&self) -> String {
+        self.config_path().display().to_string()
+    }
+
+    /// Starts the replicator; returns at once.
+    pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
+        if !self.bin.is_file() {
+            return Err(StackError::MissingBinary {
+                what: "the replicator",
+                path: self.bin.clone(),
+                fix: "build it with `cargo build -p replicator` (./dev up does) or set LEDGER_REPLICATOR_BIN",
+            });
+        }
+        let mut toml = format!(
+            "# Written by ledgerctl up.\ntarget_region = {:?}\ntarget_bootstrap = {:?}\nmetrics_addr = \"127.0.0.1:{}\"\n",
+            self.region, self.bootstrap, self.metrics_port
+        );
+        for (region, bootstrap) in &self.sources {
+            toml.push_str(&format!("\n[[sources]]\nregion = {region:?}\nbootstrap = {bootstrap:?}\n"));
+        }
+        let path = self.config_path();
+        std::fs::write(&path, toml).map_err(StackError::io(&path))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&path);
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "replicator")
+    }
+
+    /// Waits until `/healthz` answers, failing early if `pid` dies.
+    pub async fn wait_ready(&self, pid: u32) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let port = self.metrics_port;
+            if tokio::task::spawn_blocking(move || http_status(port, "/healthz") == Some(200)).await.unwrap_or(false) {
+                return Ok(());
+            }
+            let dead = !process::is_ours_and_alive(pid, &self.marker());
+            if dead || started.elapsed() > READY_TIMEOUT {
+                return Err(StackError::NotReady {
+                    what: format!("the replicator into {}", self.region),
+                    waited_s: started.elapsed().as_secs(),
+                    detail: if dead {
+                        format!("it exited: {}", process::last_line(&self.log))
+                    } else {
+                        "/healthz never answered".into()
+                    },
+                    log: self.log.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

@@ -8,7 +8,7 @@ use crate::config::{RegionSpec, StackConfig};
 use crate::error::{Result, StackError};
 use crate::kafka::{self, KafkaBroker, KafkaJars};
 use crate::manifest::{Manifest, Pids, RegionEntry};
-use crate::node::NodeProcess;
+use crate::node::{NodeProcess, ReplicatorProcess};
 use crate::postgres::{self, PgServer};
 use crate::process::{self, Lifetime};
 use ledger_core::RegionId;
@@ -30,6 +30,8 @@ pub enum Component {
     Kafka,
     /// The region node.
     Node,
+    /// The replicator into the region (stopping it pauses replication into the region).
+    Replicator,
 }
 
 impl Component {
@@ -39,6 +41,7 @@ impl Component {
             Component::Postgres => "postgres",
             Component::Kafka => "kafka",
             Component::Node => "node",
+            Component::Replicator => "replicator",
         }
     }
 
@@ -47,7 +50,7 @@ impl Component {
     fn stop_signal(self) -> Signal {
         match self {
             Component::Postgres => Signal::SIGINT,
-            Component::Kafka | Component::Node => Signal::SIGTERM,
+            Component::Kafka | Component::Node | Component::Replicator => Signal::SIGTERM,
         }
     }
 
@@ -56,12 +59,13 @@ impl Component {
             Component::Postgres => &mut pids.postgres,
             Component::Kafka => &mut pids.kafka,
             Component::Node => &mut pids.node,
+            Component::Replicator => &mut pids.replicator,
         }
     }
 }
 
 /// Components in start order (each needs the ones before it); stop goes in reverse.
-const START_ORDER: [Component; 3] = [Component::Postgres, Component::Kafka, Component::Node];
+const START_ORDER: [Component; 4] = [Component::Postgres, Component::Kafka, Component::Node, Component::Replicator];
 
 /// The stack's parts, built from a configuration.
 pub struct Stack {
@@ -129,7 +133,21 @@ impl Stack {
             database_url: self.pg(region).url(postgres::DATABASE),
             kafka_bootstrap: self.kafka(region).bootstrap(),
             api_key: api_key.to_owned(),
+            peers: self.cfg.regions.iter().filter(|r| r.name != region.name).map(|r| r.name.to_string()).collect(),
             log: dir.join("node.log"),
+            dir,
+        }
+    }
+
+    fn replicator(&self, region: &RegionSpec) -> ReplicatorProcess {
+        let dir = self.cfg.region_dir(&region.name);
+        ReplicatorProcess {
+            bin: self.cfg.replicator_bin.clone(),
+            region: region.name.to_string(),
+            bootstrap: self.kafka(region).bootstrap(),
+            sources: self.cfg.regions.iter().map(|r| (r.name.to_string(), self.kafka(r).bootstrap())).collect(),
+            metrics_port: replicator_port(region),
+            log: dir.join("replicator.log"),
             dir,
         }
     }
@@ -139,6 +157,7 @@ impl Stack {
             Component::Postgres => self.pg(region).marker(),
             Component::Kafka => self.kafka(region).marker(),
             Component::Node => self.node(region, "").marker(),
+            Component::Replicator => self.replicator(region).marker(),
         }
     }
 
@@ -171,6 +190,7 @@ impl Stack {
             Component::Postgres => self.pg(region).start(Lifetime::Detached)?,
             Component::Kafka => self.kafka(region).start(jars, Lifetime::Detached)?,
             Component::Node => self.node(region, api_key).start(Lifetime::Detached)?,
+            Component::Replicator => self.replicator(region).start(Lifetime::Detached)?,
         };
         Ok(child.id())
     }
@@ -191,6 +211,7 @@ impl Stack {
                 kafka::create_topics(&broker.bootstrap(), &kafka::region_topics(""), TOPICS_TIMEOUT).await
             }
             Component::Node => self.node(region, api_key).wait_ready(pid).await,
+            Component::Replicator => self.replicator(region).wait_ready(pid).await,
         }
     }
 
@@ -245,7 +266,8 @@ impl Stack {
         manifest.regions.retain(|r| cfg.regions.iter().any(|s| s.name.as_str() == r.name));
 
         // 2. Engines first, then nodes: start what is not running, record each pid at once, wait.
-        for phase in [&[Component::Postgres, Component::Kafka][..], &[Component::Node][..]] {
+        let phases = [&[Component::Postgres, Component::Kafka][..], &[Component::Node, Component::Replicator][..]];
+        for phase in phases {
             let mut waits = Vec::new();
             for (region, pids) in cfg.regions.iter().zip(running.iter_mut()) {
                 for &component in phase {
@@ -267,7 +289,7 @@ impl Stack {
                     }
                     let pid = component.pid(pids).expect("running or just started");
                     // Engines already running are still checked: topics or the database may be new.
-                    if fresh || component != Component::Node {
+                    if fresh || matches!(component, Component::Postgres | Component::Kafka) {
                         waits.push((region.clone(), component, pid));
                     }
                 }
@@ -402,7 +424,8 @@ impl Stack {
             Err(e) => return Err(e),
         };
         if let Some(manifest) = manifest {
-            for phase in [&[Component::Node][..], &[Component::Kafka, Component::Postgres][..]] {
+            let phases = [&[Component::Replicator, Component::Node][..], &[Component::Kafka, Component::Postgres][..]];
+            for phase in phases {
                 let mut handles = Vec::new();
                 for region in &manifest.regions {
                     let spec = spec_of(region)?;
@@ -442,12 +465,22 @@ impl Stack {
                     Component::Postgres => format!("127.0.0.1:{}", r.postgres_port),
                     Component::Kafka => r.kafka_bootstrap.clone(),
                     Component::Node => r.http_url.clone(),
+                    Component::Replicator => format!("http://127.0.0.1:{}", replicator_port(&spec)),
                 };
                 let answer = match component {
                     _ if !alive => Err("not running".into()),
                     Component::Postgres => postgres_answers(&r.postgres_url).await,
                     Component::Kafka => kafka_answers(&r.kafka_bootstrap).await,
                     Component::Node => node_answers(r.http_port).await,
+                    Component::Replicator => match tokio::task::spawn_blocking({
+                        let port = replicator_port(&spec);
+                        move || crate::node::http_status(port, "/healthz")
+                    })
+                    .await
+                    {
+                        Ok(Some(200)) => Ok(()),
+                        _ => Err("no answer".into()),
+                    },
                 };
                 out.push(Health {
                     region: r.name.clone(),
@@ -469,7 +502,13 @@ fn ports(region: &RegionSpec, component: Component) -> Vec<(u16, &'static str)> 
         Component::Postgres => vec![(region.pg_port, "PostgreSQL")],
         Component::Kafka => vec![(region.kafka_port, "Kafka"), (region.kafka_controller_port, "the Kafka controller")],
         Component::Node => vec![(region.http_port, "the node")],
+        Component::Replicator => vec![(replicator_port(region), "the replicator")],
     }
+}
+
+/// The replicator's metrics port: 100 above the region's HTTP port.
+fn replicator_port(region: &RegionSpec) -> u16 {
+    region.http_port.saturating_add(100)
 }
 
 /// The region as the manifest recorded it (ports may differ from the current flags).

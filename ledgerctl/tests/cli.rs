@@ -34,6 +34,7 @@ impl Env {
                     && port_free(kafka_base + 10 * i)
                     && port_free(kafka_base + 10 * i + 1)
                     && port_free(http_base + i)
+                    && port_free(http_base + 100 + i)
             });
             if all_free {
                 let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
@@ -105,7 +106,10 @@ fn read_manifest(env: &Env) -> serde_json::Value {
 /// The recorded pids of every region's postgres, kafka and node.
 fn recorded_pids(manifest: &serde_json::Value) -> Vec<u32> {
     let regions = manifest["regions"].as_array().unwrap();
-    regions.iter().flat_map(|r| ["postgres", "kafka", "node"].map(|p| r["pids"][p].as_u64().unwrap() as u32)).collect()
+    regions
+        .iter()
+        .flat_map(|r| ["postgres", "kafka", "node", "replicator"].map(|p| r["pids"][p].as_u64().unwrap() as u32))
+        .collect()
 }
 
 #[test]
@@ -131,7 +135,7 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let status = env.run(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status: {text}");
-    assert_eq!(text.matches("healthy").count(), 6, "{text}");
+    assert_eq!(text.matches("healthy").count(), 8, "{text}");
     assert!(!text.contains("UNHEALTHY"), "{text}");
 
     // One node killed and started again, by pid, while the rest keep running.
@@ -155,7 +159,7 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
 
     let down = env.run(&["down"]);
     assert!(down.status.success());
-    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 6);
+    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 8);
     assert_eq!(env.our_processes(), Vec::<u32>::new(), "down leaves no process of ours");
     assert!(!env.run(&["status"]).status.success(), "status fails when nothing runs");
 }

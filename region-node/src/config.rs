@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub run_publisher: bool,
     /// Run the read-model consumer in this process.
     pub run_consumer: bool,
+    /// The other regions, whose events arrive mirrored as `<region>.ledger.events`.
+    pub peers: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +85,7 @@ impl Default for NodeConfig {
             bootstrap_api_key: String::new(),
             run_publisher: true,
             run_consumer: true,
+            peers: Vec::new(),
         }
     }
 }

@@ -187,7 +187,7 @@ pub async fn run(pool: PgPool, cfg: ConsumerConfig, shutdown: CancellationToken)
         metrics::gauge!(metric::SNAPSHOT_AGE).set(last_snapshot.elapsed().as_secs_f64());
     }
     // Shutdown: the last batch's offsets were committed asynchronously; make them durable.
-    let _ = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync));
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod consumer;
 pub mod outbox;
 pub mod problem;
+pub mod remote;
 pub mod telemetry;
 pub mod write;
 
@@ -121,7 +122,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         let pcfg = outbox::PublisherConfig {
             region: region.to_string(),
             bootstrap: cfg.kafka_bootstrap.clone(),
-            topic: topic.clone(),
+            topic_prefix: cfg.topic_prefix.clone(),
             transactional_id: format!("{}ledger-outbox-{}", cfg.topic_prefix, region),
             batch_max: cfg.publish_batch_max,
             poll: Duration::from_millis(cfg.publish_poll_ms),
@@ -140,6 +141,17 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         };
         tokio::spawn(consumer::run(pool.clone(), ccfg, background.clone()))
     });
+    let remote = (!cfg.peers.is_empty()).then(|| {
+        let rcfg = remote::RemoteConfig {
+            region: region.clone(),
+            bootstrap: cfg.kafka_bootstrap.clone(),
+            topics: cfg.peers.iter().map(|peer| format!("{}{peer}.ledger.events", cfg.topic_prefix)).collect(),
+            group: format!("{}ledger-apply-{}", cfg.topic_prefix, region),
+            batch_max: cfg.consume_batch_max,
+        };
+        tokio::spawn(remote::run(pool.clone(), rcfg, background.clone()))
+    });
+    tasks.extend(remote.iter().map(JoinHandle::abort_handle));
     tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
     tasks.extend(consumer.iter().map(JoinHandle::abort_handle));
 
@@ -177,6 +189,9 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         }
         if let Some(c) = consumer {
             let _ = c.await;
+        }
+        if let Some(r) = remote {
+            let _ = r.await;
         }
         pool.close().await;
     });

@@ -49,8 +49,8 @@ pub struct PublisherConfig {
     pub region: String,
     /// Kafka bootstrap.
     pub bootstrap: String,
-    /// Destination topic.
-    pub topic: String,
+    /// Prefix of every topic name (the row names the topic).
+    pub topic_prefix: String,
     /// Stable per region (and per test prefix).
     pub transactional_id: String,
     /// Rows per Kafka transaction.
@@ -159,7 +159,7 @@ async fn lead(
 /// Publishes up to `batch_max` unpublished rows in one Kafka transaction; returns how many.
 async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FutureProducer) -> Result<usize, PublishError> {
     let rows = sqlx::query(
-        "SELECT id, event_id, partition_key, event_type, payload::text AS payload, traceparent, created_at
+        "SELECT id, event_id, topic, partition_key, event_type, payload::text AS payload, traceparent, created_at
          FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(cfg.batch_max)
@@ -175,6 +175,7 @@ async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FuturePr
         for row in &rows {
             let event_id: uuid::Uuid = row.try_get("event_id")?;
             let key: String = row.try_get("partition_key")?;
+            let topic = format!("{}{}", cfg.topic_prefix, row.try_get::<String, _>("topic")?);
             let event_type: String = row.try_get("event_type")?;
             let payload: String = row.try_get("payload")?;
             let parent: Option<String> = row.try_get("traceparent")?;
@@ -185,7 +186,7 @@ async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FuturePr
                 otel.name = "send ledger.events",
                 otel.kind = "producer",
                 messaging.system = "kafka",
-                messaging.destination.name = %cfg.topic,
+                messaging.destination.name = %topic,
                 messaging.operation.name = "send",
                 trace_id = tracing::field::Empty,
             );
@@ -200,7 +201,7 @@ async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FuturePr
             if let Some(tp) = traceparent.as_deref() {
                 headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
             }
-            let record = FutureRecord::to(&cfg.topic).key(&key).payload(&payload).headers(headers);
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
             // The delivery future is not awaited: commit_transaction flushes and fails if any send did.
             let _delivery = producer.send_result(record).map_err(|(e, _)| e)?;
             ids.push(row.try_get::<i64, _>("id")?);

@@ -39,6 +39,8 @@ pub mod metric {
     pub const DUPLICATES: &str = "ledger_consumer_duplicates_dropped_total";
     /// Counter: records applied to the read models.
     pub const APPLIED: &str = "ledger_consumer_events_applied_total";
+    /// Counter, label `kind`: conflicts detected by remote apply.
+    pub const CONFLICTS: &str = "ledger_conflicts_detected_total";
     /// Gauge, seconds since the last snapshot.
     pub const SNAPSHOT_AGE: &str = "ledger_snapshot_age_seconds";
 }

@@ -34,10 +34,10 @@ fn spawn_node(db_url: &str, bootstrap: &str, prefix: &str, key: &str, port: u16)
 async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "node at {base} never became ready");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod body;
+mod conflicts;
 mod health;
 mod transfers;
 
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views/accounts/{id}", get(accounts::view))
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
+        .route("/v1/conflicts", get(conflicts::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(v1)

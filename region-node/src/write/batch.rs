@@ -135,6 +135,13 @@ struct Writes {
     ob_type: Vec<String>,
     ob_payload: Vec<Value>,
     ob_traceparent: Vec<Option<String>>,
+    ae_account: Vec<String>,
+    ae_counter: Vec<i64>,
+    ae_event: Vec<uuid::Uuid>,
+    ae_vector: Vec<Value>,
+    ae_posting: Vec<i64>,
+    ae_opened: Vec<Option<Value>>,
+    ae_key: Vec<Option<String>>,
     ik_key: Vec<String>,
     ik_hash: Vec<String>,
     ik_body: Vec<Value>,
@@ -269,6 +276,7 @@ impl Batch<'_> {
                 currency,
                 metadata: cmd.metadata.clone(),
                 idempotency_key: cmd.idempotency_key.clone(),
+                request_hash: Some(cmd.request_hash.clone()),
             },
             vectors: BTreeMap::from([
                 (cmd.from.clone(), from.state.version.clone()),
@@ -333,6 +341,15 @@ impl Batch<'_> {
         w.ev_vectors.push(json!(event.vectors));
         w.ev_traceparent.push(traceparent.clone());
         for account in event.accounts() {
+            let seen =
+                ledger_core::replication::AccountEvent::of(event, account).expect("events carry a vector per account");
+            w.ae_account.push(account.to_string());
+            w.ae_counter.push(seen.counter as i64);
+            w.ae_event.push(event.event_id);
+            w.ae_vector.push(json!(seen.vector));
+            w.ae_posting.push(seen.posting);
+            w.ae_opened.push(seen.opened.map(|spec| json!(spec)));
+            w.ae_key.push(seen.idempotency_key);
             w.ob_event.push(event.event_id);
             w.ob_key.push(account.to_string());
             w.ob_type.push(event.event_type().to_owned());
@@ -445,6 +462,21 @@ impl Batch<'_> {
             .execute(&mut **tx)
             .await?;
         }
+        sqlx::query(
+            "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
+             SELECT a, $8, c, e, v, p, o, k FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::jsonb[], $5::int8[], $6::jsonb[], $7::text[])
+               AS u(a, c, e, v, p, o, k)",
+        )
+        .bind(&w.ae_account)
+        .bind(&w.ae_counter)
+        .bind(&w.ae_event)
+        .bind(&w.ae_vector)
+        .bind(&w.ae_posting)
+        .bind(&w.ae_opened)
+        .bind(&w.ae_key)
+        .bind(region)
+        .execute(&mut **tx)
+        .await?;
         // Outbox rows last: their ids then follow commit order closely, and NOTIFY is delivered
         // only when this transaction commits.
         sqlx::query(

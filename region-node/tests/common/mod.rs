@@ -41,12 +41,17 @@ impl Reply {
 
 /// Starts a node on fresh storage; `tune` adjusts the configuration first.
 pub async fn start(tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
-    // As the binary does: logs and tracing (so requests carry a traceparent); once per process.
-    std::mem::forget(region_node::telemetry::init_for_tests(None));
     let region = testkit::regions(1)[0].clone();
-    let db = region.fresh_database().await;
     let prefix = testkit::unique_prefix();
     region.create_topics(&prefix).await;
+    start_on(region, prefix, tune).await
+}
+
+/// Starts a node of `region` on a fresh database, with topics under `prefix` (already created).
+pub async fn start_on(region: testkit::Region, prefix: String, tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    // As the binary does: logs and tracing (so requests carry a traceparent); once per process.
+    std::mem::forget(region_node::telemetry::init_for_tests(None));
+    let db = region.fresh_database().await;
     let write_key = format!("test-write-{}", uuid::Uuid::new_v4());
     let mut cfg = NodeConfig {
         region: region.name().to_owned(),
@@ -143,7 +148,9 @@ impl TestNode {
     pub async fn wait_read_models(&self, timeout: Duration) -> Vec<(String, i64, i64)> {
         let deadline = Instant::now() + timeout;
         loop {
-            let rows: Vec<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
+            // (account, view balance, balance, entries, entries applied by the view)
+            type Row = (String, Option<i64>, i64, i64, Option<i64>);
+            let rows: Vec<Row> = sqlx::query_as(
                 "SELECT a.id, v.balance, a.balance, a.entry_seq, v.entries_applied
                  FROM accounts a LEFT JOIN rm_balances v ON v.account_id = a.id ORDER BY a.id",
             )

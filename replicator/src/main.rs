@@ -1,0 +1,37 @@
+//! `replicator`: mirrors every other region's events into one target region until SIGTERM.
+
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "replicator", about = "Mirrors every other region's ledger events into one region's Kafka")]
+struct Flags {
+    /// TOML file: target_region, target_bootstrap, [[sources]] region/bootstrap, topic_prefix, metrics_addr.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let cfg: replicator::ReplicatorConfig =
+        Figment::new().merge(Toml::file_exact(&flags.config)).merge(Env::prefixed("LEDGER_REPLICATOR_")).extract()?;
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
+        )
+        .init();
+    let running = replicator::start(cfg).await?;
+    tracing::info!(metrics = ?running.metrics_addr, "replicator running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    running.stop().await;
+    Ok(())
+}

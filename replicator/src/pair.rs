@@ -1,0 +1,298 @@
+//! One (source → target) pair: consume the source's events and heartbeats, produce them to the
+//! target together with the next source offsets, in one Kafka transaction per batch.
+
+use crate::{EVENTS_TOPIC, HEARTBEATS_TOPIC, OFFSETS_TOPIC, Source, mirrored_topic};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How long a Kafka transaction call may take.
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before restarting a pair after a failure.
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Partitions of mirrored event topics: the same as the source's, so a record keeps its partition.
+const EVENTS_PARTITIONS: i32 = 20;
+/// How often the lag in events is measured.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) struct Pair {
+    pub source: Source,
+    pub target: Source,
+    pub prefix: String,
+    pub batch_max: usize,
+    pub heartbeat: Duration,
+}
+
+impl Pair {
+    fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn offset_key(&self, topic: &str, partition: i32) -> String {
+        format!("{}|{topic}|{partition}", self.source.region)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PairError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub(crate) async fn run(pair: Pair, shutdown: CancellationToken) {
+    let pair = Arc::new(pair);
+    while !shutdown.is_cancelled() {
+        let p = pair.clone();
+        let stop = shutdown.clone();
+        // Kafka's transactional calls block: the whole pair runs on a blocking thread.
+        let outcome = tokio::task::spawn_blocking(move || mirror(&p, &stop)).await;
+        match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(source = %pair.source.region, target = %pair.target.region, error = %e, "pair restarting")
+            }
+            Err(e) => tracing::error!(error = %e, "pair task panicked"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETRY_BACKOFF) => {}
+        }
+    }
+}
+
+/// A topic to create: name, partitions, topic settings.
+type TopicSpec<'a> = (String, i32, &'a [(&'a str, &'a str)]);
+
+fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) -> Result<(), PairError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions, config)| {
+            config.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v))
+        })
+        .collect();
+    // Both bounds matter: the request timeout otherwise defaults to a minute per attempt.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let results = futures_lite_block_on(admin.create_topics(new.iter(), &options))?;
+    for r in results {
+        if let Err((name, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(PairError::Other(format!("creating {name}: {code}")));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a future to completion on this (blocking) thread.
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
+fn millis_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Reads this pair's committed source offsets back from the target's offsets topic.
+fn load_offsets(pair: &Pair) -> Result<HashMap<(String, i32), i64>, PairError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &pair.target.bootstrap)
+        .set("group.id", format!("{}replicator-offsets-reader", pair.prefix))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let topic = pair.topic(OFFSETS_TOPIC);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let prefix = format!("{}|", pair.source.region);
+    let mut offsets = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let Some(rest) = key.strip_prefix(&prefix) else { continue };
+                let Some((topic, partition)) = rest.rsplit_once('|') else { continue };
+                let (Ok(partition), Some(Ok(next))) =
+                    (partition.parse::<i32>(), m.payload().map(|v| String::from_utf8_lossy(v).parse::<i64>()))
+                else {
+                    continue;
+                };
+                offsets.insert((topic.to_owned(), partition), next);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(offsets),
+            Some(Err(e)) => return Err(e.into()),
+            None if Instant::now() > deadline => return Err(PairError::Other("offsets topic unreadable".into())),
+            None => {}
+        }
+    }
+}
+
+fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
+    let (src, dst) = (&pair.source.region, &pair.target.region);
+    let history: &[(&str, &str)] = &[("retention.ms", "-1"), ("retention.bytes", "-1")];
+    create_topics(
+        &pair.target.bootstrap,
+        &[
+            (pair.topic(&mirrored_topic(src, EVENTS_TOPIC)), EVENTS_PARTITIONS, history),
+            (pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC)), 1, &[]),
+            (pair.topic(OFFSETS_TOPIC), 1, &[("cleanup.policy", "compact")]),
+        ],
+    )?;
+    create_topics(&pair.source.bootstrap, &[(pair.topic(HEARTBEATS_TOPIC), 1, &[])])?;
+    tracing::info!(source = %src, target = %dst, "pair topics ready");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &pair.target.bootstrap)
+        .set("transactional.id", format!("{}replicator-{src}-to-{dst}", pair.prefix))
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()?;
+    // Fences any earlier incarnation of this pair: its open transaction can never commit now.
+    producer.init_transactions(KAFKA_CALL_TIMEOUT)?;
+    tracing::info!(source = %src, target = %dst, "pair producer ready");
+    let mut committed = load_offsets(pair)?;
+    tracing::info!(source = %src, target = %dst, offsets = committed.len(), "pair offsets loaded");
+
+    let beats: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &pair.source.bootstrap)
+        .set("enable.idempotence", "true")
+        .create()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &pair.source.bootstrap)
+        .set("group.id", format!("{}replicator-{src}-to-{dst}", pair.prefix))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        // A committed transaction becomes visible when its marker lands; a shorter long-poll
+        // notices it sooner (the default waits up to 500 ms per hop).
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let (events, heartbeats) = (pair.topic(EVENTS_TOPIC), pair.topic(HEARTBEATS_TOPIC));
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&events, &heartbeats] {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+        if partitions == 0 {
+            return Err(PairError::Other(format!("source topic {topic} has no partitions yet")));
+        }
+        for p in 0..partitions {
+            let offset = committed.get(&(topic.clone(), p)).map(|o| Offset::Offset(*o)).unwrap_or(Offset::Beginning);
+            tpl.add_partition_offset(topic, p, offset)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    tracing::info!(source = %src, target = %dst, "pair mirroring");
+
+    let labels = [("source", src.clone()), ("target", dst.clone())];
+    let (mut last_beat, mut last_lag) = (Instant::now() - pair.heartbeat, Instant::now() - LAG_EVERY);
+    let mirrored_events = pair.topic(&mirrored_topic(src, EVENTS_TOPIC));
+    let mirrored_beats = pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC));
+    let offsets_topic = pair.topic(OFFSETS_TOPIC);
+    while !shutdown.is_cancelled() {
+        if last_beat.elapsed() >= pair.heartbeat {
+            let now = millis_now().to_string();
+            let _ = beats.send(BaseRecord::to(&heartbeats).key(dst.as_str()).payload(&now));
+            last_beat = Instant::now();
+        }
+        if last_lag.elapsed() >= LAG_EVERY {
+            let mut lag = 0i64;
+            for ((topic, partition), next) in committed.iter().filter(|((t, _), _)| *t == events) {
+                if let Ok((_, high)) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(1)) {
+                    lag += (high - next).max(0);
+                }
+            }
+            metrics::gauge!("replication_lag_events", &labels).set(lag as f64);
+            last_lag = Instant::now();
+        }
+        let mut batch = Vec::new();
+        let until = Instant::now() + Duration::from_millis(100);
+        while batch.len() < pair.batch_max && Instant::now() < until {
+            match consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction()?;
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut newest_beat: Option<i64> = None;
+        let sent = (|| -> Result<(), PairError> {
+            for m in &batch {
+                next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                let header = |name: &str| {
+                    m.headers().and_then(|hs| {
+                        hs.iter()
+                            .find(|h| h.key == name)
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                    })
+                };
+                let destination = if m.topic() == events {
+                    // Only events that originated in the source region are ever mirrored.
+                    if header("origin-region").as_deref() != Some(src.as_str()) {
+                        tracing::warn!(
+                            topic = m.topic(),
+                            offset = m.offset(),
+                            "record not from its source region skipped"
+                        );
+                        continue;
+                    }
+                    &mirrored_events
+                } else {
+                    if m.key() == Some(dst.as_bytes()) {
+                        newest_beat =
+                            m.payload().and_then(|v| String::from_utf8_lossy(v).parse::<i64>().ok()).max(newest_beat);
+                    }
+                    &mirrored_beats
+                };
+                let mut headers = OwnedHeaders::new();
+                if let Some(hs) = m.headers() {
+                    for h in hs.iter() {
+                        headers = headers.insert(Header { key: h.key, value: h.value });
+                    }
+                }
+                let mut record = FutureRecord::<[u8], [u8]>::to(destination).partition(m.partition()).headers(headers);
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    record = record.payload(v);
+                }
+                producer.send_result(record).map_err(|(e, _)| e)?;
+            }
+            for ((topic, partition), offset) in &next {
+                let key = pair.offset_key(topic, *partition);
+                let value = offset.to_string();
+                producer.send_result(FutureRecord::to(&offsets_topic).key(&key).payload(&value)).map_err(|(e, _)| e)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = sent.and_then(|()| producer.commit_transaction(KAFKA_CALL_TIMEOUT).map_err(PairError::from)) {
+            let _ = producer.abort_transaction(KAFKA_CALL_TIMEOUT);
+            // Restart from the committed offsets: the consumer's position is past the aborted batch.
+            return Err(e);
+        }
+        committed.extend(next);
+        if let Some(beat) = newest_beat {
+            metrics::gauge!("replication_lag_seconds", &labels).set(((millis_now() - beat).max(0) as f64) / 1000.0);
+        }
+    }
+    Ok(())
+}
