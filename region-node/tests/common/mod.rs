@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use region_node::config::NodeConfig;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -1,0 +1,124 @@
+//! Three regions, each with its own PostgreSQL, Kafka, node and replicator, for replication tests.
+
+use super::{TestNode, start_on};
+use replicator::{Replicator, ReplicatorConfig, Source};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub nodes: Vec<TestNode>,
+    pub replicators: Vec<Option<Replicator>>,
+    pub regions: Vec<testkit::Region>,
+    pub prefix: String,
+}
+
+fn replicator_config(regions: &[testkit::Region], target: usize, prefix: &str) -> ReplicatorConfig {
+    ReplicatorConfig {
+        target_region: regions[target].name().to_owned(),
+        target_bootstrap: regions[target].kafka_bootstrap().to_owned(),
+        sources: regions
+            .iter()
+            .map(|r| Source { region: r.name().to_owned(), bootstrap: r.kafka_bootstrap().to_owned() })
+            .collect(),
+        topic_prefix: prefix.to_owned(),
+        metrics_addr: "127.0.0.1:0".into(),
+        batch_max: 500,
+        heartbeat_ms: 200,
+    }
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let regions = testkit::regions(3);
+        let prefix = testkit::unique_prefix();
+        let names: Vec<String> = regions.iter().map(|r| r.name().to_owned()).collect();
+        for region in &regions {
+            region.create_topics(&prefix).await;
+            let mirrored: Vec<ledgerctl::kafka::TopicSpec> = names
+                .iter()
+                .filter(|n| *n != region.name())
+                .map(|n| ledgerctl::kafka::TopicSpec {
+                    name: format!("{prefix}{n}.ledger.events"),
+                    partitions: 20,
+                    config: vec![],
+                })
+                .collect();
+            ledgerctl::kafka::create_topics(region.kafka_bootstrap(), &mirrored, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let mut nodes = Vec::new();
+        for region in &regions {
+            let peers: Vec<String> = names.iter().filter(|n| *n != region.name()).cloned().collect();
+            nodes.push(start_on(region.clone(), prefix.clone(), |cfg| cfg.peers = peers).await);
+        }
+        let mut cluster = Cluster { nodes, replicators: Vec::new(), regions, prefix };
+        cluster.resume().await;
+        cluster
+    }
+
+    /// Stops replication into every region.
+    pub async fn pause(&mut self) {
+        for r in self.replicators.iter_mut() {
+            if let Some(r) = r.take() {
+                r.stop().await;
+            }
+        }
+    }
+
+    pub async fn resume(&mut self) {
+        self.replicators.clear();
+        for target in 0..self.regions.len() {
+            let cfg = replicator_config(&self.regions, target, &self.prefix);
+            self.replicators.push(Some(replicator::start(cfg).await.unwrap()));
+        }
+    }
+
+    /// Waits until every region holds the same events, with nothing held back.
+    pub async fn converged(&self, timeout: Duration) -> BTreeSet<uuid::Uuid> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut sets = Vec::new();
+            let mut pending = 0;
+            for node in &self.nodes {
+                let ids: Vec<uuid::Uuid> =
+                    sqlx::query_scalar("SELECT event_id FROM ledger_events").fetch_all(&node.db.pool).await.unwrap();
+                sets.push(ids.into_iter().collect::<BTreeSet<_>>());
+                pending += sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pending_events")
+                    .fetch_one(&node.db.pool)
+                    .await
+                    .unwrap();
+            }
+            if pending == 0 && sets.windows(2).all(|w| w[0] == w[1]) {
+                return sets.pop().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "regions did not converge: {:?} events, {pending} pending",
+                sets.iter().map(|s| s.len()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn accounts(&self, i: usize) -> Vec<(String, i64, Value)> {
+        sqlx::query_as("SELECT id, balance, version_vector FROM accounts ORDER BY id")
+            .fetch_all(&self.nodes[i].db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn conflicts(&self, i: usize) -> Vec<Value> {
+        let r = self.nodes[i].get("/v1/conflicts").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["conflicts"].as_array().unwrap().clone()
+    }
+
+    pub async fn stop(mut self) {
+        self.pause().await;
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
+}
