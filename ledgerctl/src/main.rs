@@ -87,6 +87,8 @@ enum Cmd {
     },
     /// Print each part's health; exit 1 if any part is unhealthy or nothing runs.
     Status,
+    /// Open-loop constant-rate transfer load against one region; writes the result as JSON.
+    Bench(ledgerctl::bench::BenchArgs),
 }
 
 impl Opts {
@@ -178,6 +180,16 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bench(args) => match ledgerctl::bench::run(&args).await {
+            Ok(report) => {
+                ledgerctl::bench::print(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("ledgerctl: error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Cmd::Status => {
             let health = stack.status().await?;
             if health.is_empty() {
