@@ -306,32 +306,12 @@ async fn apply_one(
         }
         EventPayload::TransferPosted { transfer_id, currency, .. } => {
             let Some(amount) = event.posting_for(&account) else { return Ok(Applied::Unreadable) };
-            let balance_after: i64 = sqlx::query_scalar(
-                "INSERT INTO rm_balances (account_id, currency, balance, entries_applied) VALUES ($1, $2, $3, 1)
-                 ON CONFLICT (account_id) DO UPDATE SET balance = rm_balances.balance + EXCLUDED.balance,
-                     entries_applied = rm_balances.entries_applied + 1, updated_at = now()
-                 RETURNING balance",
-            )
-            .bind(account.as_str())
-            .bind(currency.as_str())
-            .bind(amount)
-            .fetch_one(&mut **tx)
-            .await?;
             let occurred_at = chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .unwrap_or_else(|_| chrono::Utc::now());
-            sqlx::query(
-                "INSERT INTO rm_entries (account_id, event_id, transfer_id, amount, balance_after, occurred_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(account.as_str())
-            .bind(event.event_id)
-            .bind(transfer_id)
-            .bind(amount)
-            .bind(balance_after)
-            .bind(occurred_at)
-            .execute(&mut **tx)
-            .await?;
+            let posting =
+                ViewPosting { account: &account, currency: currency.as_str(), amount, event_id: event.event_id };
+            post_to_views(tx, &posting, *transfer_id, occurred_at).await?;
         }
     }
     Ok(Applied::New(key))
@@ -363,4 +343,51 @@ async fn snapshot(pool: &PgPool, consumer: &StreamConsumer) -> Result<(), sqlx::
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// One posting as the read models record it.
+pub(crate) struct ViewPosting<'a> {
+    /// The account.
+    pub account: &'a AccountId,
+    /// Its currency.
+    pub currency: &'a str,
+    /// Signed amount.
+    pub amount: i64,
+    /// The event that posted it.
+    pub event_id: uuid::Uuid,
+}
+
+/// Applies one posting to the balance view and the history view; returns the view balance after
+/// it. Shared by this consumer (local events) and remote apply (events of other regions), which
+/// must keep the views identical.
+pub(crate) async fn post_to_views(
+    tx: &mut Transaction<'_, Postgres>,
+    posting: &ViewPosting<'_>,
+    transfer_id: uuid::Uuid,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, sqlx::Error> {
+    let balance_after: i64 = sqlx::query_scalar(
+        "INSERT INTO rm_balances (account_id, currency, balance, entries_applied) VALUES ($1, $2, $3, 1)
+         ON CONFLICT (account_id) DO UPDATE SET balance = rm_balances.balance + EXCLUDED.balance,
+             entries_applied = rm_balances.entries_applied + 1, updated_at = now()
+         RETURNING balance",
+    )
+    .bind(posting.account.as_str())
+    .bind(posting.currency)
+    .bind(posting.amount)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO rm_entries (account_id, event_id, transfer_id, amount, balance_after, occurred_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(posting.account.as_str())
+    .bind(posting.event_id)
+    .bind(transfer_id)
+    .bind(posting.amount)
+    .bind(balance_after)
+    .bind(occurred_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(balance_after)
 }

@@ -501,29 +501,13 @@ async fn apply_to_account(
                 .await?;
             // The read models follow in the same transaction: remote events never pass through
             // this region's own topic.
-            let view_balance: i64 = sqlx::query_scalar(
-                "INSERT INTO rm_balances (account_id, currency, balance, entries_applied) VALUES ($1, $2, $3, 1)
-                 ON CONFLICT (account_id) DO UPDATE SET balance = rm_balances.balance + EXCLUDED.balance,
-                     entries_applied = rm_balances.entries_applied + 1, updated_at = now()
-                 RETURNING balance",
-            )
-            .bind(account.as_str())
-            .bind(currency.as_str())
-            .bind(incoming.posting)
-            .fetch_one(&mut **tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO rm_entries (account_id, event_id, transfer_id, amount, balance_after, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(account.as_str())
-            .bind(event.event_id)
-            .bind(transfer_id)
-            .bind(incoming.posting)
-            .bind(view_balance)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            let posting = crate::consumer::ViewPosting {
+                account,
+                currency: currency.as_str(),
+                amount: incoming.posting,
+                event_id: event.event_id,
+            };
+            crate::consumer::post_to_views(tx, &posting, *transfer_id, now).await?;
             sqlx::query("INSERT INTO rm_processed (event_id, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(event.event_id)
                 .bind(account.as_str())
