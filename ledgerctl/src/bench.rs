@@ -523,6 +523,17 @@ struct Ctx {
     run_id: String,
     stats: Mutex<Stats>,
     in_flight: AtomicUsize,
+    /// Set when `run` returns or is dropped (e.g. on Ctrl-C): the scheduler sends nothing more.
+    stop: AtomicBool,
+}
+
+/// Stops the scheduler when dropped, however `run` ends.
+struct StopOnDrop(Arc<Ctx>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Release);
+    }
 }
 
 impl Ctx {
@@ -585,6 +596,9 @@ fn schedule(
     let mut rng = StdRng::seed_from_u64(seed);
     let total = total_requests(args.rate, args.warmup_s, args.duration_s);
     for i in 0..total {
+        if ctx.stop.load(Ordering::Acquire) {
+            return;
+        }
         let (from, to) = pick_pair(&mut rng, args.accounts);
         let amount = rng.random_range(1..=AMOUNT_MAX);
         let intended = t0 + intended_offset(i, args.rate);
@@ -761,7 +775,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         run_id: run_id.clone(),
         stats: Mutex::new(Stats::new(Instant::now())),
         in_flight: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
     });
+    let _stop = StopOnDrop(ctx.clone());
 
     let total = total_requests(args.rate, args.warmup_s, args.duration_s);
     let funding = funding_per_account(total, args.accounts);

@@ -180,7 +180,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench(args) => match ledgerctl::bench::run(&args).await {
+        Cmd::Bench(mut args) => match ledgerctl::bench::run({
+            // The manifest of the stack this invocation names (--state-dir), unless given.
+            args.manifest.get_or_insert(manifest_path);
+            &args
+        })
+        .await
+        {
             Ok(report) => {
                 ledgerctl::bench::print(&report);
                 Ok(ExitCode::SUCCESS)

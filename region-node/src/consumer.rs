@@ -124,13 +124,14 @@ impl Dedupe {
 
 /// Runs until `shutdown`.
 pub async fn run(pool: PgPool, cfg: ConsumerConfig, shutdown: CancellationToken) -> Result<(), ConsumeError> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: std::sync::Arc<StreamConsumer> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.bootstrap)
         .set("group.id", &cfg.group)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create::<StreamConsumer>()
+        .map(std::sync::Arc::new)?;
     consumer.subscribe(&[&cfg.topic])?;
     let mut dedupe = Dedupe::new(cfg.bloom_items);
     let mut since_snapshot: u64 = 0;
@@ -319,20 +320,31 @@ async fn apply_one(
 
 /// Writes a snapshot of the view balances with the consumer's committed position, and refreshes
 /// the lag gauge.
-async fn snapshot(pool: &PgPool, consumer: &StreamConsumer) -> Result<(), sqlx::Error> {
+async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>) -> Result<(), sqlx::Error> {
     let position = consumer.position().unwrap_or_default();
     let mut offsets = serde_json::Map::new();
-    let mut lag: i64 = 0;
+    let mut positions = Vec::new();
     for element in position.elements() {
         if let Offset::Offset(next) = element.offset() {
             offsets.insert(element.partition().to_string(), next.into());
-            if let Ok((_, high)) =
-                consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_millis(500))
-            {
-                lag += (high - next).max(0);
-            }
+            positions.push((element.topic().to_owned(), element.partition(), next));
         }
     }
+    // Watermarks are broker round trips that block: on a worker thread they stalled every request
+    // the node served (multi-second freezes under load), so they run on a blocking thread.
+    let c = consumer.clone();
+    let lag = tokio::task::spawn_blocking(move || {
+        positions
+            .iter()
+            .filter_map(|(topic, partition, next)| {
+                c.fetch_watermarks(topic, *partition, Duration::from_millis(500))
+                    .ok()
+                    .map(|(_, high)| (high - next).max(0))
+            })
+            .sum::<i64>()
+    })
+    .await
+    .unwrap_or(0);
     metrics::gauge!(metric::CONSUMER_LAG).set(lag as f64);
     sqlx::query(
         "INSERT INTO ledger_snapshots (events_applied, offsets, balances)

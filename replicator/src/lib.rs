@@ -124,7 +124,10 @@ pub enum StartError {
 /// Starts one pair task per source, and the metrics endpoint.
 pub async fn start(cfg: ReplicatorConfig) -> Result<Replicator, StartError> {
     let shutdown = CancellationToken::new();
-    let handle = metrics_handle();
+    // Each replicator owns its recorder (not the process-global one), so its `/metrics` shows
+    // exactly its own pairs, also when it shares a process with a node (tests).
+    let recorder = std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+    let handle = recorder.handle();
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
     if !cfg.metrics_addr.is_empty() {
@@ -147,22 +150,11 @@ pub async fn start(cfg: ReplicatorConfig) -> Result<Replicator, StartError> {
             prefix: cfg.topic_prefix.clone(),
             batch_max: cfg.batch_max.max(1),
             heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms.max(10)),
+            metrics: recorder.clone(),
         };
         tasks.push(tokio::spawn(pair::run(pair, shutdown.clone())));
     }
     Ok(Replicator { shutdown, tasks, metrics_addr })
-}
-
-fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 #[cfg(test)]

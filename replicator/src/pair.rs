@@ -30,9 +30,24 @@ pub(crate) struct Pair {
     pub prefix: String,
     pub batch_max: usize,
     pub heartbeat: Duration,
+    pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
 }
 
+/// Metadata of the lag gauges.
+static LAG_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 impl Pair {
+    /// Sets a gauge of this pair on the replicator's own recorder.
+    fn gauge(&self, name: &'static str, value: f64) {
+        use metrics::Recorder;
+        let labels = vec![
+            metrics::Label::new("source", self.source.region.clone()),
+            metrics::Label::new("target", self.target.region.clone()),
+        ];
+        self.metrics.register_gauge(&metrics::Key::from_parts(name, labels), &LAG_METADATA).set(value);
+    }
+
     fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -198,7 +213,6 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
     consumer.assign(&tpl)?;
     tracing::info!(source = %src, target = %dst, "pair mirroring");
 
-    let labels = [("source", src.clone()), ("target", dst.clone())];
     let (mut last_beat, mut last_lag) = (Instant::now() - pair.heartbeat, Instant::now() - LAG_EVERY);
     let mirrored_events = pair.topic(&mirrored_topic(src, EVENTS_TOPIC));
     let mirrored_beats = pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC));
@@ -216,7 +230,7 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
                     lag += (high - next).max(0);
                 }
             }
-            metrics::gauge!("replication_lag_events", &labels).set(lag as f64);
+            pair.gauge("replication_lag_events", lag as f64);
             last_lag = Instant::now();
         }
         let mut batch = Vec::new();
@@ -291,7 +305,7 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
         }
         committed.extend(next);
         if let Some(beat) = newest_beat {
-            metrics::gauge!("replication_lag_seconds", &labels).set(((millis_now() - beat).max(0) as f64) / 1000.0);
+            pair.gauge("replication_lag_seconds", ((millis_now() - beat).max(0) as f64) / 1000.0);
         }
     }
     Ok(())
