@@ -8,7 +8,7 @@
 //! topology. Stopping the replicator of region R pauses replication *into* R.
 //!
 //! Exactly once into the target: each pair writes its records and the next source offsets (to
-//! `replicator.offsets` on the target cluster) in one Kafka transaction, with a `transactional.id`
+//! `replicator.offsets.<source>` on the target cluster, one topic per pair) in one Kafka transaction, with a `transactional.id`
 //! stable per pair, and on start reads its offsets back from that topic, as Kafka Connect's
 //! exactly-once source connectors do (KIP-618). A kill -9 at any moment aborts (or fences) the
 //! open transaction; the restart resumes from the last committed offsets.
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub const EVENTS_TOPIC: &str = "ledger.events";
 /// Heartbeats topic on every source cluster.
 pub const HEARTBEATS_TOPIC: &str = "heartbeats";
-/// Offsets topic on every target cluster.
+/// Offsets topics on every target cluster: `replicator.offsets.<source>`.
 pub const OFFSETS_TOPIC: &str = "replicator.offsets";
 
 /// Name of the topic on a target cluster that holds events mirrored from `source`, following

@@ -52,6 +52,13 @@ impl Pair {
         format!("{}{name}", self.prefix)
     }
 
+    /// This pair's offsets topic on the target. One per pair, so nobody else writes to it: once
+    /// `init_transactions` has fenced the previous incarnation, reading it to the end terminates
+    /// (a topic shared with a busy pair kept moving its end forward while it was being read).
+    fn offsets_topic(&self) -> String {
+        self.topic(&format!("{OFFSETS_TOPIC}.{}", self.source.region))
+    }
+
     fn offset_key(&self, topic: &str, partition: i32) -> String {
         format!("{}|{topic}|{partition}", self.source.region)
     }
@@ -130,7 +137,7 @@ fn load_offsets(pair: &Pair) -> Result<HashMap<(String, i32), i64>, PairError> {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()?;
-    let topic = pair.topic(OFFSETS_TOPIC);
+    let topic = pair.offsets_topic();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
@@ -138,6 +145,9 @@ fn load_offsets(pair: &Pair) -> Result<HashMap<(String, i32), i64>, PairError> {
     let mut offsets = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        if Instant::now() > deadline {
+            return Err(PairError::Other(format!("reading {topic} to its end took over 30 s")));
+        }
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
@@ -152,7 +162,6 @@ fn load_offsets(pair: &Pair) -> Result<HashMap<(String, i32), i64>, PairError> {
             }
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(offsets),
             Some(Err(e)) => return Err(e.into()),
-            None if Instant::now() > deadline => return Err(PairError::Other("offsets topic unreadable".into())),
             None => {}
         }
     }
@@ -166,7 +175,7 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
         &[
             (pair.topic(&mirrored_topic(src, EVENTS_TOPIC)), EVENTS_PARTITIONS, history),
             (pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC)), 1, &[]),
-            (pair.topic(OFFSETS_TOPIC), 1, &[("cleanup.policy", "compact")]),
+            (pair.offsets_topic(), 1, &[("cleanup.policy", "compact")]),
         ],
     )?;
     create_topics(&pair.source.bootstrap, &[(pair.topic(HEARTBEATS_TOPIC), 1, &[])])?;
@@ -216,7 +225,7 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
     let (mut last_beat, mut last_lag) = (Instant::now() - pair.heartbeat, Instant::now() - LAG_EVERY);
     let mirrored_events = pair.topic(&mirrored_topic(src, EVENTS_TOPIC));
     let mirrored_beats = pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC));
-    let offsets_topic = pair.topic(OFFSETS_TOPIC);
+    let offsets_topic = pair.offsets_topic();
     while !shutdown.is_cancelled() {
         if last_beat.elapsed() >= pair.heartbeat {
             let now = millis_now().to_string();
