@@ -89,29 +89,40 @@ impl NodeProcess {
 
     /// Waits until `/readyz` answers 200, failing early if `pid` dies.
     pub async fn wait_ready(&self, pid: u32) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let port = self.http_port;
-            let ready =
-                tokio::task::spawn_blocking(move || http_status(port, "/readyz") == Some(200)).await.unwrap_or(false);
-            if ready {
-                return Ok(());
-            }
-            let dead = !process::is_ours_and_alive(pid, &self.marker());
-            if dead || started.elapsed() > READY_TIMEOUT {
-                return Err(StackError::NotReady {
-                    what: format!("the {} node on port {}", self.region, self.http_port),
-                    waited_s: started.elapsed().as_secs(),
-                    detail: if dead {
-                        format!("the node exited: {}", process::last_line(&self.log))
-                    } else {
-                        "/readyz never answered 200".into()
-                    },
-                    log: self.log.clone(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let what = format!("the {} node on port {}", self.region, self.http_port);
+        wait_until_serving(self.http_port, "/readyz", pid, &self.marker(), &what, &self.log).await
+    }
+}
+
+/// Polls `GET path` until it answers 200, failing early if `pid` (identified by `marker`) dies or
+/// after [`READY_TIMEOUT`]: the readiness wait of every service of ours.
+async fn wait_until_serving(
+    port: u16,
+    path: &'static str,
+    pid: u32,
+    marker: &str,
+    what: &str,
+    log: &Path,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if tokio::task::spawn_blocking(move || http_status(port, path) == Some(200)).await.unwrap_or(false) {
+            return Ok(());
         }
+        let dead = !process::is_ours_and_alive(pid, marker);
+        if dead || started.elapsed() > READY_TIMEOUT {
+            return Err(StackError::NotReady {
+                what: what.to_owned(),
+                waited_s: started.elapsed().as_secs(),
+                detail: if dead {
+                    format!("it exited: {}", process::last_line(log))
+                } else {
+                    format!("{path} never answered 200")
+                },
+                log: log.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -188,26 +199,7 @@ impl ReplicatorProcess {
 
     /// Waits until `/healthz` answers, failing early if `pid` dies.
     pub async fn wait_ready(&self, pid: u32) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let port = self.metrics_port;
-            if tokio::task::spawn_blocking(move || http_status(port, "/healthz") == Some(200)).await.unwrap_or(false) {
-                return Ok(());
-            }
-            let dead = !process::is_ours_and_alive(pid, &self.marker());
-            if dead || started.elapsed() > READY_TIMEOUT {
-                return Err(StackError::NotReady {
-                    what: format!("the replicator into {}", self.region),
-                    waited_s: started.elapsed().as_secs(),
-                    detail: if dead {
-                        format!("it exited: {}", process::last_line(&self.log))
-                    } else {
-                        "/healthz never answered".into()
-                    },
-                    log: self.log.clone(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let what = format!("the replicator into {}", self.region);
+        wait_until_serving(self.metrics_port, "/healthz", pid, &self.marker(), &what, &self.log).await
     }
 }

@@ -138,13 +138,19 @@ async fn lead(
     let p = producer.clone();
     blocking(move || p.init_transactions(KAFKA_CALL_TIMEOUT)).await?;
     tracing::info!(transactional_id = %cfg.transactional_id, "publisher leading");
+    // The backlog gauge costs a count over the outbox: refreshed once per poll interval, not on
+    // every wake-up (under load the publisher wakes for every commit).
+    let mut backlog_measured: Option<std::time::Instant> = None;
     loop {
         // Still the leader? A lost lock connection means another publisher may take over.
         sqlx::query("SELECT 1").execute(&mut *lock).await?;
         while publish_batch(pool, cfg, &producer).await? > 0 {}
-        let backlog: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?;
-        metrics::gauge!(metric::OUTBOX_BACKLOG).set(backlog as f64);
+        if backlog_measured.is_none_or(|at| at.elapsed() >= cfg.poll) {
+            let backlog: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?;
+            metrics::gauge!(metric::OUTBOX_BACKLOG).set(backlog as f64);
+            backlog_measured = Some(std::time::Instant::now());
+        }
         if shutdown.is_cancelled() {
             return Ok(());
         }

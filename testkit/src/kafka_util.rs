@@ -5,6 +5,20 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use std::time::{Duration, Instant};
 
+/// A transactional producer with `init_transactions` done, ready for `begin_transaction`.
+/// Blocking, like [`read_all`].
+pub fn transactional_producer(bootstrap: &str, transactional_id: &str) -> rdkafka::producer::BaseProducer {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("creating a transactional producer");
+    producer.init_transactions(Duration::from_secs(30)).expect("init_transactions");
+    producer
+}
+
 /// One consumed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -1,10 +1,9 @@
 //! A Kafka broker killed with SIGKILL and restarted by the harness comes back with its committed
 //! data. Its own test binary, because killing the shared broker would disturb other tests.
 
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use std::time::Duration;
-use testkit::kafka_util::read_all;
+use testkit::kafka_util::{read_all, transactional_producer};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -15,12 +14,7 @@ fn killed_broker_comes_back_with_its_committed_data() {
     tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
     let topic = format!("{prefix}ledger.events");
     {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", region.kafka_bootstrap())
-            .set("transactional.id", format!("{prefix}tx"))
-            .create()
-            .unwrap();
-        producer.init_transactions(TIMEOUT).unwrap();
+        let producer = transactional_producer(region.kafka_bootstrap(), &format!("{prefix}tx"));
         producer.begin_transaction().unwrap();
         for i in 0..50 {
             producer.send(BaseRecord::to(&topic).key(&format!("acc{i}")).payload(&format!("v{i}"))).unwrap();
@@ -40,12 +34,7 @@ fn killed_broker_comes_back_with_its_committed_data() {
     assert_eq!(values, (0..50).map(|i| format!("v{i}")).collect::<Vec<_>>());
 
     // And it takes new transactions after the restart.
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", region.kafka_bootstrap())
-        .set("transactional.id", format!("{prefix}tx"))
-        .create()
-        .unwrap();
-    producer.init_transactions(TIMEOUT).unwrap();
+    let producer = transactional_producer(region.kafka_bootstrap(), &format!("{prefix}tx"));
     producer.begin_transaction().unwrap();
     producer.send(BaseRecord::to(&topic).key("acc-after").payload("after-restart")).unwrap();
     producer.commit_transaction(TIMEOUT).unwrap();

@@ -5,20 +5,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use testkit::kafka_util::read_all;
+use testkit::kafka_util::{read_all, transactional_producer};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn transactional_producer(bootstrap: &str, transactional_id: &str) -> BaseProducer {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", transactional_id)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("creating a transactional producer");
-    producer.init_transactions(TIMEOUT).expect("init_transactions");
-    producer
-}
 
 fn send(producer: &BaseProducer, topic: &str, key: &str, value: &str) {
     producer.send(BaseRecord::to(topic).key(key).payload(value)).map_err(|(e, _)| e).expect("enqueueing a record");
