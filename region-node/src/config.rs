@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub batch_commands_max: usize,
     /// How long the committer waits for more commands after the first one of a batch.
     pub commit_wait_us_max: u64,
+    /// Batches committing at once. Two overlap one batch's WAL flush with the next one's work;
+    /// batches touching the same account still serialise on its row lock.
+    pub commits_in_flight_max: usize,
     /// Commands queued for the committer before requests are refused with 503.
     pub queue_commands_max: usize,
     /// Outbox rows published in one Kafka transaction.
@@ -71,6 +74,7 @@ impl Default for NodeConfig {
             // Short: at low load a request should not wait for company; at high load the queue
             // fills batches while the previous commit is in flight anyway.
             commit_wait_us_max: 200,
+            commits_in_flight_max: 2,
             queue_commands_max: 20_000,
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,

@@ -11,12 +11,13 @@
 //!   or `snapshot_every_ms`, whichever comes first.
 
 use crate::telemetry::{self, metric};
+use crate::views::{self, RecordChange, ViewChange};
 use bloomfilter::Bloom;
 use ledger_core::{AccountId, EventPayload, LedgerEvent};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 const BLOOM_FP_RATE: f64 = 0.0001;
 /// How long to keep gathering records into a batch once one has arrived.
 const BATCH_GATHER: Duration = Duration::from_millis(5);
+/// A fetch waits for this much data...
+const FETCH_MIN_BYTES: &str = "65536";
+/// ...or this long, whichever comes first: the read models' added delay is bounded by it.
+const FETCH_WAIT_MS_MAX: &str = "20";
 /// Pause after a failed batch before it is retried.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -130,6 +135,10 @@ pub async fn run(pool: PgPool, cfg: ConsumerConfig, shutdown: CancellationToken)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // With the defaults every fetch returned as soon as one record was there: under load the
+        // broker answered a fetch over all partitions per record or two, and spent half a core on it.
+        .set("fetch.min.bytes", FETCH_MIN_BYTES)
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS_MAX)
         .create::<StreamConsumer>()
         .map(std::sync::Arc::new)?;
     consumer.subscribe(&[&cfg.topic])?;
@@ -206,12 +215,11 @@ fn commit_offsets(consumer: &StreamConsumer, topic: &str, batch: &[Record]) -> R
     Ok(())
 }
 
-/// Applies a batch in one transaction; returns how many records were new.
+/// Applies a batch in one transaction with a constant number of statements; returns how many
+/// records were new.
 async fn apply(pool: &PgPool, batch: &[Record], dedupe: &mut Dedupe) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut seen = Vec::with_capacity(batch.len());
-    let mut applied = 0u64;
-    let mut duplicates = 0u64;
+    let mut changes = Vec::with_capacity(batch.len());
+    let mut maybe_seen = Vec::new();
     for record in batch {
         let span = tracing::info_span!(
             "process ledger.events",
@@ -225,97 +233,79 @@ async fn apply(pool: &PgPool, batch: &[Record], dedupe: &mut Dedupe) -> Result<u
         );
         telemetry::continue_trace(&span, record.traceparent.as_deref());
         span.record("trace_id", telemetry::trace_id_of(&span));
-        let outcome = tracing::Instrument::instrument(apply_one(&mut tx, record, dedupe), span).await?;
-        match outcome {
-            Applied::New(key) => {
-                applied += 1;
-                seen.push(key);
+        let _entered = span.enter();
+        if let Some(change) = decode(record) {
+            if dedupe.maybe_seen(&dedupe_key(&change)) {
+                maybe_seen.push(changes.len());
             }
-            Applied::Duplicate(key) => {
-                duplicates += 1;
-                seen.push(key);
-            }
-            Applied::Unreadable => {}
+            changes.push(change);
         }
     }
+    let mut tx = pool.begin().await?;
+    let mut duplicates = 0u64;
+    if !maybe_seen.is_empty() {
+        // The bloom filter only says "maybe"; the exact check decides.
+        let seen: std::collections::HashSet<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT p.event_id, p.account_id FROM rm_processed p
+             JOIN UNNEST($1::uuid[], $2::text[]) AS u(e, a) ON p.event_id = u.e AND p.account_id = u.a",
+        )
+        .bind(maybe_seen.iter().map(|&i| changes[i].event_id).collect::<Vec<_>>())
+        .bind(maybe_seen.iter().map(|&i| changes[i].account.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let before = changes.len();
+        changes.retain(|c| !seen.contains(&(c.event_id, c.account.clone())));
+        duplicates += (before - changes.len()) as u64;
+    }
+    let new = views::apply_batch(&mut tx, &changes).await?;
+    let applied = new.len() as u64;
+    duplicates += (changes.len() - new.len()) as u64;
     sqlx::query("UPDATE rm_progress SET events_applied = events_applied + $1")
         .bind(applied as i64)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    for key in &seen {
-        dedupe.remember(key);
+    for change in &changes {
+        dedupe.remember(&dedupe_key(change));
     }
     metrics::counter!(metric::APPLIED).increment(applied);
     metrics::counter!(metric::DUPLICATES).increment(duplicates);
     Ok(applied)
 }
 
-enum Applied {
-    New(String),
-    Duplicate(String),
-    Unreadable,
+fn dedupe_key(change: &RecordChange) -> String {
+    format!("{}/{}", change.event_id, change.account)
 }
 
-async fn apply_one(
-    tx: &mut Transaction<'_, Postgres>,
-    record: &Record,
-    dedupe: &Dedupe,
-) -> Result<Applied, sqlx::Error> {
+/// What a record changes in the views; `None` for a record that is not ours to interpret, skipped
+/// loudly rather than blocking its partition forever.
+fn decode(record: &Record) -> Option<RecordChange> {
     let event: LedgerEvent = match serde_json::from_slice(&record.payload) {
         Ok(e) => e,
         Err(e) => {
-            // Not ours to interpret: skip it loudly rather than block the partition forever.
             tracing::error!(error = %e, partition = record.partition, offset = record.offset, "unreadable record skipped");
-            return Ok(Applied::Unreadable);
+            return None;
         }
     };
     if record.event_id.is_some_and(|id| id != event.event_id) {
         tracing::error!(partition = record.partition, offset = record.offset, "event-id header disagrees with payload");
-        return Ok(Applied::Unreadable);
+        return None;
     }
-    let key = format!("{}/{}", event.event_id, record.account);
-    if dedupe.maybe_seen(&key) {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm_processed WHERE event_id = $1 AND account_id = $2)")
-                .bind(event.event_id)
-                .bind(&record.account)
-                .fetch_one(&mut **tx)
-                .await?;
-        if exists {
-            return Ok(Applied::Duplicate(key));
-        }
-    }
-    let inserted =
-        sqlx::query("INSERT INTO rm_processed (event_id, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(event.event_id)
-            .bind(&record.account)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-    if inserted == 0 {
-        return Ok(Applied::Duplicate(key));
-    }
-    let Ok(account) = AccountId::new(record.account.clone()) else { return Ok(Applied::Unreadable) };
-    match &event.payload {
-        EventPayload::AccountOpened { account: spec } => {
-            sqlx::query("INSERT INTO rm_balances (account_id, currency) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(spec.id.as_str())
-                .bind(spec.currency.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
-        EventPayload::TransferPosted { transfer_id, currency, .. } => {
-            let Some(amount) = event.posting_for(&account) else { return Ok(Applied::Unreadable) };
-            let occurred_at = chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
+    let account = AccountId::new(record.account.clone()).ok()?;
+    let change = match &event.payload {
+        EventPayload::AccountOpened { account: spec } => ViewChange::Opened { currency: spec.currency.to_string() },
+        EventPayload::TransferPosted { transfer_id, currency, .. } => ViewChange::Posted {
+            currency: currency.to_string(),
+            amount: event.posting_for(&account)?,
+            transfer_id: *transfer_id,
+            occurred_at: chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
                 .map(|t| t.with_timezone(&chrono::Utc))
-                .unwrap_or_else(|_| chrono::Utc::now());
-            let posting =
-                ViewPosting { account: &account, currency: currency.as_str(), amount, event_id: event.event_id };
-            post_to_views(tx, &posting, *transfer_id, occurred_at).await?;
-        }
-    }
-    Ok(Applied::New(key))
+                .unwrap_or_else(|_| chrono::Utc::now()),
+        },
+    };
+    Some(RecordChange { event_id: event.event_id, account: record.account.clone(), change })
 }
 
 /// Writes a snapshot of the view balances with the consumer's committed position, and refreshes
@@ -355,51 +345,4 @@ async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>) -> R
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// One posting as the read models record it.
-pub(crate) struct ViewPosting<'a> {
-    /// The account.
-    pub account: &'a AccountId,
-    /// Its currency.
-    pub currency: &'a str,
-    /// Signed amount.
-    pub amount: i64,
-    /// The event that posted it.
-    pub event_id: uuid::Uuid,
-}
-
-/// Applies one posting to the balance view and the history view; returns the view balance after
-/// it. Shared by this consumer (local events) and remote apply (events of other regions), which
-/// must keep the views identical.
-pub(crate) async fn post_to_views(
-    tx: &mut Transaction<'_, Postgres>,
-    posting: &ViewPosting<'_>,
-    transfer_id: uuid::Uuid,
-    occurred_at: chrono::DateTime<chrono::Utc>,
-) -> Result<i64, sqlx::Error> {
-    let balance_after: i64 = sqlx::query_scalar(
-        "INSERT INTO rm_balances (account_id, currency, balance, entries_applied) VALUES ($1, $2, $3, 1)
-         ON CONFLICT (account_id) DO UPDATE SET balance = rm_balances.balance + EXCLUDED.balance,
-             entries_applied = rm_balances.entries_applied + 1, updated_at = now()
-         RETURNING balance",
-    )
-    .bind(posting.account.as_str())
-    .bind(posting.currency)
-    .bind(posting.amount)
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO rm_entries (account_id, event_id, transfer_id, amount, balance_after, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(posting.account.as_str())
-    .bind(posting.event_id)
-    .bind(transfer_id)
-    .bind(posting.amount)
-    .bind(balance_after)
-    .bind(occurred_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(balance_after)
 }

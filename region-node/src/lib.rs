@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod problem;
 pub mod remote;
 pub mod telemetry;
+mod views;
 pub mod write;
 
 use crate::config::NodeConfig;

@@ -501,13 +501,13 @@ async fn apply_to_account(
                 .await?;
             // The read models follow in the same transaction: remote events never pass through
             // this region's own topic.
-            let posting = crate::consumer::ViewPosting {
+            let posting = crate::views::ViewPosting {
                 account,
                 currency: currency.as_str(),
                 amount: incoming.posting,
                 event_id: event.event_id,
             };
-            crate::consumer::post_to_views(tx, &posting, *transfer_id, now).await?;
+            crate::views::post_to_views(tx, &posting, *transfer_id, now).await?;
             sqlx::query("INSERT INTO rm_processed (event_id, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(event.event_id)
                 .bind(account.as_str())

@@ -5,6 +5,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use std::path::PathBuf;
 
+// The default allocator spent a fifth of the node's CPU under load (malloc consolidation).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "replicator", about = "Mirrors every other region's ledger events into one region's Kafka")]
 struct Flags {

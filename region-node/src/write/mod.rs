@@ -95,12 +95,14 @@ impl Writer {
     }
 }
 
-/// Starts the committer; it runs until every `Writer` is dropped and the queue is drained.
+/// Starts the committer; it runs until every `Writer` is dropped, the queue is drained and every
+/// batch in flight has committed.
 pub fn start(pool: PgPool, region: RegionId, cfg: &NodeConfig) -> (Writer, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(cfg.queue_commands_max.max(1));
     let limits = Limits {
         batch_commands_max: cfg.batch_commands_max.max(1),
         commit_wait: Duration::from_micros(cfg.commit_wait_us_max),
+        in_flight_max: cfg.commits_in_flight_max.clamp(1, 64),
     };
     let handle = tokio::spawn(run(pool, region, limits, rx));
     (Writer { tx }, handle)
@@ -110,10 +112,19 @@ pub fn start(pool: PgPool, region: RegionId, cfg: &NodeConfig) -> (Writer, tokio
 struct Limits {
     batch_commands_max: usize,
     commit_wait: Duration,
+    in_flight_max: usize,
 }
 
+// Batches may commit concurrently. That is safe because each batch locks its accounts in id order
+// before reading them (so two batches sharing an account serialise, the second reading what the
+// first committed, and never deadlock), and unique keys taken by a concurrent batch (an account
+// id, an idempotency key) fail the later batch with a transient error that retries it whole.
 async fn run(pool: PgPool, region: RegionId, limits: Limits, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.in_flight_max));
     while let Some(first) = rx.recv().await {
+        // Wait for a free slot before gathering: while every slot is busy the queue fills, and the
+        // next batch leaves full.
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
         let mut pending = vec![first];
         let deadline = tokio::time::Instant::now() + limits.commit_wait;
         while pending.len() < limits.batch_commands_max {
@@ -126,8 +137,14 @@ async fn run(pool: PgPool, region: RegionId, limits: Limits, mut rx: mpsc::Recei
                 },
             }
         }
-        commit(&pool, &region, pending).await;
+        let (pool, region) = (pool.clone(), region.clone());
+        tokio::spawn(async move {
+            commit(&pool, &region, pending).await;
+            drop(slot);
+        });
     }
+    // Every slot back means every batch in flight has answered.
+    let _ = slots.acquire_many(u32::try_from(limits.in_flight_max).unwrap_or(64)).await;
 }
 
 /// Commits a batch; if the transaction fails, each command is retried alone, so one command that

@@ -194,6 +194,19 @@ pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
     .await
     .unwrap();
     assert_eq!(half, 0, "transfers without exactly two entries");
+    // The write path keeps these references without foreign keys (migration 0004): checked here.
+    let orphans: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT 'entry without transfer', count(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM transfers t WHERE t.id = e.transfer_id)
+         UNION ALL SELECT 'entry without account', count(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = e.account_id)
+         UNION ALL SELECT 'transfer without event', count(*) FROM transfers t WHERE NOT EXISTS (SELECT 1 FROM ledger_events v WHERE v.event_id = t.event_id)
+         UNION ALL SELECT 'transfer without account', count(*) FROM transfers t
+             WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.from_account) OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.to_account)
+         UNION ALL SELECT 'outbox row without event', count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM ledger_events v WHERE v.event_id = o.event_id)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(orphans.iter().all(|(_, n)| *n == 0), "rows pointing at nothing: {orphans:?}");
     let total: i64 =
         sqlx::query_scalar("SELECT COALESCE(sum(balance), 0)::bigint FROM accounts").fetch_one(pool).await.unwrap();
     assert_eq!(total, 0, "money is neither created nor destroyed");
