@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub publish_batch_max: i64,
     /// Fallback poll interval of the publisher when no NOTIFY arrives.
     pub publish_poll_ms: u64,
+    /// After a wake-up, how long the publisher lets rows gather before its Kafka transaction:
+    /// the broker's cost is per transaction (markers on every partition), not per record.
+    pub publish_linger_ms: u64,
     /// Messages applied to the read models in one PostgreSQL transaction.
     pub consume_batch_max: usize,
     /// A snapshot is written after this many applied events...
@@ -78,6 +81,7 @@ impl Default for NodeConfig {
             queue_commands_max: 20_000,
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,
+            publish_linger_ms: 5,
             consume_batch_max: 2_000,
             snapshot_every_events: 10_000,
             snapshot_every_ms: 5_000,

@@ -166,36 +166,34 @@ async fn run(
     let now = Utc::now();
     let mut batch = Batch { region, now, accounts: HashMap::new(), keys: HashMap::new(), writes: Writes::default() };
 
-    let keys: Vec<String> = commands
+    let keys: Vec<&str> = commands
         .iter()
         .filter_map(|c| match c {
-            Command::Transfer(t) => t.idempotency_key.clone(),
+            Command::Transfer(t) => t.idempotency_key.as_deref(),
             Command::Open(_) => None,
         })
         .collect();
-    if !keys.is_empty() {
-        let rows = sqlx::query("SELECT key, request_hash, response_body FROM idempotency_keys WHERE key = ANY($1)")
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?;
-        for row in rows {
-            batch.keys.insert(row.try_get("key")?, (row.try_get("request_hash")?, row.try_get("response_body")?));
-        }
-    }
-
-    let mut ids: Vec<String> = commands
+    let mut ids: Vec<&str> = commands
         .iter()
         .flat_map(|c| match c {
-            Command::Open(o) => vec![o.spec.id.to_string()],
-            Command::Transfer(t) => vec![t.from.to_string(), t.to.to_string()],
+            Command::Open(o) => vec![o.spec.id.as_str()],
+            Command::Transfer(t) => vec![t.from.as_str(), t.to.as_str()],
         })
         .collect();
-    ids.sort();
+    ids.sort_unstable();
     ids.dedup();
-    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    for row in sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&ids).fetch_all(&mut *tx).await? {
-        let account = AccountRow::from_row(&row)?;
-        batch.accounts.insert(account.state.spec.id.clone(), account);
+    // One round trip reads both what the batch needs: its accounts, locked, and the idempotency
+    // records of its keys.
+    for row in sqlx::query(READ_SQL).bind(&ids).bind(&keys).fetch_all(&mut *tx).await? {
+        match row.try_get::<Option<String>, _>("key")? {
+            Some(key) => {
+                batch.keys.insert(key, (row.try_get("request_hash")?, row.try_get("response_body")?));
+            }
+            None => {
+                let account = AccountRow::from_row(&row)?;
+                batch.accounts.insert(account.state.spec.id.clone(), account);
+            }
+        }
     }
 
     let results: Vec<Result<Outcome, Problem>> = commands
@@ -359,55 +357,33 @@ impl Batch<'_> {
         w.ev_payload.push(payload);
     }
 
+    /// Writes everything in one statement: one round trip whatever the batch holds. Data-modifying
+    /// CTEs all run to completion; new accounts are inserted with their final state, so the UPDATE
+    /// (which cannot see them in the same statement) never needs to touch them.
     async fn flush(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
         let w = &self.writes;
-        let region = self.region.as_str();
         let column = |ids: &mut dyn Iterator<Item = &AccountId>| -> Vec<&AccountRow> {
             ids.map(|id| self.accounts.get(id).expect("written accounts are in the batch")).collect()
         };
         let new = column(&mut w.new_accounts.iter());
-        if !new.is_empty() {
-            sqlx::query(
-                "INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
-                 SELECT id, currency, allow_negative, balance, metadata, vv, seq, $8, $8
-                 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[], $5::jsonb[], $6::jsonb[], $7::int8[])
-                   AS u(id, currency, allow_negative, balance, metadata, vv, seq)",
-            )
-            .bind(new.iter().map(|a| a.state.spec.id.to_string()).collect::<Vec<_>>())
-            .bind(new.iter().map(|a| a.state.spec.currency.to_string()).collect::<Vec<_>>())
+        let dirty = column(&mut w.dirty_accounts.iter());
+        sqlx::query(WRITE_SQL)
+            .bind(self.now)
+            .bind(self.region.as_str())
+            .bind(OUTBOX_CHANNEL)
+            .bind(new.iter().map(|a| a.state.spec.id.as_str()).collect::<Vec<_>>())
+            .bind(new.iter().map(|a| a.state.spec.currency.as_str()).collect::<Vec<_>>())
             .bind(new.iter().map(|a| a.state.spec.allow_negative).collect::<Vec<_>>())
             .bind(new.iter().map(|a| a.state.balance).collect::<Vec<_>>())
             .bind(new.iter().map(|a| Value::Object(a.state.spec.metadata.clone())).collect::<Vec<_>>())
             .bind(new.iter().map(|a| json!(a.state.version)).collect::<Vec<_>>())
             .bind(new.iter().map(|a| a.state.entry_seq).collect::<Vec<_>>())
-            .bind(self.now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at, traceparent)
-             SELECT id, agg, typ, payload, vv, $6, $7, tp
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $8::text[])
-               WITH ORDINALITY AS u(id, agg, typ, payload, vv, tp, ord)
-             ORDER BY ord",
-        )
-        .bind(&w.ev_id)
-        .bind(&w.ev_aggregate)
-        .bind(&w.ev_type)
-        .bind(&w.ev_payload)
-        .bind(&w.ev_vectors)
-        .bind(region)
-        .bind(self.now)
-        .bind(&w.ev_traceparent)
-        .execute(&mut **tx)
-        .await?;
-        if !w.tr_id.is_empty() {
-            sqlx::query(
-                "INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
-                                        from_vector, to_vector, origin_region, created_at)
-                 SELECT *, $11, $12 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[],
-                                                $7::jsonb[], $8::text[], $9::jsonb[], $10::jsonb[])",
-            )
+            .bind(&w.ev_id)
+            .bind(&w.ev_aggregate)
+            .bind(&w.ev_type)
+            .bind(&w.ev_payload)
+            .bind(&w.ev_vectors)
+            .bind(&w.ev_traceparent)
             .bind(&w.tr_id)
             .bind(&w.tr_event)
             .bind(&w.tr_from)
@@ -418,86 +394,92 @@ impl Batch<'_> {
             .bind(&w.tr_key)
             .bind(&w.tr_from_vector)
             .bind(&w.tr_to_vector)
-            .bind(region)
-            .bind(self.now)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
-                 SELECT *, $6 FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[])",
-            )
             .bind(&w.en_account)
             .bind(&w.en_seq)
             .bind(&w.en_transfer)
             .bind(&w.en_amount)
             .bind(&w.en_balance)
-            .bind(self.now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        if !w.ik_key.is_empty() {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
-                 SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)",
-            )
             .bind(&w.ik_key)
             .bind(&w.ik_hash)
             .bind(&w.ik_body)
-            .bind(self.now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        let dirty = column(&mut w.dirty_accounts.iter());
-        if !dirty.is_empty() {
-            sqlx::query(
-                "UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq, updated_at = $5
-                 FROM UNNEST($1::text[], $2::int8[], $3::jsonb[], $4::int8[]) AS u(id, balance, vv, seq)
-                 WHERE a.id = u.id",
-            )
-            .bind(dirty.iter().map(|a| a.state.spec.id.to_string()).collect::<Vec<_>>())
+            .bind(dirty.iter().map(|a| a.state.spec.id.as_str()).collect::<Vec<_>>())
             .bind(dirty.iter().map(|a| a.state.balance).collect::<Vec<_>>())
             .bind(dirty.iter().map(|a| json!(a.state.version)).collect::<Vec<_>>())
             .bind(dirty.iter().map(|a| a.state.entry_seq).collect::<Vec<_>>())
-            .bind(self.now)
+            .bind(&w.ae_account)
+            .bind(&w.ae_counter)
+            .bind(&w.ae_event)
+            .bind(&w.ae_vector)
+            .bind(&w.ae_posting)
+            .bind(&w.ae_opened)
+            .bind(&w.ae_key)
+            .bind(&w.ob_event)
+            .bind(&w.ob_key)
+            .bind(&w.ob_type)
+            .bind(&w.ob_payload)
+            .bind(&w.ob_traceparent)
             .execute(&mut **tx)
             .await?;
-        }
-        sqlx::query(
-            "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
-             SELECT a, $8, c, e, v, p, o, k FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::jsonb[], $5::int8[], $6::jsonb[], $7::text[])
-               AS u(a, c, e, v, p, o, k)",
-        )
-        .bind(&w.ae_account)
-        .bind(&w.ae_counter)
-        .bind(&w.ae_event)
-        .bind(&w.ae_vector)
-        .bind(&w.ae_posting)
-        .bind(&w.ae_opened)
-        .bind(&w.ae_key)
-        .bind(region)
-        .execute(&mut **tx)
-        .await?;
-        // Outbox rows last: their ids then follow commit order closely, and NOTIFY is delivered
-        // only when this transaction commits.
-        sqlx::query(
-            "INSERT INTO outbox (event_id, partition_key, event_type, payload, traceparent, created_at)
-             SELECT ev, k, typ, payload, tp, $6
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
-               WITH ORDINALITY AS u(ev, k, typ, payload, tp, ord)
-             ORDER BY ord",
-        )
-        .bind(&w.ob_event)
-        .bind(&w.ob_key)
-        .bind(&w.ob_type)
-        .bind(&w.ob_payload)
-        .bind(&w.ob_traceparent)
-        .bind(self.now)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut **tx).await?;
         Ok(())
     }
 }
+
+/// The batch's accounts, locked in id order (the order every writer locks in, so batches never
+/// deadlock: a CTE with a locking clause is never inlined, and its rows are locked as its sort emits
+/// them), followed by the idempotency records of its keys (`key` not null).
+const READ_SQL: &str = "
+WITH locked AS (
+    SELECT id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at
+    FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE
+)
+SELECT *, NULL::text AS key, NULL::text AS request_hash, NULL::jsonb AS response_body FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
+FROM idempotency_keys WHERE key = ANY($2)";
+
+/// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
+/// column. Outbox rows are inserted in batch order so their ids follow it, and NOTIFY is delivered
+/// only when the transaction commits.
+const WRITE_SQL: &str = "
+WITH new_accounts AS (
+    INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
+    SELECT id, currency, allow_negative, balance, metadata, vv, seq, $1, $1
+    FROM UNNEST($4::text[], $5::text[], $6::bool[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::int8[])
+      AS u(id, currency, allow_negative, balance, metadata, vv, seq)
+), events AS (
+    INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at, traceparent)
+    SELECT id, agg, typ, payload, vv, $2, $1, tp
+    FROM UNNEST($11::uuid[], $12::text[], $13::text[], $14::jsonb[], $15::jsonb[], $16::text[])
+      WITH ORDINALITY AS u(id, agg, typ, payload, vv, tp, ord)
+    ORDER BY ord
+), new_transfers AS (
+    INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
+                           from_vector, to_vector, origin_region, created_at)
+    SELECT *, $2, $1 FROM UNNEST($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::int8[], $22::text[],
+                                 $23::jsonb[], $24::text[], $25::jsonb[], $26::jsonb[])
+), new_entries AS (
+    INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+    SELECT *, $1 FROM UNNEST($27::text[], $28::int8[], $29::uuid[], $30::int8[], $31::int8[])
+), new_keys AS (
+    INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
+    SELECT k, h, 201, b, $1 FROM UNNEST($32::text[], $33::text[], $34::jsonb[]) AS u(k, h, b)
+), changed_accounts AS (
+    UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq, updated_at = $1
+    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[]) AS u(id, balance, vv, seq)
+    WHERE a.id = u.id
+), new_account_events AS (
+    INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
+    SELECT a, $2, c, e, v, p, o, k
+    FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[])
+      AS u(a, c, e, v, p, o, k)
+), new_outbox AS (
+    INSERT INTO outbox (event_id, partition_key, event_type, payload, traceparent, created_at)
+    SELECT ev, k, typ, payload, tp, $1
+    FROM UNNEST($46::uuid[], $47::text[], $48::text[], $49::jsonb[], $50::text[])
+      WITH ORDINALITY AS u(ev, k, typ, payload, tp, ord)
+    ORDER BY ord
+)
+SELECT pg_notify($3, '')";
 
 fn posting_problem(e: PostingError) -> Problem {
     match e {
