@@ -154,7 +154,8 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     assert!(!pids.contains(&node_pid));
 
     // A second `up` keeps the running processes and starts nothing new.
-    assert!(env.run(&["up"]).status.success());
+    let again = env.run(&["up"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(read_manifest(&env)["regions"], manifest["regions"]);
 
     let down = env.run(&["down"]);

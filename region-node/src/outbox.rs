@@ -172,8 +172,11 @@ async fn lead(
 /// Publishes up to `batch_max` unpublished rows in one Kafka transaction; returns how many.
 async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FutureProducer) -> Result<usize, PublishError> {
     let rows = sqlx::query(
-        "SELECT id, event_id, topic, partition_key, event_type, payload::text AS payload, traceparent, created_at
-         FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+        // A ledger event's row has no payload of its own: it is the event's, from ledger_events.
+        "SELECT o.id, o.event_id, o.topic, o.partition_key, o.event_type,
+                COALESCE(o.payload, e.payload)::text AS payload, o.traceparent, o.created_at
+         FROM outbox o LEFT JOIN ledger_events e ON o.payload IS NULL AND e.event_id = o.event_id
+         WHERE o.published_at IS NULL ORDER BY o.id LIMIT $1",
     )
     .bind(cfg.batch_max)
     .fetch_all(pool)

@@ -28,7 +28,15 @@ fn killed_broker_comes_back_with_its_committed_data() {
     region.start_kafka();
     assert_ne!(region.kafka_pid(), Some(old_pid));
 
-    let records = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
+    // commit_transaction returns once the commit is decided; the markers that make the records
+    // readable may still be unwritten at the kill, and the restarted coordinator writes them a
+    // moment later. Until then a read_committed read ends early, at the open transaction.
+    let settle_until = std::time::Instant::now() + TIMEOUT;
+    let mut records = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
+    while records.len() < 50 && std::time::Instant::now() < settle_until {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        records = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
+    }
     let mut values: Vec<String> = records.into_iter().filter_map(|r| r.value).collect();
     values.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
     assert_eq!(values, (0..50).map(|i| format!("v{i}")).collect::<Vec<_>>());

@@ -133,7 +133,6 @@ struct Writes {
     ob_event: Vec<uuid::Uuid>,
     ob_key: Vec<String>,
     ob_type: Vec<String>,
-    ob_payload: Vec<Value>,
     ob_traceparent: Vec<Option<String>>,
     ae_account: Vec<String>,
     ae_counter: Vec<i64>,
@@ -351,7 +350,6 @@ impl Batch<'_> {
             w.ob_event.push(event.event_id);
             w.ob_key.push(account.to_string());
             w.ob_type.push(event.event_type().to_owned());
-            w.ob_payload.push(payload.clone());
             w.ob_traceparent.push(traceparent.clone());
         }
         w.ev_payload.push(payload);
@@ -416,7 +414,6 @@ impl Batch<'_> {
             .bind(&w.ob_event)
             .bind(&w.ob_key)
             .bind(&w.ob_type)
-            .bind(&w.ob_payload)
             .bind(&w.ob_traceparent)
             .execute(&mut **tx)
             .await?;
@@ -473,10 +470,10 @@ WITH new_accounts AS (
     FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[])
       AS u(a, c, e, v, p, o, k)
 ), new_outbox AS (
-    INSERT INTO outbox (event_id, partition_key, event_type, payload, traceparent, created_at)
-    SELECT ev, k, typ, payload, tp, $1
-    FROM UNNEST($46::uuid[], $47::text[], $48::text[], $49::jsonb[], $50::text[])
-      WITH ORDINALITY AS u(ev, k, typ, payload, tp, ord)
+    INSERT INTO outbox (event_id, partition_key, event_type, traceparent, created_at)
+    SELECT ev, k, typ, tp, $1
+    FROM UNNEST($46::uuid[], $47::text[], $48::text[], $49::text[])
+      WITH ORDINALITY AS u(ev, k, typ, tp, ord)
     ORDER BY ord
 )
 SELECT pg_notify($3, '')";
