@@ -120,7 +120,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
 
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
-    let (writer, committer) = write::start(pool.clone(), region.clone(), &cfg);
+    let (writer, committer) = write::start(region.clone(), &cfg)?;
     let mut tasks = vec![committer.abort_handle()];
     let topic = format!("{}ledger.events", cfg.topic_prefix);
     let publisher = cfg.run_publisher.then(|| {

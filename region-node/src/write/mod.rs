@@ -96,16 +96,49 @@ impl Writer {
 }
 
 /// Starts the committer; it runs until every `Writer` is dropped, the queue is drained and every
-/// batch in flight has committed.
-pub fn start(pool: PgPool, region: RegionId, cfg: &NodeConfig) -> (Writer, tokio::task::JoinHandle<()>) {
+/// batch in flight has committed. The returned task ends when it has.
+///
+/// The committer runs on its own thread with its own runtime and connections. On the shared
+/// runtime each step of a commit (one per round trip) queued behind every HTTP request already
+/// waiting for a worker: under load that stretched the time a batch holds its account locks, and
+/// batches sharing accounts wait for each other for exactly that long.
+pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task::JoinHandle<()>), sqlx::Error> {
     let (tx, rx) = mpsc::channel(cfg.queue_commands_max.max(1));
     let limits = Limits {
         batch_commands_max: cfg.batch_commands_max.max(1),
         commit_wait: Duration::from_micros(cfg.commit_wait_us_max),
         in_flight_max: cfg.commits_in_flight_max.clamp(1, 64),
     };
-    let handle = tokio::spawn(run(pool, region, limits, rx));
-    (Writer { tx }, handle)
+    let options: sqlx::postgres::PgConnectOptions = cfg.database_url.parse()?;
+    let pool_options = sqlx::postgres::PgPoolOptions::new()
+        // One connection per batch in flight; a failed batch retries its commands on the same one.
+        .max_connections(limits.in_flight_max as u32)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false);
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("committer".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "the committer cannot start its runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Connections are opened on this runtime, so their I/O is driven by this thread.
+                let pool = pool_options.connect_lazy_with(options);
+                run(pool.clone(), region, limits, rx).await;
+                pool.close().await;
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(sqlx::Error::Io)?;
+    let handle = tokio::spawn(async move {
+        let _ = done_rx.await;
+    });
+    Ok((Writer { tx }, handle))
 }
 
 #[derive(Clone, Copy)]
