@@ -86,15 +86,28 @@ impl KafkaJars {
     /// Returns the cached jars, downloading them with Maven first if the cache is missing or was
     /// made from another pom. The download goes to a private folder renamed into place at the end,
     /// so a failed or interrupted download never leaves a half-filled cache.
+    ///
+    /// Concurrent callers (parallel tests, two `up`s) take turns on a lock file: without it, a
+    /// second download finishing late replaced the folder under brokers already started from the
+    /// first, and they failed with missing classes.
     pub fn ensure(pom: &Path, cache: &Path, mvn: &Path) -> Result<Self> {
         let libs = cache.join("libs");
         let stamp = cache.join("libs.pom.xml");
         let wanted = std::fs::read(pom).map_err(StackError::io(pom))?;
+        std::fs::create_dir_all(cache).map_err(StackError::io(cache))?;
+        let lock_path = cache.join("libs.lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StackError::io(&lock_path))?;
+        // Released when `lock` is dropped, on every return path.
+        lock.lock().map_err(StackError::io(&lock_path))?;
         if libs.is_dir() && std::fs::read(&stamp).ok().as_deref() == Some(wanted.as_slice()) {
             return Ok(Self { libs });
         }
         probe(mvn, "-v", "Maven", "install it with `apt-get install -y maven`")?;
-        std::fs::create_dir_all(cache).map_err(StackError::io(cache))?;
         let staging = cache.join(format!("libs.partial-{}", std::process::id()));
         let log = cache.join("mvn.log");
         let _ = std::fs::remove_dir_all(&staging);
