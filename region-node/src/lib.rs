@@ -98,15 +98,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     let region = RegionId::new(cfg.region.clone()).map_err(|e| StartError::Config(e.to_string()))?;
     // Install the metrics recorder before anything records: a recorder installed later loses those.
     telemetry::prometheus();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(cfg.db_pool_max)
-        .acquire_timeout(Duration::from_secs(5))
-        // The default ping before every acquire was one more round trip per group commit. A
-        // connection broken since its last use fails its statement instead, which every caller
-        // already treats as retryable (the write path answers 503, retry with the same key).
-        .test_before_acquire(false)
-        .connect(&cfg.database_url)
-        .await?;
+    let pool = pool_options(cfg.db_pool_max).connect(&cfg.database_url).await?;
     MIGRATOR.run(&pool).await?;
     claim_region(&pool, &region).await?;
     if !cfg.bootstrap_api_key.is_empty() {
@@ -202,6 +194,17 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         pool.close().await;
     });
     Ok(Node { addr, shutdown, supervisor, tasks })
+}
+
+/// Settings of every connection pool of the node (the shared one and the committer's).
+pub(crate) fn pool_options(connections_max: u32) -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections_max)
+        .acquire_timeout(Duration::from_secs(5))
+        // The default ping before every acquire was one more round trip per group commit. A
+        // connection broken since its last use fails its statement instead, which every caller
+        // already treats as retryable (the write path answers 503, retry with the same key).
+        .test_before_acquire(false)
 }
 
 /// Records this region in a fresh database, or refuses a database of another region.

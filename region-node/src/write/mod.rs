@@ -110,11 +110,8 @@ pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task:
         in_flight_max: cfg.commits_in_flight_max.clamp(1, 64),
     };
     let options: sqlx::postgres::PgConnectOptions = cfg.database_url.parse()?;
-    let pool_options = sqlx::postgres::PgPoolOptions::new()
-        // One connection per batch in flight; a failed batch retries its commands on the same one.
-        .max_connections(limits.in_flight_max as u32)
-        .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false);
+    // One connection per batch in flight; a failed batch retries its commands on the same one.
+    let pool_options = crate::pool_options(limits.in_flight_max as u32);
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("committer".into())
