@@ -29,6 +29,9 @@ pub struct NodeConfig {
     /// Batches committing at once. Two overlap one batch's WAL flush with the next one's work;
     /// batches touching the same account still serialise on its row lock.
     pub commits_in_flight_max: usize,
+    /// Accounts whose latest state the committer remembers, to plan batches without reading them
+    /// first. A batch touching one it does not remember reads and locks its accounts first.
+    pub accounts_remembered_max: usize,
     /// Commands queued for the committer before requests are refused with 503.
     pub queue_commands_max: usize,
     /// Outbox rows published in one Kafka transaction.
@@ -74,10 +77,13 @@ impl Default for NodeConfig {
             topic_prefix: String::new(),
             // A batch is bounded so one commit stays short and a slow batch cannot starve others.
             batch_commands_max: 512,
-            // Short: at low load a request should not wait for company; at high load the queue
-            // fills batches while the previous commit is in flight anyway.
-            commit_wait_us_max: 200,
+            // None: at high load the queue fills the next batch while every connection is busy
+            // committing, and at low load a request should not wait for company. Tokio's timer
+            // ticks in milliseconds, so any wait at all cost one to two of them.
+            commit_wait_us_max: 0,
             commits_in_flight_max: 2,
+            // About 1 KB each.
+            accounts_remembered_max: 100_000,
             queue_commands_max: 20_000,
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,

@@ -27,6 +27,8 @@ pub mod metric {
     pub const BATCH_SIZE: &str = "ledger_group_commit_batch_size";
     /// Histogram, seconds: one group commit, lock to commit.
     pub const COMMIT_SECONDS: &str = "ledger_group_commit_duration_seconds";
+    /// Counter: batches by how they committed (`planned`, `planned-retried`, `read-first`).
+    pub const COMMIT_PATH: &str = "ledger_group_commit_batches_total";
     /// Gauge: outbox rows not yet published.
     pub const OUTBOX_BACKLOG: &str = "ledger_outbox_backlog";
     /// Histogram, seconds: outbox row creation to Kafka commit.

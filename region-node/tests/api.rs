@@ -325,6 +325,82 @@ async fn racing_debits_never_overdraw() {
     node.stop().await;
 }
 
+/// Two nodes of one region write to its one database, each committer remembering account states
+/// from its own commits. Each node's memory goes stale whenever the other commits; a batch planned
+/// against a stale state must be refused by PostgreSQL and re-run, never committed with a balance
+/// computed from the old one (that would spend alice's money twice).
+#[tokio::test]
+async fn two_nodes_of_one_region_racing_debits_never_overdraw() {
+    let a = with_world().await;
+    let mut cfg = a.cfg.clone();
+    cfg.http_addr = "127.0.0.1:0".into();
+    cfg.run_consumer = false;
+    cfg.run_publisher = false;
+    let b = region_node::start(cfg).await.expect("second node starts");
+    let bases = [a.base.clone(), format!("http://{}", b.addr())];
+    funded(&a, "alice", 1_000).await;
+    a.open("shop", "USD", false).await;
+    // Both committers remember alice before the race.
+    for base in &bases {
+        let r = a.http.post(format!("{base}/v1/transfers")).bearer_auth(&a.write_key);
+        let r = r.json(&json!({"from": "alice", "to": "shop", "amount": 1})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, base, key) = (a.http.clone(), bases[i % 2].clone(), a.write_key.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"from": "alice", "to": "shop", "amount": 10});
+            let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            201 => accepted += 1,
+            409 => assert_eq!(body["type"], format!("{}insufficient-funds", region_node::problem::TYPE_BASE)),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // 998 left after the two warm-up transfers: 99 debits of 10 fit.
+    assert_eq!(accepted, 99);
+    assert_eq!(a.balance("alice").await, 8);
+    assert_eq!(a.balance("shop").await, 992);
+    assert_ledger_consistent(&a.db.pool).await;
+    b.shutdown().await;
+    a.stop().await;
+}
+
+/// A refusal is a decision too: a node whose memory of an account is stale (the other node has
+/// credited it since) must not refuse a debit the account can now pay.
+#[tokio::test]
+async fn a_refusal_is_never_decided_on_a_stale_balance() {
+    let a = with_world().await;
+    let mut cfg = a.cfg.clone();
+    cfg.http_addr = "127.0.0.1:0".into();
+    cfg.run_consumer = false;
+    cfg.run_publisher = false;
+    let b = region_node::start(cfg).await.expect("second node starts");
+    let b_base = format!("http://{}", b.addr());
+    funded(&a, "alice", 10).await;
+    a.open("shop", "USD", false).await;
+    // Node a now remembers alice at 0.
+    assert_eq!(a.transfer("alice", "shop", 10).await.status, 201);
+    let credit = a.http.post(format!("{b_base}/v1/transfers")).bearer_auth(&a.write_key);
+    let credit = credit.json(&json!({"from": "world", "to": "alice", "amount": 100})).send().await.unwrap();
+    assert_eq!(credit.status(), 201);
+    let debit = a.transfer("alice", "shop", 50).await;
+    assert_eq!(debit.status, 201, "alice has 100 since node b's credit: {}", debit.body);
+    assert_eq!(a.balance("alice").await, 50);
+    assert_ledger_consistent(&a.db.pool).await;
+    b.shutdown().await;
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn events_reach_kafka_with_headers_and_the_read_models_once() {
     let node = with_world().await;

@@ -10,8 +10,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ledger_core::posting::PostingError;
 use ledger_core::{AccountId, AccountSpec, AccountState, EventPayload, LedgerEvent, RegionId, VersionVector};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Postgres, Row, Transaction};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use std::collections::{BTreeMap, HashMap};
 
 /// Channel the publisher LISTENs on; notified in the same transaction as the outbox rows, so it
 /// wakes exactly when there is something committed to publish.
@@ -83,32 +84,51 @@ pub fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Runs a batch, retrying the whole transaction on transient conflicts.
+/// Runs a batch in its own transaction, reading and locking its accounts first, retrying the
+/// whole transaction on transient conflicts. Returns the batch as committed.
 pub(super) async fn run_with_retry(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     region: &RegionId,
     commands: &[Command],
-) -> Result<Vec<Result<Outcome, Problem>>, sqlx::Error> {
+) -> Result<Batch, sqlx::Error> {
     let mut attempt = 1;
     loop {
-        match run(pool, region, commands).await {
+        match run(conn, region, commands).await {
             Err(e) if attempt < ATTEMPTS_MAX && is_transient(&e) => attempt += 1,
             other => return other,
         }
     }
 }
 
+/// Commits a batch planned against remembered account states in one statement, in its own
+/// implicit transaction: one round trip. It fails with a transient error, writing nothing, when any
+/// account is no longer as planned against or a unique key (an idempotency key already used) is
+/// taken; the caller then runs the batch with [`run_with_retry`].
+pub(super) async fn run_planned(conn: &mut PgConnection, batch: &Batch) -> Result<(), sqlx::Error> {
+    // An implicit transaction: it commits at the Sync that follows the statement, and the statement
+    // counts as done only once PostgreSQL is ready for the next one, that is, after the commit.
+    batch.flush(&mut *conn).await
+}
+
 /// Serialization failure, deadlock, or unique violation: another writer got there first; a retry
 /// reads its committed result.
-fn is_transient(e: &sqlx::Error) -> bool {
+pub(super) fn is_transient(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "23505"))
+}
+
+/// The accounts a command reads, in command order (with repeats).
+pub(super) fn touched(command: &Command) -> impl Iterator<Item = &AccountId> {
+    let (a, b) = match command {
+        Command::Open(o) => (&o.spec.id, None),
+        Command::Transfer(t) => (&t.from, Some(&t.to)),
+    };
+    std::iter::once(a).chain(b)
 }
 
 /// What the batch will write, column by column, for bulk `UNNEST` inserts.
 #[derive(Default)]
 struct Writes {
     new_accounts: Vec<AccountId>,
-    dirty_accounts: BTreeSet<AccountId>,
     ev_id: Vec<uuid::Uuid>,
     ev_aggregate: Vec<String>,
     ev_type: Vec<String>,
@@ -146,27 +166,66 @@ struct Writes {
     ik_body: Vec<Value>,
 }
 
-/// In-memory state of a batch. Event ids are UUIDv7 (time-ordered): the primary-key index of
-/// `ledger_events` (and of the views' duplicate check) then grows at its right edge instead of
-/// touching a random page per insert.
-struct Batch<'a> {
-    region: &'a RegionId,
+/// A batch planned in memory: every command applied in order to the accounts as they were when
+/// planned, giving each command's reply and every row to write. Event ids are UUIDv7
+/// (time-ordered): the primary-key index of `ledger_events` (and of the views' duplicate check)
+/// then grows at its right edge instead of touching a random page per insert.
+pub(super) struct Batch {
+    region: RegionId,
     now: DateTime<Utc>,
+    /// The accounts as planned against (existing ones only): the commit writes nothing unless
+    /// each is still exactly so.
+    before: HashMap<AccountId, AccountRow>,
+    /// The accounts as the batch leaves them, including those it opens.
     accounts: HashMap<AccountId, AccountRow>,
     /// Idempotency records: committed ones plus those written earlier in this batch.
     keys: HashMap<String, (String, Value)>,
     writes: Writes,
+    /// Each command's reply, in command order.
+    pub results: Vec<Result<Outcome, Problem>>,
 }
 
-async fn run(
-    pool: &PgPool,
-    region: &RegionId,
-    commands: &[Command],
-) -> Result<Vec<Result<Outcome, Problem>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let now = Utc::now();
-    let mut batch = Batch { region, now, accounts: HashMap::new(), keys: HashMap::new(), writes: Writes::default() };
+impl Batch {
+    /// Applies `commands` in order to `accounts` (the state of every existing account they touch
+    /// that is known; a missing one does not exist) and `keys` (the idempotency records of their keys).
+    pub(super) fn plan(
+        region: &RegionId,
+        accounts: HashMap<AccountId, AccountRow>,
+        keys: HashMap<String, (String, Value)>,
+        commands: &[Command],
+    ) -> Self {
+        let mut batch = Batch {
+            region: region.clone(),
+            now: Utc::now(),
+            before: accounts.clone(),
+            accounts,
+            keys,
+            writes: Writes::default(),
+            results: Vec::with_capacity(commands.len()),
+        };
+        for command in commands {
+            let result = match command {
+                Command::Open(o) => batch.open(o),
+                Command::Transfer(t) => batch.transfer(t),
+            };
+            batch.results.push(result);
+        }
+        batch
+    }
 
+    /// Whether committing the batch writes anything beyond confirming the accounts it read.
+    pub(super) fn has_writes(&self) -> bool {
+        !self.writes.ev_id.is_empty()
+    }
+
+    /// Every account the batch touched, as it leaves them.
+    pub(super) fn accounts_after(&self) -> impl Iterator<Item = &AccountRow> {
+        self.accounts.values()
+    }
+}
+
+async fn run(conn: &mut PgConnection, region: &RegionId, commands: &[Command]) -> Result<Batch, sqlx::Error> {
+    let mut tx = conn.begin().await?;
     let keys: Vec<&str> = commands
         .iter()
         .filter_map(|c| match c {
@@ -174,47 +233,35 @@ async fn run(
             Command::Open(_) => None,
         })
         .collect();
-    let mut ids: Vec<&str> = commands
-        .iter()
-        .flat_map(|c| match c {
-            Command::Open(o) => vec![o.spec.id.as_str()],
-            Command::Transfer(t) => vec![t.from.as_str(), t.to.as_str()],
-        })
-        .collect();
+    let mut ids: Vec<&str> = commands.iter().flat_map(touched).map(AccountId::as_str).collect();
     ids.sort_unstable();
     ids.dedup();
     // One round trip reads both what the batch needs: its accounts, locked, and the idempotency
     // records of its keys.
+    let mut accounts = HashMap::new();
+    let mut records = HashMap::new();
     for row in sqlx::query(READ_SQL).bind(&ids).bind(&keys).fetch_all(&mut *tx).await? {
         match row.try_get::<Option<String>, _>("key")? {
             Some(key) => {
-                batch.keys.insert(key, (row.try_get("request_hash")?, row.try_get("response_body")?));
+                records.insert(key, (row.try_get("request_hash")?, row.try_get("response_body")?));
             }
             None => {
                 let account = AccountRow::from_row(&row)?;
-                batch.accounts.insert(account.state.spec.id.clone(), account);
+                accounts.insert(account.state.spec.id.clone(), account);
             }
         }
     }
-
-    let results: Vec<Result<Outcome, Problem>> = commands
-        .iter()
-        .map(|c| match c {
-            Command::Open(o) => batch.open(o),
-            Command::Transfer(t) => batch.transfer(t),
-        })
-        .collect();
-
-    if batch.writes.ev_id.is_empty() {
-        tx.rollback().await?;
-    } else {
-        batch.flush(&mut tx).await?;
+    let batch = Batch::plan(region, accounts, records, commands);
+    if batch.has_writes() {
+        batch.flush(&mut *tx).await?;
         tx.commit().await?;
+    } else {
+        tx.rollback().await?;
     }
-    Ok(results)
+    Ok(batch)
 }
 
-impl Batch<'_> {
+impl Batch {
     fn occurred_at(&self) -> String {
         rfc3339(&self.now)
     }
@@ -228,7 +275,7 @@ impl Batch<'_> {
             };
         }
         let mut state = AccountState::opened(cmd.spec.clone());
-        state.version.increment(self.region);
+        state.version.increment(&self.region);
         let event = LedgerEvent {
             event_id: uuid::Uuid::now_v7(),
             origin_region: self.region.clone(),
@@ -257,7 +304,7 @@ impl Batch<'_> {
         let mut from =
             self.accounts.get(&cmd.from).ok_or_else(|| Problem::account_not_found(cmd.from.as_str()))?.clone();
         let mut to = self.accounts.get(&cmd.to).ok_or_else(|| Problem::account_not_found(cmd.to.as_str()))?.clone();
-        ledger_core::post_transfer(&mut from.state, &mut to.state, cmd.amount, cmd.currency, self.region)
+        ledger_core::post_transfer(&mut from.state, &mut to.state, cmd.amount, cmd.currency, &self.region)
             .map_err(posting_problem)?;
         from.updated_at = self.now;
         to.updated_at = self.now;
@@ -320,11 +367,6 @@ impl Batch<'_> {
             w.ik_body.push(body.clone());
             self.keys.insert(key.clone(), (cmd.request_hash.clone(), body.clone()));
         }
-        for account in [&from, &to] {
-            if !self.writes.new_accounts.contains(&account.state.spec.id) {
-                self.writes.dirty_accounts.insert(account.state.spec.id.clone());
-            }
-        }
         self.accounts.insert(cmd.from.clone(), from);
         self.accounts.insert(cmd.to.clone(), to);
         Ok(Outcome::Transferred { body, replayed: false })
@@ -359,14 +401,21 @@ impl Batch<'_> {
 
     /// Writes everything in one statement: one round trip whatever the batch holds. Data-modifying
     /// CTEs all run to completion; new accounts are inserted with their final state, so the UPDATE
-    /// (which cannot see them in the same statement) never needs to touch them.
-    async fn flush(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    /// (which cannot see them in the same statement) never needs to touch them. Every other
+    /// account the batch read is updated only if it is still as planned against, and the statement
+    /// fails if one is not (see migration 0006): a reply the batch gives, a refusal included, holds
+    /// at its commit.
+    async fn flush<'e, E: sqlx::PgExecutor<'e>>(&self, executor: E) -> Result<(), sqlx::Error> {
         let w = &self.writes;
-        let column = |ids: &mut dyn Iterator<Item = &AccountId>| -> Vec<&AccountRow> {
-            ids.map(|id| self.accounts.get(id).expect("written accounts are in the batch")).collect()
-        };
-        let new = column(&mut w.new_accounts.iter());
-        let dirty = column(&mut w.dirty_accounts.iter());
+        let new: Vec<&AccountRow> =
+            w.new_accounts.iter().map(|id| self.accounts.get(id).expect("opened accounts are in the batch")).collect();
+        // Sorted, so concurrent statements lock shared accounts in the same order.
+        let mut read: Vec<(&AccountRow, &AccountRow)> = self
+            .before
+            .iter()
+            .map(|(id, before)| (before, self.accounts.get(id).expect("read accounts stay in the batch")))
+            .collect();
+        read.sort_unstable_by(|a, b| a.0.state.spec.id.cmp(&b.0.state.spec.id));
         sqlx::query(WRITE_SQL)
             .bind(self.now)
             .bind(self.region.as_str())
@@ -402,10 +451,10 @@ impl Batch<'_> {
             .bind(&w.ik_key)
             .bind(&w.ik_hash)
             .bind(&w.ik_body)
-            .bind(dirty.iter().map(|a| a.state.spec.id.as_str()).collect::<Vec<_>>())
-            .bind(dirty.iter().map(|a| a.state.balance).collect::<Vec<_>>())
-            .bind(dirty.iter().map(|a| json!(a.state.version)).collect::<Vec<_>>())
-            .bind(dirty.iter().map(|a| a.state.entry_seq).collect::<Vec<_>>())
+            .bind(read.iter().map(|(a, _)| a.state.spec.id.as_str()).collect::<Vec<_>>())
+            .bind(read.iter().map(|(_, a)| a.state.balance).collect::<Vec<_>>())
+            .bind(read.iter().map(|(_, a)| json!(a.state.version)).collect::<Vec<_>>())
+            .bind(read.iter().map(|(_, a)| a.state.entry_seq).collect::<Vec<_>>())
             .bind(&w.ae_account)
             .bind(&w.ae_counter)
             .bind(&w.ae_event)
@@ -417,7 +466,11 @@ impl Batch<'_> {
             .bind(&w.ob_key)
             .bind(&w.ob_type)
             .bind(&w.ob_traceparent)
-            .execute(&mut **tx)
+            .bind(read.iter().map(|(a, _)| a.state.balance).collect::<Vec<_>>())
+            .bind(read.iter().map(|(a, _)| json!(a.state.version)).collect::<Vec<_>>())
+            .bind(read.iter().map(|(a, _)| a.state.entry_seq).collect::<Vec<_>>())
+            .bind(read.iter().map(|(a, b)| a.state.entry_seq != b.state.entry_seq).collect::<Vec<_>>())
+            .execute(executor)
             .await?;
         Ok(())
     }
@@ -437,7 +490,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, 
 FROM idempotency_keys WHERE key = ANY($2)";
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
-/// column. Outbox rows are inserted in batch order so their ids follow it, and NOTIFY is delivered
+/// column; `$50`–`$53` the accounts read as planned against, and whether the batch changed each. Outbox rows are inserted in batch order so their ids follow it, and NOTIFY is delivered
 /// only when the transaction commits.
 const WRITE_SQL: &str = "
 WITH new_accounts AS (
@@ -462,10 +515,16 @@ WITH new_accounts AS (
 ), new_keys AS (
     INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
     SELECT k, h, 201, b, $1 FROM UNNEST($32::text[], $33::text[], $34::jsonb[]) AS u(k, h, b)
-), changed_accounts AS (
-    UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq, updated_at = $1
-    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[]) AS u(id, balance, vv, seq)
-    WHERE a.id = u.id
+), locked AS (
+    SELECT id FROM accounts WHERE id = ANY($35::text[]) ORDER BY id FOR UPDATE
+), read_accounts AS (
+    UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq,
+                          updated_at = CASE WHEN u.changed THEN $1 ELSE a.updated_at END
+    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $50::int8[], $51::jsonb[], $52::int8[], $53::bool[])
+      AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed)
+      JOIN locked l ON l.id = u.id
+    WHERE a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
+    RETURNING 1
 ), new_account_events AS (
     INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
     SELECT a, $2, c, e, v, p, o, k
@@ -478,7 +537,8 @@ WITH new_accounts AS (
       WITH ORDINALITY AS u(ev, k, typ, tp, ord)
     ORDER BY ord
 )
-SELECT pg_notify($3, '')";
+SELECT pg_notify($3, '') FROM (SELECT count(*) AS n FROM read_accounts) r
+WHERE ledger_assert_accounts_as_planned(r.n, cardinality($35::text[]))";
 
 fn posting_problem(e: PostingError) -> Problem {
     match e {

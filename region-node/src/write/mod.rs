@@ -9,7 +9,10 @@ mod batch;
 use crate::config::NodeConfig;
 use crate::problem::Problem;
 use ledger_core::{AccountId, AccountSpec, Amount, Currency, RegionId};
-use sqlx::PgPool;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -108,10 +111,15 @@ pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task:
         batch_commands_max: cfg.batch_commands_max.max(1),
         commit_wait: Duration::from_micros(cfg.commit_wait_us_max),
         in_flight_max: cfg.commits_in_flight_max.clamp(1, 64),
+        accounts_remembered_max: cfg.accounts_remembered_max,
     };
-    let options: sqlx::postgres::PgConnectOptions = cfg.database_url.parse()?;
-    // One connection per batch in flight; a failed batch retries its commands on the same one.
-    let pool_options = crate::pool_options(limits.in_flight_max as u32);
+    // The write statement has some fifty parameters: planning it anew at every execution (a
+    // "custom" plan, which PostgreSQL kept choosing) took longer than running it. Its plan does not
+    // depend on the values, so one generic plan serves every batch.
+    let options = cfg
+        .database_url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_generic_plan")]);
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("committer".into())
@@ -123,12 +131,8 @@ pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task:
                     return;
                 }
             };
-            runtime.block_on(async move {
-                // Connections are opened on this runtime, so their I/O is driven by this thread.
-                let pool = pool_options.connect_lazy_with(options);
-                run(pool.clone(), region, limits, rx).await;
-                pool.close().await;
-            });
+            // Connections are opened on this runtime, so their I/O is driven by this thread.
+            runtime.block_on(run(options, region, limits, rx));
             let _ = done_tx.send(());
         })
         .map_err(sqlx::Error::Io)?;
@@ -143,61 +147,157 @@ struct Limits {
     batch_commands_max: usize,
     commit_wait: Duration,
     in_flight_max: usize,
+    accounts_remembered_max: usize,
 }
 
 // Batches may commit concurrently. That is safe because each batch locks its accounts in id order
-// before reading them (so two batches sharing an account serialise, the second reading what the
-// first committed, and never deadlock), and unique keys taken by a concurrent batch (an account
-// id, an idempotency key) fail the later batch with a transient error that retries it whole.
-async fn run(pool: PgPool, region: RegionId, limits: Limits, mut rx: mpsc::Receiver<(Command, Reply)>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.in_flight_max));
+// (so two batches sharing an account serialise and never deadlock), updates an account only if it
+// is as the batch was planned against, and unique keys taken by a concurrent batch (an account id,
+// an idempotency key) fail the later batch with a transient error that retries it whole.
+//
+// Most batches are planned here, against the accounts as the batches dispatched before them leave
+// them (`Remembered`), and committed in one statement: one round trip instead of four, and a batch
+// waiting for an account held by the one before it continues inside PostgreSQL the moment that one
+// commits, without a round trip back here. Only a batch touching an account not remembered (new,
+// evicted, or changed by a batch that failed) reads and locks its accounts first.
+async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx: mpsc::Receiver<(Command, Reply)>) {
+    // One connection per batch in flight, owned here rather than by a pool: a pool pings every
+    // connection it gets back, one more round trip before the next batch can use it. Taking a
+    // connection is taking a slot. `None` is one not (or no longer) connected.
+    let (idle_tx, mut idle_rx) = mpsc::channel::<Option<PgConnection>>(limits.in_flight_max);
+    for _ in 0..limits.in_flight_max {
+        let _ = idle_tx.try_send(None);
+    }
+    let options = Arc::new(options);
+    let remembered = Arc::new(Mutex::new(Remembered::new(limits.accounts_remembered_max)));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot before gathering: while every slot is busy the queue fills, and the
-        // next batch leaves full.
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        // next batch leaves full. That is the group commit; `commit_wait` only adds company at low
+        // load, at the price of latency (and the timer ticks in whole milliseconds).
+        let Some(conn) = idle_rx.recv().await else { break };
         let mut pending = vec![first];
         let deadline = tokio::time::Instant::now() + limits.commit_wait;
         while pending.len() < limits.batch_commands_max {
             match rx.try_recv() {
                 Ok(next) => pending.push(next),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if limits.commit_wait.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(next)) => pending.push(next),
                     _ => break,
                 },
             }
         }
-        let (pool, region) = (pool.clone(), region.clone());
+        let (commands, replies): (Vec<Command>, Vec<Reply>) = pending.into_iter().unzip();
+        let planned = {
+            let mut remembered = lock(&remembered);
+            match remembered.states(&commands) {
+                Some(accounts) => {
+                    let batch = batch::Batch::plan(&region, accounts, HashMap::new(), &commands);
+                    remembered.expect(batch.accounts_after());
+                    Some(batch)
+                }
+                None => None,
+            }
+        };
+        let (options, region, remembered, idle_tx) =
+            (options.clone(), region.clone(), remembered.clone(), idle_tx.clone());
         tokio::spawn(async move {
-            commit(&pool, &region, pending).await;
-            drop(slot);
+            let conn = match conn {
+                Some(conn) => Ok(conn),
+                None => PgConnection::connect_with(&options).await,
+            };
+            let conn = match conn {
+                Ok(mut conn) => {
+                    let healthy = commit(&mut conn, &region, &remembered, commands, replies, planned).await;
+                    healthy.then_some(conn)
+                }
+                Err(e) => {
+                    lock(&remembered).forget(&commands);
+                    for reply in replies {
+                        let _ = reply.send(Err(db_problem(&e)));
+                    }
+                    None
+                }
+            };
+            let _ = idle_tx.send(conn).await;
         });
     }
-    // Every slot back means every batch in flight has answered.
-    let _ = slots.acquire_many(u32::try_from(limits.in_flight_max).unwrap_or(64)).await;
+    // Every connection back means every batch in flight has answered.
+    for _ in 0..limits.in_flight_max {
+        if let Some(Some(conn)) = idle_rx.recv().await {
+            let _ = conn.close().await;
+        }
+    }
 }
 
-/// Commits a batch; if the transaction fails, each command is retried alone, so one command that
-/// trips the database cannot fail the others.
-async fn commit(pool: &PgPool, region: &RegionId, pending: Vec<(Command, Reply)>) {
-    let (commands, replies): (Vec<Command>, Vec<Reply>) = pending.into_iter().unzip();
+/// Commits a batch: planned ones in one statement, the others (and planned ones that find an
+/// account changed) reading and locking first. If that transaction fails, each command is retried
+/// alone, so one command that trips the database cannot fail the others. Returns false when the
+/// connection broke and must not be used again.
+async fn commit(
+    conn: &mut PgConnection,
+    region: &RegionId,
+    remembered: &Mutex<Remembered>,
+    commands: Vec<Command>,
+    replies: Vec<Reply>,
+    planned: Option<batch::Batch>,
+) -> bool {
     metrics::histogram!(crate::telemetry::metric::BATCH_SIZE).record(commands.len() as f64);
     let started = Instant::now();
     let span = tracing::info_span!("db.transaction", db.system = "postgresql", batch_size = commands.len());
-    let outcome = tracing::Instrument::instrument(batch::run_with_retry(pool, region, &commands), span).await;
+    let outcome = tracing::Instrument::instrument(
+        async {
+            if let Some(batch) = planned {
+                match batch::run_planned(conn, &batch).await {
+                    Ok(()) => {
+                        metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned").increment(1);
+                        return Ok(batch.results);
+                    }
+                    Err(e) => {
+                        if !batch::is_transient(&e) {
+                            tracing::warn!(error = %e, "a planned batch failed; running it again reading its accounts");
+                        }
+                        metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned-retried")
+                            .increment(1);
+                    }
+                }
+            } else {
+                metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "read-first").increment(1);
+            }
+            // What the batches dispatched before this one leave these accounts as is not known
+            // until this one commits.
+            let generations = lock(remembered).forget(&commands);
+            let batch = batch::run_with_retry(conn, region, &commands).await?;
+            lock(remembered).learn(&generations, batch.accounts_after());
+            Ok(batch.results)
+        },
+        span,
+    )
+    .await;
     metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    let mut healthy = !matches!(&outcome, Err(e) if is_broken(e));
     match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }
         }
-        Err(e) if commands.len() > 1 => {
+        Err(e) if commands.len() > 1 && healthy => {
             tracing::warn!(error = %e, batch_size = commands.len(), "batch failed, committing its commands one by one");
             for (command, reply) in commands.into_iter().zip(replies) {
-                let result = match batch::run_with_retry(pool, region, std::slice::from_ref(&command)).await {
-                    Ok(mut results) => results.pop().unwrap_or_else(|| Err(Problem::internal("no result"))),
-                    Err(e) => Err(db_problem(&e)),
+                let result = if healthy {
+                    match batch::run_with_retry(conn, region, std::slice::from_ref(&command)).await {
+                        Ok(batch) => {
+                            batch.results.into_iter().next().unwrap_or_else(|| Err(Problem::internal("no result")))
+                        }
+                        Err(e) => {
+                            healthy = !is_broken(&e);
+                            Err(db_problem(&e))
+                        }
+                    }
+                } else {
+                    Err(Problem::unavailable("the database connection broke; retry with the same Idempotency-Key"))
                 };
                 let _ = reply.send(result);
             }
@@ -208,6 +308,85 @@ async fn commit(pool: &PgPool, region: &RegionId, pending: Vec<(Command, Reply)>
             }
         }
     }
+    healthy
+}
+
+fn lock(remembered: &Mutex<Remembered>) -> std::sync::MutexGuard<'_, Remembered> {
+    // The map is only a guess checked at commit: a panic elsewhere cannot make it unsafe to use.
+    remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Accounts as the batches dispatched so far leave them, if they commit. Only a guess: a batch
+/// planned against it commits only if every account it read is still so (see
+/// `batch::run_planned`), so a wrong entry costs a retry, never a wrong balance.
+///
+/// An entry is unknown (`None`) while a batch that read it first is in flight, or after a batch
+/// touching it failed. Each dispatch touching an account bumps its generation, so a batch that
+/// commits late does not overwrite what a later batch left.
+struct Remembered {
+    accounts: HashMap<AccountId, (Option<batch::AccountRow>, u64)>,
+    accounts_max: usize,
+    generation: u64,
+}
+
+impl Remembered {
+    fn new(accounts_max: usize) -> Self {
+        Self { accounts: HashMap::new(), accounts_max, generation: 0 }
+    }
+
+    /// The state of every account `commands` touch, if all are known.
+    fn states(&self, commands: &[Command]) -> Option<HashMap<AccountId, batch::AccountRow>> {
+        let mut states = HashMap::new();
+        for id in commands.iter().flat_map(batch::touched) {
+            if !states.contains_key(id) {
+                states.insert(id.clone(), self.accounts.get(id)?.0.clone()?);
+            }
+        }
+        Some(states)
+    }
+
+    /// A batch planned against the known states was dispatched: later ones build on its result.
+    fn expect<'a>(&mut self, after: impl Iterator<Item = &'a batch::AccountRow>) {
+        self.generation += 1;
+        for account in after {
+            if self.accounts.len() >= self.accounts_max && !self.accounts.contains_key(&account.state.spec.id) {
+                continue;
+            }
+            self.accounts.insert(account.state.spec.id.clone(), (Some(account.clone()), self.generation));
+        }
+    }
+
+    /// The accounts of `commands` become unknown; returns the generation each now has.
+    fn forget(&mut self, commands: &[Command]) -> HashMap<AccountId, u64> {
+        self.generation += 1;
+        let mut generations = HashMap::new();
+        for id in commands.iter().flat_map(batch::touched) {
+            if self.accounts.len() >= self.accounts_max && !self.accounts.contains_key(id) {
+                continue;
+            }
+            self.accounts.insert(id.clone(), (None, self.generation));
+            generations.insert(id.clone(), self.generation);
+        }
+        generations
+    }
+
+    /// A batch that read its accounts committed: what it left them as is known, unless another
+    /// batch touched them since.
+    fn learn<'a>(&mut self, generations: &HashMap<AccountId, u64>, after: impl Iterator<Item = &'a batch::AccountRow>) {
+        for account in after {
+            let id = &account.state.spec.id;
+            if let (Some(g), Some(entry)) = (generations.get(id), self.accounts.get_mut(id))
+                && entry.1 == *g
+            {
+                entry.0 = Some(account.clone());
+            }
+        }
+    }
+}
+
+/// The connection cannot be trusted after these: a statement may have been cut short mid-message.
+fn is_broken(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_))
 }
 
 fn db_problem(e: &sqlx::Error) -> Problem {
