@@ -110,10 +110,25 @@ pub(super) async fn run_planned(conn: &mut PgConnection, batch: &Batch) -> Resul
     batch.flush(&mut *conn).await
 }
 
+/// Reads accounts without locking them, to plan a batch against.
+pub(super) async fn load_accounts(conn: &mut PgConnection, ids: &[AccountId]) -> Result<Vec<AccountRow>, sqlx::Error> {
+    let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+    let rows = sqlx::query(LOAD_SQL).bind(&ids).fetch_all(&mut *conn).await?;
+    rows.iter().map(AccountRow::from_row).collect()
+}
+
 /// Serialization failure, deadlock, or unique violation: another writer got there first; a retry
 /// reads its committed result.
 pub(super) fn is_transient(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "23505"))
+}
+
+/// The accounts a batch touches, each once, in id order.
+pub(super) fn accounts_of(commands: &[Command]) -> Vec<AccountId> {
+    let mut ids: Vec<AccountId> = commands.iter().flat_map(touched).cloned().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The accounts a command reads, in command order (with repeats).
@@ -218,9 +233,9 @@ impl Batch {
         !self.writes.ev_id.is_empty()
     }
 
-    /// Every account the batch touched, as it leaves them.
-    pub(super) fn accounts_after(&self) -> impl Iterator<Item = &AccountRow> {
-        self.accounts.values()
+    /// Each command's reply, and every account the batch touched as it leaves them.
+    pub(super) fn into_committed(self) -> (Vec<Result<Outcome, Problem>>, Vec<AccountRow>) {
+        (self.results, self.accounts.into_values().collect())
     }
 }
 
@@ -476,6 +491,11 @@ impl Batch {
     }
 }
 
+/// Accounts to plan against (the columns of [`ACCOUNT_COLUMNS`]).
+const LOAD_SQL: &str = "
+SELECT id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at
+FROM accounts WHERE id = ANY($1)";
+
 /// The batch's accounts, locked in id order (the order every writer locks in, so batches never
 /// deadlock: a CTE with a locking clause is never inlined, and its rows are locked as its sort emits
 /// them), followed by the idempotency records of its keys (`key` not null).
@@ -518,12 +538,13 @@ WITH new_accounts AS (
 ), locked AS (
     SELECT id FROM accounts WHERE id = ANY($35::text[]) ORDER BY id FOR UPDATE
 ), read_accounts AS (
+    -- The uncorrelated subquery is a one-time filter, run before the first row is updated: every
+    -- row is locked in id order first. (Joining `locked` instead rescanned it for each row.)
     UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq,
                           updated_at = CASE WHEN u.changed THEN $1 ELSE a.updated_at END
     FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $50::int8[], $51::jsonb[], $52::int8[], $53::bool[])
       AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed)
-      JOIN locked l ON l.id = u.id
-    WHERE a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
+    WHERE (SELECT count(*) FROM locked) >= 0 AND a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
     RETURNING 1
 ), new_account_events AS (
     INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)

@@ -150,16 +150,18 @@ struct Limits {
     accounts_remembered_max: usize,
 }
 
-// Batches may commit concurrently. That is safe because each batch locks its accounts in id order
-// (so two batches sharing an account serialise and never deadlock), updates an account only if it
-// is as the batch was planned against, and unique keys taken by a concurrent batch (an account id,
-// an idempotency key) fail the later batch with a transient error that retries it whole.
+// Batches may commit concurrently, but never two touching the same account: a batch waits until
+// no batch in flight touches any of its accounts. The committer then knows each account's state as
+// the last batch touching it committed it (`Remembered`), plans the batch against that and commits
+// it in one statement: one round trip instead of four. Letting a batch build on the expected result
+// of one still in flight was tried: the later statement often took an account's row lock first
+// (accounts are locked in id order, so it got there while the earlier one was still locking lower
+// ids), found it unchanged, and failed, costing a whole retry.
 //
-// Most batches are planned here, against the accounts as the batches dispatched before them leave
-// them (`Remembered`), and committed in one statement: one round trip instead of four, and a batch
-// waiting for an account held by the one before it continues inside PostgreSQL the moment that one
-// commits, without a round trip back here. Only a batch touching an account not remembered (new,
-// evicted, or changed by a batch that failed) reads and locks its accounts first.
+// The statement still checks, under the row locks, that every account it read is as planned
+// against, because other writers exist (another node of the region, remote apply): a batch that
+// finds one changed, or an idempotency key already used, is run again reading and locking its
+// accounts first, and the committer learns their state from that.
 async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx: mpsc::Receiver<(Command, Reply)>) {
     // One connection per batch in flight, owned here rather than by a pool: a pool pings every
     // connection it gets back, one more round trip before the next batch can use it. Taking a
@@ -168,7 +170,6 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
     for _ in 0..limits.in_flight_max {
         let _ = idle_tx.try_send(None);
     }
-    let options = Arc::new(options);
     let remembered = Arc::new(Mutex::new(Remembered::new(limits.accounts_remembered_max)));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot before gathering: while every slot is busy the queue fills, and the
@@ -189,38 +190,30 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
             }
         }
         let (commands, replies): (Vec<Command>, Vec<Reply>) = pending.into_iter().unzip();
-        let planned = {
-            let mut remembered = lock(&remembered);
-            match remembered.states(&commands) {
-                Some(accounts) => {
-                    let batch = batch::Batch::plan(&region, accounts, HashMap::new(), &commands);
-                    remembered.expect(batch.accounts_after());
-                    Some(batch)
-                }
-                None => None,
-            }
-        };
-        let (options, region, remembered, idle_tx) =
-            (options.clone(), region.clone(), remembered.clone(), idle_tx.clone());
-        tokio::spawn(async move {
-            let conn = match conn {
-                Some(conn) => Ok(conn),
-                None => PgConnection::connect_with(&options).await,
-            };
-            let conn = match conn {
-                Ok(mut conn) => {
-                    let healthy = commit(&mut conn, &region, &remembered, commands, replies, planned).await;
-                    healthy.then_some(conn)
-                }
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => match PgConnection::connect_with(&options).await {
+                Ok(conn) => conn,
                 Err(e) => {
-                    lock(&remembered).forget(&commands);
                     for reply in replies {
                         let _ = reply.send(Err(db_problem(&e)));
                     }
-                    None
+                    let _ = idle_tx.try_send(None);
+                    continue;
                 }
-            };
-            let _ = idle_tx.send(conn).await;
+            },
+        };
+        let accounts = batch::accounts_of(&commands);
+        wait_until_idle(&remembered, &accounts).await;
+        let planned = plan(&mut conn, &region, &remembered, &commands, &accounts).await;
+        let (region, remembered, idle_tx) = (region.clone(), remembered.clone(), idle_tx.clone());
+        tokio::spawn(async move {
+            let (results, healthy) = commit(&mut conn, &region, &commands, planned).await;
+            // Known only once the batch has committed; other batches waiting for these accounts
+            // may go as soon as this is recorded.
+            lock(&remembered).end(&accounts, results.as_ref().ok().map(|(_, after)| after.as_slice()));
+            answer(&mut conn, &region, commands, replies, results.map(|(results, _)| results), healthy).await;
+            let _ = idle_tx.send(healthy.then_some(conn)).await;
         });
     }
     // Every connection back means every batch in flight has answered.
@@ -231,18 +224,63 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
     }
 }
 
-/// Commits a batch: planned ones in one statement, the others (and planned ones that find an
-/// account changed) reading and locking first. If that transaction fails, each command is retried
-/// alone, so one command that trips the database cannot fail the others. Returns false when the
-/// connection broke and must not be used again.
-async fn commit(
+/// Waits until no batch in flight touches `accounts`, then marks them as touched by this one.
+async fn wait_until_idle(remembered: &Mutex<Remembered>, accounts: &[AccountId]) {
+    loop {
+        let ended = lock(remembered).ended.clone();
+        let notified = ended.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so an end between the check and the wait is not missed.
+        notified.as_mut().enable();
+        {
+            let mut remembered = lock(remembered);
+            if !remembered.in_flight(accounts) {
+                remembered.begin(accounts);
+                return;
+            }
+        }
+        notified.await;
+    }
+}
+
+/// Plans `commands` against the accounts as last committed, reading those not remembered. `None`
+/// when it cannot: the batch then reads and locks its accounts first.
+async fn plan(
     conn: &mut PgConnection,
     region: &RegionId,
     remembered: &Mutex<Remembered>,
-    commands: Vec<Command>,
-    replies: Vec<Reply>,
+    commands: &[Command],
+    accounts: &[AccountId],
+) -> Option<batch::Batch> {
+    let missing = lock(remembered).missing(accounts);
+    let loaded = if missing.is_empty() {
+        Vec::new()
+    } else {
+        match batch::load_accounts(conn, &missing).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading accounts to plan a batch failed");
+                return None;
+            }
+        }
+    };
+    let mut remembered = lock(remembered);
+    remembered.remember(loaded);
+    let states = remembered.states(accounts);
+    Some(batch::Batch::plan(region, states, HashMap::new(), commands))
+}
+
+type Committed = (Vec<Result<Outcome, Problem>>, Vec<batch::AccountRow>);
+
+/// Commits a batch: a planned one in one statement, the others (and planned ones that find an
+/// account changed) reading and locking first. Returns each command's reply and the accounts as
+/// committed, and false when the connection broke and must not be used again.
+async fn commit(
+    conn: &mut PgConnection,
+    region: &RegionId,
+    commands: &[Command],
     planned: Option<batch::Batch>,
-) -> bool {
+) -> (Result<Committed, sqlx::Error>, bool) {
     metrics::histogram!(crate::telemetry::metric::BATCH_SIZE).record(commands.len() as f64);
     let started = Instant::now();
     let span = tracing::info_span!("db.transaction", db.system = "postgresql", batch_size = commands.len());
@@ -252,8 +290,9 @@ async fn commit(
                 match batch::run_planned(conn, &batch).await {
                     Ok(()) => {
                         metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned").increment(1);
-                        return Ok(batch.results);
+                        return Ok(batch.into_committed());
                     }
+                    Err(e) if is_broken(&e) => return Err(e),
                     Err(e) => {
                         if !batch::is_transient(&e) {
                             tracing::warn!(error = %e, "a planned batch failed; running it again reading its accounts");
@@ -265,19 +304,27 @@ async fn commit(
             } else {
                 metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "read-first").increment(1);
             }
-            // What the batches dispatched before this one leave these accounts as is not known
-            // until this one commits.
-            let generations = lock(remembered).forget(&commands);
-            let batch = batch::run_with_retry(conn, region, &commands).await?;
-            lock(remembered).learn(&generations, batch.accounts_after());
-            Ok(batch.results)
+            Ok(batch::run_with_retry(conn, region, commands).await?.into_committed())
         },
         span,
     )
     .await;
     metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    let mut healthy = !matches!(&outcome, Err(e) if is_broken(e));
-    match outcome {
+    let healthy = !matches!(&outcome, Err(e) if is_broken(e));
+    (outcome, healthy)
+}
+
+/// Sends each command its reply. If the batch failed, each command is retried alone first, so one
+/// command that trips the database cannot fail the others.
+async fn answer(
+    conn: &mut PgConnection,
+    region: &RegionId,
+    commands: Vec<Command>,
+    replies: Vec<Reply>,
+    results: Result<Vec<Result<Outcome, Problem>>, sqlx::Error>,
+    mut healthy: bool,
+) {
+    match results {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
@@ -308,79 +355,73 @@ async fn commit(
             }
         }
     }
-    healthy
 }
 
 fn lock(remembered: &Mutex<Remembered>) -> std::sync::MutexGuard<'_, Remembered> {
-    // The map is only a guess checked at commit: a panic elsewhere cannot make it unsafe to use.
+    // Nothing here can be left half-updated by a panic that matters: the states are checked at
+    // commit anyway.
     remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Accounts as the batches dispatched so far leave them, if they commit. Only a guess: a batch
-/// planned against it commits only if every account it read is still so (see
-/// `batch::run_planned`), so a wrong entry costs a retry, never a wrong balance.
-///
-/// An entry is unknown (`None`) while a batch that read it first is in flight, or after a batch
-/// touching it failed. Each dispatch touching an account bumps its generation, so a batch that
-/// commits late does not overwrite what a later batch left.
+/// What the committer knows of accounts: each one's state as the last batch touching it committed
+/// it, and which accounts batches in flight touch. Only a guess as far as other writers go: a
+/// batch planned against it commits only if every account it read is still so (see
+/// `batch::run_planned`), so a wrong entry costs a retry, never a wrong balance or refusal.
 struct Remembered {
-    accounts: HashMap<AccountId, (Option<batch::AccountRow>, u64)>,
+    accounts: HashMap<AccountId, batch::AccountRow>,
     accounts_max: usize,
-    generation: u64,
+    in_flight: std::collections::HashSet<AccountId>,
+    /// Woken whenever a batch in flight ends.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl Remembered {
     fn new(accounts_max: usize) -> Self {
-        Self { accounts: HashMap::new(), accounts_max, generation: 0 }
-    }
-
-    /// The state of every account `commands` touch, if all are known.
-    fn states(&self, commands: &[Command]) -> Option<HashMap<AccountId, batch::AccountRow>> {
-        let mut states = HashMap::new();
-        for id in commands.iter().flat_map(batch::touched) {
-            if !states.contains_key(id) {
-                states.insert(id.clone(), self.accounts.get(id)?.0.clone()?);
-            }
+        Self {
+            accounts: HashMap::new(),
+            accounts_max: accounts_max.max(1),
+            in_flight: std::collections::HashSet::new(),
+            ended: Arc::new(tokio::sync::Notify::new()),
         }
-        Some(states)
     }
 
-    /// A batch planned against the known states was dispatched: later ones build on its result.
-    fn expect<'a>(&mut self, after: impl Iterator<Item = &'a batch::AccountRow>) {
-        self.generation += 1;
-        for account in after {
+    fn in_flight(&self, accounts: &[AccountId]) -> bool {
+        accounts.iter().any(|id| self.in_flight.contains(id))
+    }
+
+    fn begin(&mut self, accounts: &[AccountId]) {
+        self.in_flight.extend(accounts.iter().cloned());
+    }
+
+    /// The batch touching `accounts` ended, leaving them as `after` (`None`: unknown, it failed).
+    fn end(&mut self, accounts: &[AccountId], after: Option<&[batch::AccountRow]>) {
+        for id in accounts {
+            self.in_flight.remove(id);
+            self.accounts.remove(id);
+        }
+        self.remember(after.unwrap_or_default().iter().cloned());
+        self.ended.notify_waiters();
+    }
+
+    /// The accounts not remembered.
+    fn missing(&self, accounts: &[AccountId]) -> Vec<AccountId> {
+        accounts.iter().filter(|id| !self.accounts.contains_key(*id)).cloned().collect()
+    }
+
+    fn remember(&mut self, states: impl IntoIterator<Item = batch::AccountRow>) {
+        for account in states {
+            // Bounded memory: when full, start over (every account is read again once).
             if self.accounts.len() >= self.accounts_max && !self.accounts.contains_key(&account.state.spec.id) {
-                continue;
+                self.accounts.clear();
             }
-            self.accounts.insert(account.state.spec.id.clone(), (Some(account.clone()), self.generation));
+            self.accounts.insert(account.state.spec.id.clone(), account);
         }
     }
 
-    /// The accounts of `commands` become unknown; returns the generation each now has.
-    fn forget(&mut self, commands: &[Command]) -> HashMap<AccountId, u64> {
-        self.generation += 1;
-        let mut generations = HashMap::new();
-        for id in commands.iter().flat_map(batch::touched) {
-            if self.accounts.len() >= self.accounts_max && !self.accounts.contains_key(id) {
-                continue;
-            }
-            self.accounts.insert(id.clone(), (None, self.generation));
-            generations.insert(id.clone(), self.generation);
-        }
-        generations
-    }
-
-    /// A batch that read its accounts committed: what it left them as is known, unless another
-    /// batch touched them since.
-    fn learn<'a>(&mut self, generations: &HashMap<AccountId, u64>, after: impl Iterator<Item = &'a batch::AccountRow>) {
-        for account in after {
-            let id = &account.state.spec.id;
-            if let (Some(g), Some(entry)) = (generations.get(id), self.accounts.get_mut(id))
-                && entry.1 == *g
-            {
-                entry.0 = Some(account.clone());
-            }
-        }
+    /// The remembered state of each of `accounts` (just read if it was missing); one absent does
+    /// not exist.
+    fn states(&self, accounts: &[AccountId]) -> HashMap<AccountId, batch::AccountRow> {
+        accounts.iter().filter_map(|id| Some((id.clone(), self.accounts.get(id)?.clone()))).collect()
     }
 }
 
