@@ -140,49 +140,128 @@ async fn lead(
     let p = producer.clone();
     blocking(move || p.init_transactions(KAFKA_CALL_TIMEOUT)).await?;
     tracing::info!(transactional_id = %cfg.transactional_id, "publisher leading");
-    // The backlog gauge costs a count over the outbox: refreshed once per poll interval, not on
-    // every wake-up (under load the publisher wakes for every commit).
-    let mut backlog_measured: Option<std::time::Instant> = None;
-    loop {
-        // Still the leader? A lost lock connection means another publisher may take over.
-        sqlx::query("SELECT 1").execute(&mut *lock).await?;
-        // One Kafka transaction per commit cost the broker half a core at 100 transfers/s; a short
-        // gathering time bounds the transactions per second whatever the commit rate.
-        if !cfg.linger.is_zero() && !shutdown.is_cancelled() {
-            tokio::time::sleep(cfg.linger).await;
+    // Notifications are read by their own task, so the ones that arrived during a round can be
+    // taken without waiting.
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel();
+    let listening = tokio::spawn(async move {
+        loop {
+            let wake = match listener.try_recv().await {
+                // A commit that wrote no outbox row (every command refused).
+                Ok(Some(n)) if n.payload().is_empty() => continue,
+                Ok(Some(n)) => n.payload().parse().map_or(Scan::All, Scan::From),
+                // Reconnected: whatever was notified meanwhile is lost, so look at everything.
+                Ok(None) => Scan::All,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox listener failed");
+                    let _ = wake_tx.send(Scan::All);
+                    return;
+                }
+            };
+            if wake_tx.send(wake).is_err() {
+                return;
+            }
         }
-        while publish_batch(pool, cfg, &producer).await? > 0 {}
-        if backlog_measured.is_none_or(|at| at.elapsed() >= cfg.poll) {
-            let backlog: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?;
-            metrics::gauge!(metric::OUTBOX_BACKLOG).set(backlog as f64);
-            backlog_measured = Some(std::time::Instant::now());
+    });
+    let outcome = async {
+        // The backlog gauge costs a count over the outbox: refreshed once per poll interval, not
+        // on every wake-up (under load the publisher wakes for every commit).
+        let mut backlog_measured: Option<std::time::Instant> = None;
+        let mut pending = Some(Scan::All);
+        loop {
+            // Still the leader? A lost lock connection means another publisher may take over.
+            sqlx::query("SELECT 1").execute(&mut *lock).await?;
+            // One Kafka transaction per commit cost the broker half a core at 100 transfers/s; a
+            // short gathering time bounds the transactions per second whatever the commit rate.
+            if !cfg.linger.is_zero() && !shutdown.is_cancelled() {
+                tokio::time::sleep(cfg.linger).await;
+            }
+            loop {
+                while let Ok(wake) = wake_rx.try_recv() {
+                    pending = Scan::merge(pending, wake);
+                }
+                let Some(scan) = pending.take() else { break };
+                let (published, last_id) = publish_batch(pool, cfg, &producer, scan).await?;
+                if published as i64 >= cfg.batch_max {
+                    // More may be waiting right after the last row published.
+                    pending = Scan::merge(pending, Scan::From(last_id + 1));
+                }
+            }
+            if backlog_measured.is_none_or(|at| at.elapsed() >= cfg.poll) {
+                let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(pool)
+                    .await?;
+                metrics::gauge!(metric::OUTBOX_BACKLOG).set(backlog as f64);
+                backlog_measured = Some(std::time::Instant::now());
+            }
+            if shutdown.is_cancelled() {
+                // Rows committed just before shutdown may not have been notified yet.
+                while publish_batch(pool, cfg, &producer, Scan::All).await?.0 > 0 {}
+                return Ok(());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                wake = wake_rx.recv() => match wake {
+                    Some(wake) => pending = Scan::merge(pending, wake),
+                    None => return Err(PublishError::Db(sqlx::Error::PoolClosed)),
+                },
+                _ = tokio::time::sleep(cfg.poll) => pending = Some(Scan::All),
+            }
         }
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            notified = listener.recv() => { notified?; }
-            _ = tokio::time::sleep(cfg.poll) => {}
-        }
+    }
+    .await;
+    listening.abort();
+    outcome
+}
+
+/// Which unpublished rows a round looks at.
+///
+/// The committer's NOTIFY carries the smallest outbox id of its commit. Published rows leave dead
+/// entries in the index of unpublished rows until a vacuum; a scan from the start walked all of
+/// them (15 ms per round with a day's worth), one from the smallest id notified skips them. A
+/// NOTIFY arrives only after its commit, so a row committed after a round has started is always
+/// notified after it; a lost or unreadable notification, the start, and the poll timer look at
+/// everything.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scan {
+    All,
+    From(i64),
+}
+
+impl Scan {
+    fn merge(pending: Option<Scan>, wake: Scan) -> Option<Scan> {
+        Some(match (pending, wake) {
+            (None, wake) => wake,
+            (Some(Scan::From(a)), Scan::From(b)) => Scan::From(a.min(b)),
+            _ => Scan::All,
+        })
     }
 }
 
-/// Publishes up to `batch_max` unpublished rows in one Kafka transaction; returns how many.
-async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FutureProducer) -> Result<usize, PublishError> {
+/// Publishes up to `batch_max` unpublished rows in one Kafka transaction; returns how many, and
+/// the largest id published.
+async fn publish_batch(
+    pool: &PgPool,
+    cfg: &PublisherConfig,
+    producer: &FutureProducer,
+    scan: Scan,
+) -> Result<(usize, i64), PublishError> {
+    let from = match scan {
+        Scan::All => 0,
+        Scan::From(id) => id,
+    };
     let rows = sqlx::query(
         // A ledger event's row has no payload of its own: it is the event's, from ledger_events.
         "SELECT o.id, o.event_id, o.topic, o.partition_key, o.event_type,
                 COALESCE(o.payload, e.payload)::text AS payload, o.traceparent, o.created_at
          FROM outbox o LEFT JOIN ledger_events e ON o.payload IS NULL AND e.event_id = o.event_id
-         WHERE o.published_at IS NULL ORDER BY o.id LIMIT $1",
+         WHERE o.published_at IS NULL AND o.id >= $2 ORDER BY o.id LIMIT $1",
     )
     .bind(cfg.batch_max)
+    .bind(from)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     producer.begin_transaction()?;
     let mut ids = Vec::with_capacity(rows.len());
@@ -244,5 +323,20 @@ async fn publish_batch(pool: &PgPool, cfg: &PublisherConfig, producer: &FuturePr
         metrics::histogram!(metric::PUBLISH_LAG).record(lag);
     }
     metrics::counter!(metric::PUBLISHED).increment(ids.len() as u64);
-    Ok(ids.len())
+    Ok((ids.len(), ids.iter().copied().max().unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scan;
+
+    #[test]
+    fn a_round_starts_at_the_smallest_id_notified_and_looks_at_everything_once_unsure() {
+        assert_eq!(Scan::merge(None, Scan::From(7)), Some(Scan::From(7)));
+        assert_eq!(Scan::merge(Some(Scan::From(9)), Scan::From(4)), Some(Scan::From(4)));
+        assert_eq!(Scan::merge(Some(Scan::From(4)), Scan::From(9)), Some(Scan::From(4)));
+        assert_eq!(Scan::merge(Some(Scan::From(4)), Scan::All), Some(Scan::All));
+        assert_eq!(Scan::merge(Some(Scan::All), Scan::From(4)), Some(Scan::All));
+        assert_eq!(Scan::merge(None, Scan::All), Some(Scan::All));
+    }
 }

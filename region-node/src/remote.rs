@@ -557,14 +557,19 @@ async fn record_conflict(
     }
     tracing::warn!(conflict_id = %c.conflict_id, kind = c.kind.as_str(), account = %c.account, "conflict detected");
     metrics::counter!(crate::telemetry::metric::CONFLICTS, "kind" => c.kind.as_str()).increment(1);
+    // The NOTIFY payload is the row's id: the publisher looks from there (see outbox.rs).
     sqlx::query(
-        "INSERT INTO outbox (event_id, topic, partition_key, event_type, payload) VALUES ($1, 'ledger.conflicts', $2, 'conflict.detected', $3)",
+        "WITH o AS (
+             INSERT INTO outbox (event_id, topic, partition_key, event_type, payload)
+             VALUES ($1, 'ledger.conflicts', $2, 'conflict.detected', $3) RETURNING id
+         )
+         SELECT pg_notify($4, id::text) FROM o",
     )
     .bind(event.event_id)
     .bind(c.conflict_id.to_string())
     .bind(conflict_json(c, region))
+    .bind(OUTBOX_CHANNEL)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut **tx).await?;
     Ok(())
 }

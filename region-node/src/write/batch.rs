@@ -557,8 +557,10 @@ WITH new_accounts AS (
     FROM UNNEST($46::uuid[], $47::text[], $48::text[], $49::text[])
       WITH ORDINALITY AS u(ev, k, typ, tp, ord)
     ORDER BY ord
+    RETURNING id
 )
-SELECT pg_notify($3, '') FROM (SELECT count(*) AS n FROM read_accounts) r
+-- The payload tells the publisher where the new rows start (see outbox.rs).
+SELECT pg_notify($3, COALESCE((SELECT min(id) FROM new_outbox)::text, '')) FROM (SELECT count(*) AS n FROM read_accounts) r
 WHERE ledger_assert_accounts_as_planned(r.n, cardinality($35::text[]))";
 
 fn posting_problem(e: PostingError) -> Problem {
