@@ -26,11 +26,11 @@ pub struct NodeConfig {
     pub batch_commands_max: usize,
     /// How long the committer waits for more commands after the first one of a batch.
     pub commit_wait_us_max: u64,
-    /// Batches committing at once. Two overlap one batch's WAL flush with the next one's work;
-    /// batches touching the same account still serialise on its row lock.
+    /// Batches committing at once (one connection each). A batch sharing an account with one in
+    /// flight waits for it to end.
     pub commits_in_flight_max: usize,
-    /// Accounts whose latest state the committer remembers, to plan batches without reading them
-    /// first. A batch touching one it does not remember reads and locks its accounts first.
+    /// Accounts whose last committed state the committer remembers, to plan batches against it;
+    /// one not remembered is read (without a lock) first.
     pub accounts_remembered_max: usize,
     /// Commands queued for the committer before requests are refused with 503.
     pub queue_commands_max: usize,

@@ -196,14 +196,14 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     Ok(Node { addr, shutdown, supervisor, tasks })
 }
 
-/// Settings of every connection pool of the node (the shared one and the committer's).
-pub(crate) fn pool_options(connections_max: u32) -> sqlx::postgres::PgPoolOptions {
+/// Settings of the node's shared connection pool (the committer owns its connections).
+fn pool_options(connections_max: u32) -> sqlx::postgres::PgPoolOptions {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(connections_max)
         .acquire_timeout(Duration::from_secs(5))
-        // The default ping before every acquire was one more round trip per group commit. A
-        // connection broken since its last use fails its statement instead, which every caller
-        // already treats as retryable (the write path answers 503, retry with the same key).
+        // The default ping before every acquire is one more round trip per query. A connection
+        // broken since its last use fails its statement instead, which every caller already
+        // treats as retryable.
         .test_before_acquire(false)
 }
 

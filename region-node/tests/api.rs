@@ -21,6 +21,42 @@ async fn with_world() -> TestNode {
     node
 }
 
+/// A second node of `node`'s region on its database (writes only), and its base URL.
+async fn second_node(node: &TestNode) -> (region_node::Node, String) {
+    let mut cfg = node.cfg.clone();
+    cfg.http_addr = "127.0.0.1:0".into();
+    cfg.run_consumer = false;
+    cfg.run_publisher = false;
+    let second = region_node::start(cfg).await.expect("second node starts");
+    let base = format!("http://{}", second.addr());
+    (second, base)
+}
+
+/// Sends every `(base URL, transfer body)` at once; returns how many were accepted, every other
+/// one having been refused for insufficient funds.
+async fn race(node: &TestNode, transfers: Vec<(String, Value)>) -> usize {
+    let mut tasks = Vec::new();
+    for (base, body) in transfers {
+        let (http, key) = (node.http.clone(), node.write_key.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            201 => accepted += 1,
+            409 => assert_eq!(body["type"], format!("{}insufficient-funds", region_node::problem::TYPE_BASE)),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    accepted
+}
+
 #[tokio::test]
 async fn accounts_open_idempotently_and_refuse_a_different_body() {
     let node = start(|_| {}).await;
@@ -294,27 +330,9 @@ async fn racing_debits_never_overdraw() {
         node.open(&format!("shop{i}"), "USD", false).await;
     }
     // 200 debits of 10 race for 1,000: exactly 100 may pass, whatever the interleaving.
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let (http, base, key) = (node.http.clone(), node.base.clone(), node.write_key.clone());
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"from": "alice", "to": format!("shop{}", i % 4), "amount": 10});
-            let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            (status, body)
-        }));
-    }
-    let mut accepted = 0;
-    for t in tasks {
-        let (status, body) = t.await.unwrap();
-        match status {
-            201 => accepted += 1,
-            409 => assert_eq!(body["type"], format!("{}insufficient-funds", region_node::problem::TYPE_BASE)),
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert_eq!(accepted, 100);
+    let debits =
+        (0..200).map(|i| (node.base.clone(), json!({"from": "alice", "to": format!("shop{}", i % 4), "amount": 10})));
+    assert_eq!(race(&node, debits.collect()).await, 100);
     assert_eq!(node.balance("alice").await, 0);
     let mut shops = 0;
     for i in 0..4 {
@@ -332,12 +350,8 @@ async fn racing_debits_never_overdraw() {
 #[tokio::test]
 async fn two_nodes_of_one_region_racing_debits_never_overdraw() {
     let a = with_world().await;
-    let mut cfg = a.cfg.clone();
-    cfg.http_addr = "127.0.0.1:0".into();
-    cfg.run_consumer = false;
-    cfg.run_publisher = false;
-    let b = region_node::start(cfg).await.expect("second node starts");
-    let bases = [a.base.clone(), format!("http://{}", b.addr())];
+    let (b, b_base) = second_node(&a).await;
+    let bases = [a.base.clone(), b_base];
     funded(&a, "alice", 1_000).await;
     a.open("shop", "USD", false).await;
     // Both committers remember alice before the race.
@@ -346,28 +360,9 @@ async fn two_nodes_of_one_region_racing_debits_never_overdraw() {
         let r = r.json(&json!({"from": "alice", "to": "shop", "amount": 1})).send().await.unwrap();
         assert_eq!(r.status(), 201);
     }
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let (http, base, key) = (a.http.clone(), bases[i % 2].clone(), a.write_key.clone());
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"from": "alice", "to": "shop", "amount": 10});
-            let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            (status, body)
-        }));
-    }
-    let mut accepted = 0;
-    for t in tasks {
-        let (status, body) = t.await.unwrap();
-        match status {
-            201 => accepted += 1,
-            409 => assert_eq!(body["type"], format!("{}insufficient-funds", region_node::problem::TYPE_BASE)),
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
+    let debits = (0..200).map(|i| (bases[i % 2].clone(), json!({"from": "alice", "to": "shop", "amount": 10})));
     // 998 left after the two warm-up transfers: 99 debits of 10 fit.
-    assert_eq!(accepted, 99);
+    assert_eq!(race(&a, debits.collect()).await, 99);
     assert_eq!(a.balance("alice").await, 8);
     assert_eq!(a.balance("shop").await, 992);
     assert_ledger_consistent(&a.db.pool).await;
@@ -380,12 +375,7 @@ async fn two_nodes_of_one_region_racing_debits_never_overdraw() {
 #[tokio::test]
 async fn a_refusal_is_never_decided_on_a_stale_balance() {
     let a = with_world().await;
-    let mut cfg = a.cfg.clone();
-    cfg.http_addr = "127.0.0.1:0".into();
-    cfg.run_consumer = false;
-    cfg.run_publisher = false;
-    let b = region_node::start(cfg).await.expect("second node starts");
-    let b_base = format!("http://{}", b.addr());
+    let (b, b_base) = second_node(&a).await;
     funded(&a, "alice", 10).await;
     a.open("shop", "USD", false).await;
     // Node a now remembers alice at 0.

@@ -75,9 +75,15 @@ impl AccountRow {
     }
 }
 
+/// The columns [`AccountRow::from_row`] reads, as a macro so constant queries can `concat!` them.
+macro_rules! account_columns {
+    () => {
+        "id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at"
+    };
+}
+
 /// The columns [`AccountRow::from_row`] reads.
-pub const ACCOUNT_COLUMNS: &str =
-    "id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at";
+pub const ACCOUNT_COLUMNS: &str = account_columns!();
 
 /// Timestamps as the API and events print them.
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -248,12 +254,11 @@ async fn run(conn: &mut PgConnection, region: &RegionId, commands: &[Command]) -
             Command::Open(_) => None,
         })
         .collect();
-    let mut ids: Vec<&str> = commands.iter().flat_map(touched).map(AccountId::as_str).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let touched_ids = accounts_of(commands);
+    let ids: Vec<&str> = touched_ids.iter().map(AccountId::as_str).collect();
     // One round trip reads both what the batch needs: its accounts, locked, and the idempotency
     // records of its keys.
-    let mut accounts = HashMap::new();
+    let mut accounts = HashMap::with_capacity(ids.len());
     let mut records = HashMap::new();
     for row in sqlx::query(READ_SQL).bind(&ids).bind(&keys).fetch_all(&mut *tx).await? {
         match row.try_get::<Option<String>, _>("key")? {
@@ -491,27 +496,26 @@ impl Batch {
     }
 }
 
-/// Accounts to plan against (the columns of [`ACCOUNT_COLUMNS`]).
-const LOAD_SQL: &str = "
-SELECT id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at
-FROM accounts WHERE id = ANY($1)";
+/// Accounts to plan against.
+const LOAD_SQL: &str = concat!("SELECT ", account_columns!(), " FROM accounts WHERE id = ANY($1)");
 
 /// The batch's accounts, locked in id order (the order every writer locks in, so batches never
 /// deadlock: a CTE with a locking clause is never inlined, and its rows are locked as its sort emits
 /// them), followed by the idempotency records of its keys (`key` not null).
-const READ_SQL: &str = "
-WITH locked AS (
-    SELECT id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at
-    FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE
-)
+const READ_SQL: &str = concat!(
+    "WITH locked AS (SELECT ",
+    account_columns!(),
+    " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE)
 SELECT *, NULL::text AS key, NULL::text AS request_hash, NULL::jsonb AS response_body FROM locked
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
-FROM idempotency_keys WHERE key = ANY($2)";
+FROM idempotency_keys WHERE key = ANY($2)"
+);
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
-/// column; `$50`–`$53` the accounts read as planned against, and whether the batch changed each. Outbox rows are inserted in batch order so their ids follow it, and NOTIFY is delivered
-/// only when the transaction commits.
+/// column; `$50`–`$53` the accounts read as planned against, and whether the batch changed each.
+/// Outbox rows are inserted in batch order so their ids follow it, and NOTIFY is delivered only
+/// when the transaction commits.
 const WRITE_SQL: &str = "
 WITH new_accounts AS (
     INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
