@@ -224,18 +224,23 @@ async fn apply(pool: &PgPool, batch: &[Record], dedupe: &mut Dedupe) -> Result<u
     let mut changes = Vec::with_capacity(batch.len());
     let mut maybe_seen = Vec::new();
     for record in batch {
-        let span = tracing::info_span!(
-            "process ledger.events",
-            otel.name = "process ledger.events",
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.operation.name = "process",
-            messaging.destination.partition.id = record.partition,
-            messaging.kafka.offset = record.offset,
-            trace_id = tracing::field::Empty,
-        );
-        telemetry::continue_trace(&span, record.traceparent.as_deref());
-        span.record("trace_id", telemetry::trace_id_of(&span));
+        let span = if telemetry::sampled(record.traceparent.as_deref()) {
+            let span = tracing::info_span!(
+                "process ledger.events",
+                otel.name = "process ledger.events",
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.name = "process",
+                messaging.destination.partition.id = record.partition,
+                messaging.kafka.offset = record.offset,
+                trace_id = tracing::field::Empty,
+            );
+            telemetry::continue_trace(&span, record.traceparent.as_deref());
+            span.record("trace_id", telemetry::trace_id_of(&span));
+            span
+        } else {
+            tracing::Span::none()
+        };
         let _entered = span.enter();
         if let Some(change) = decode(record) {
             if dedupe.maybe_seen(&dedupe_key(&change)) {

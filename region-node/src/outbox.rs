@@ -276,18 +276,23 @@ async fn publish_batch(
             let parent: Option<String> = row.try_get("traceparent")?;
             let created_at: DateTime<Utc> = row.try_get("created_at")?;
             oldest = Some(oldest.map_or(created_at, |o| o.min(created_at)));
-            let span = tracing::info_span!(
-                "send ledger.events",
-                otel.name = "send ledger.events",
-                otel.kind = "producer",
-                messaging.system = "kafka",
-                messaging.destination.name = %topic,
-                messaging.operation.name = "send",
-                trace_id = tracing::field::Empty,
-            );
-            telemetry::continue_trace(&span, parent.as_deref());
-            span.record("trace_id", telemetry::trace_id_of(&span));
-            let traceparent = telemetry::traceparent_of(&span);
+            let traceparent = if telemetry::sampled(parent.as_deref()) {
+                let span = tracing::info_span!(
+                    "send ledger.events",
+                    otel.name = "send ledger.events",
+                    otel.kind = "producer",
+                    messaging.system = "kafka",
+                    messaging.destination.name = %topic,
+                    messaging.operation.name = "send",
+                    trace_id = tracing::field::Empty,
+                );
+                telemetry::continue_trace(&span, parent.as_deref());
+                span.record("trace_id", telemetry::trace_id_of(&span));
+                telemetry::traceparent_of(&span)
+            } else {
+                // Unsampled: the record carries the request's own traceparent (same trace id).
+                parent
+            };
             let event_id = event_id.to_string();
             let mut headers = OwnedHeaders::new()
                 .insert(Header { key: "event-id", value: Some(event_id.as_str()) })

@@ -104,15 +104,26 @@ pub type ProviderStep = Box<dyn FnOnce(TracerProviderBuilder) -> TracerProviderB
 
 fn install(otlp_endpoint: &str, extra: Option<ProviderStep>, test_writer: bool) -> Telemetry {
     let mut builder = SdkTracerProvider::builder();
+    let mut exporting = false;
     if !otlp_endpoint.is_empty() {
         use opentelemetry_otlp::WithExportConfig;
         match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(otlp_endpoint).build() {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                builder = builder.with_batch_exporter(exporter);
+                exporting = true;
+            }
             Err(e) => eprintln!("region-node: OTLP exporter disabled: {e}"),
         }
     }
     if let Some(extra) = extra {
         builder = extra(builder);
+        exporting = true;
+    }
+    if !exporting {
+        // Nothing would receive a sampled span. Unsampled, every span still has its trace id (log
+        // lines and the traceparent stored with each event carry it), and the publisher and the
+        // consumer skip their per-record spans (see `sampled`): those were four spans per transfer.
+        builder = builder.with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
     }
     let provider = builder.build();
     let tracer = provider.tracer("region-node");
@@ -152,6 +163,16 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     carrier.remove("traceparent")
 }
 
+/// Whether a W3C `traceparent` says its trace is sampled (flag bit 0). A record of an unsampled
+/// trace gets no span of its own in the publisher or the consumer: it would be exported nowhere,
+/// and at some microseconds each, one span per record was a tenth of the node's CPU under load.
+pub fn sampled(traceparent: Option<&str>) -> bool {
+    traceparent
+        .and_then(|t| t.rsplit_once('-'))
+        .and_then(|(_, flags)| u8::from_str_radix(flags, 16).ok())
+        .is_some_and(|flags| flags & 1 == 1)
+}
+
 /// Makes `span` a child of the trace named by `traceparent` (no-op when absent or malformed).
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(traceparent) = traceparent else { return };
@@ -165,4 +186,20 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 /// The trace id of `span` as 32 hex digits, for log lines.
 pub fn trace_id_of(span: &tracing::Span) -> String {
     span.context().span().span_context().trace_id().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sampled;
+
+    #[test]
+    fn only_the_sampled_flag_makes_a_traceparent_sampled() {
+        let id = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        assert!(sampled(Some(&format!("{id}-01"))));
+        assert!(sampled(Some(&format!("{id}-03"))));
+        assert!(!sampled(Some(&format!("{id}-00"))));
+        assert!(!sampled(Some(&format!("{id}-02"))));
+        assert!(!sampled(Some("garbage")));
+        assert!(!sampled(None));
+    }
 }
