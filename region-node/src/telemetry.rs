@@ -1,11 +1,14 @@
 //! Logs, traces and metrics.
 //!
-//! - Logs: JSON lines; inside a request, publish or consume span they carry that span's `trace_id`.
+//! - Logs: JSON lines ([`logs`]); inside a request, publish or consume span they carry that span's
+//!   `trace_id`.
 //! - Traces: `tracing` spans exported through OpenTelemetry (OTLP when an endpoint is configured).
 //!   One transfer is one trace: the HTTP span's W3C `traceparent` is stored with the outbox row, the
 //!   publisher's span continues it and puts its own `traceparent` in the Kafka headers, and the
 //!   consumer's span continues that.
 //! - Metrics: Prometheus text from `metrics-exporter-prometheus`, names below.
+
+pub mod logs;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::TextMapPropagator;
@@ -133,13 +136,12 @@ fn install(otlp_endpoint: &str, extra: Option<ProviderStep>, test_writer: bool) 
         .with(filter)
         .with(if test_writer {
             tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
+                .fmt_fields(logs::TraceIdField)
+                .event_format(logs::JsonLines)
                 .with_test_writer()
                 .boxed()
         } else {
-            tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).boxed()
+            tracing_subscriber::fmt::layer().fmt_fields(logs::TraceIdField).event_format(logs::JsonLines).boxed()
         })
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
