@@ -171,8 +171,11 @@ pub(crate) async fn apply_batch<'c>(
     }
     let touched: Vec<(&String, &(i64, i64))> = balances.iter().collect();
     sqlx::query(
+        // `= ANY($1)` lets the planner reach the rows through the primary key: joined to the
+        // UNNEST alone it hashed the whole table, a scan of every account per batch.
         "UPDATE rm_balances b SET balance = u.balance, entries_applied = u.applied, updated_at = now()
-         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS u(id, balance, applied) WHERE b.account_id = u.id",
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS u(id, balance, applied)
+         WHERE b.account_id = ANY($1) AND b.account_id = u.id",
     )
     .bind(touched.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
     .bind(touched.iter().map(|(_, (b, _))| *b).collect::<Vec<_>>())
