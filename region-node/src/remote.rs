@@ -377,6 +377,17 @@ async fn duplicate_intent(
     event: &LedgerEvent,
     key: &str,
 ) -> Result<Option<Conflict>, sqlx::Error> {
+    // Every event carrying a key recorded it in `idempotency_keys` in the same transaction (the
+    // committer and the insert below), so a key not there was never used here: one primary-key
+    // lookup settles the common case. `account_events` has no index on the key, and scanning it
+    // for every keyed remote event grew with the ledger.
+    let used: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = $1)")
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await?;
+    if !used {
+        return Ok(None);
+    }
     let sql = format!(
         "SELECT {ACCOUNT_EVENT_COLUMNS}, account_id FROM account_events
          WHERE idempotency_key = $1 AND event_id <> $2 ORDER BY event_id, account_id"
