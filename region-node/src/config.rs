@@ -80,10 +80,11 @@ impl Default for NodeConfig {
             topic_prefix: String::new(),
             // A batch is bounded so one commit stays short and a slow batch cannot starve others.
             batch_commands_max: 512,
-            // Only while another batch commits and only for a small batch (`write/mod.rs`): at
-            // 1,000 transfers/s it took PostgreSQL from 0.66-0.69 to 0.51-0.54 cores, for about
-            // half a millisecond more at the median.
-            commit_wait_us_max: 1_000,
+            // Off. Measured at 1,000 transfers/s, three interleaved runs each: 1,000 µs took
+            // PostgreSQL from 0.68-0.70 to 0.53-0.63 cores, but p50 rose from 2.9-3.6 to 3.6-5.1 ms
+            // and p99 from 18-26 to 18-38 ms. Latency is the target at that rate; a deployment
+            // short of CPU may prefer the wait.
+            commit_wait_us_max: 0,
             commit_wait_commands_min: 4,
             commits_in_flight_max: 2,
             // About 1 KB each.
