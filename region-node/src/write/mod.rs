@@ -189,10 +189,10 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
         // A statement's fixed cost in PostgreSQL (about half a millisecond) outweighs a transfer's
         // rows: at 1,000 transfers/s, batches of 1.3 cost 0.66 cores of PostgreSQL, batches of
         // 2.2 (a 1 ms wait) 0.52, at some latency (off by default, see the config). So while
-        // another batch is committing, a small batch may wait for company. With nothing in flight it leaves at once (a lone client waits for
-        // nothing), and a batch already holding `commit_wait_commands_min` leaves too: under
-        // load, waiting made batches so large that consecutive ones shared accounts and had to
-        // take turns.
+        // another batch is committing, a small batch may wait for company. With nothing in
+        // flight it leaves at once (a lone client waits for nothing), and a batch already holding
+        // `commit_wait_commands_min` leaves too: under load, waiting made batches so large that
+        // consecutive ones shared accounts and had to take turns.
         let busy = limits.in_flight_max - 1 > idle_rx.len();
         let waiting = match &timer {
             Some(timer) if busy && !limits.commit_wait.is_zero() => timer.arm(limits.commit_wait).is_ok(),
