@@ -114,6 +114,7 @@ pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task:
         commit_wait_commands_min: cfg.commit_wait_commands_min.max(1),
         in_flight_max: cfg.commits_in_flight_max.clamp(1, 64),
         accounts_remembered_max: cfg.accounts_remembered_max,
+        connection_lifetime: Duration::from_millis(cfg.commit_connection_lifetime_ms),
     };
     // The write statement has some fifty parameters: planning it anew at every execution (a
     // "custom" plan, which PostgreSQL kept choosing) took longer than running it. Its plan does not
@@ -151,6 +152,7 @@ struct Limits {
     commit_wait_commands_min: usize,
     in_flight_max: usize,
     accounts_remembered_max: usize,
+    connection_lifetime: Duration,
 }
 
 // Batches may commit concurrently, but never two touching the same account: a batch waits until
@@ -245,7 +247,7 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
             lock(&remembered).end(&accounts, results.as_ref().ok().map(|(_, after)| after.as_slice()));
             answer(&mut conn, &region, commands, replies, results.map(|(results, _)| results), healthy).await;
             let conn = match healthy.then_some((conn, opened)) {
-                Some((conn, opened)) if opened.elapsed() >= CONNECTION_LIFETIME => renew(conn, &options).await,
+                Some((conn, opened)) if opened.elapsed() >= limits.connection_lifetime => renew(conn, &options).await,
                 other => other,
             };
             let _ = idle_tx.send(conn).await;
@@ -259,12 +261,11 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
     }
 }
 
-/// How long the committer keeps a connection. The write statement runs on a generic plan made at
-/// its first execution, from the statistics of that moment: a node started on a young region
-/// planned sequential scans of `accounts` (then nearly empty) and kept them as the table grew. On
-/// a fresh stack at 1,000 transfers/s that was 6,000 scans reading 11 million rows in 10 s. A
-/// new connection plans again with today's statistics.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+// The committer renews each connection after `commit_connection_lifetime_ms`. The write statement
+// runs on a generic plan made at its first execution, from the statistics of that moment: a node
+// started on a young region planned sequential scans of `accounts` (then nearly empty) and kept
+// them as the table grew. On a fresh stack at 1,000 transfers/s that was 6,000 scans reading 11
+// million rows in 10 s. A new connection plans again with current statistics.
 
 /// Replaces a connection past its lifetime, off the path of any batch (its slot stays taken
 /// meanwhile). `None` if the new one cannot be opened: the next batch on this slot tries again.
