@@ -236,7 +236,6 @@ async fn apply(pool: &PgPool, batch: &[Record], dedupe: &mut Dedupe) -> Result<u
                 trace_id = tracing::field::Empty,
             );
             telemetry::continue_trace(&span, record.traceparent.as_deref());
-            span.record("trace_id", telemetry::trace_id_of(&span));
             span
         } else {
             tracing::Span::none()

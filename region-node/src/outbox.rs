@@ -287,7 +287,6 @@ async fn publish_batch(
                     trace_id = tracing::field::Empty,
                 );
                 telemetry::continue_trace(&span, parent.as_deref());
-                span.record("trace_id", telemetry::trace_id_of(&span));
                 telemetry::traceparent_of(&span)
             } else {
                 // Unsampled: the record carries the request's own traceparent (same trace id).

@@ -132,17 +132,10 @@ fn install(otlp_endpoint: &str, extra: Option<ProviderStep>, test_writer: bool) 
     let tracer = provider.tracer("region-node");
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    let lines = tracing_subscriber::fmt::layer().fmt_fields(logs::TraceIdField).event_format(logs::JsonLines);
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(if test_writer {
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(logs::TraceIdField)
-                .event_format(logs::JsonLines)
-                .with_test_writer()
-                .boxed()
-        } else {
-            tracing_subscriber::fmt::layer().fmt_fields(logs::TraceIdField).event_format(logs::JsonLines).boxed()
-        })
+        .with(if test_writer { lines.with_test_writer().boxed() } else { lines.boxed() })
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .is_ok();
@@ -175,18 +168,22 @@ pub fn sampled(traceparent: Option<&str>) -> bool {
         .is_some_and(|flags| flags & 1 == 1)
 }
 
-/// Makes `span` a child of the trace named by `traceparent` (no-op when absent or malformed).
+/// Makes `span` a child of the trace named by `traceparent` (a new trace when absent or
+/// malformed), then records the trace id in the span's `trace_id` field, which log lines logged in
+/// it carry (see [`logs`]).
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
-    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+    if let Some(traceparent) = traceparent {
+        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        if cx.span().span_context().is_valid() {
+            let _ = span.set_parent(cx);
+        }
     }
+    span.record(logs::TRACE_ID_FIELD, trace_id_of(span));
 }
 
-/// The trace id of `span` as 32 hex digits, for log lines.
-pub fn trace_id_of(span: &tracing::Span) -> String {
+/// The trace id of `span` as 32 hex digits.
+fn trace_id_of(span: &tracing::Span) -> String {
     span.context().span().span_context().trace_id().to_string()
 }
 

@@ -32,18 +32,20 @@ async fn second_node(node: &TestNode) -> (region_node::Node, String) {
     (second, base)
 }
 
+/// Posts a transfer to the node at `base` (any node of the test's region); its status and body.
+async fn transfer_at(http: &reqwest::Client, key: &str, base: &str, body: &Value) -> (u16, Value) {
+    let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// Sends every `(base URL, transfer body)` at once; returns how many were accepted, every other
 /// one having been refused for insufficient funds.
 async fn race(node: &TestNode, transfers: Vec<(String, Value)>) -> usize {
     let mut tasks = Vec::new();
     for (base, body) in transfers {
         let (http, key) = (node.http.clone(), node.write_key.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            (status, body)
-        }));
+        tasks.push(tokio::spawn(async move { transfer_at(&http, &key, &base, &body).await }));
     }
     let mut accepted = 0;
     for t in tasks {
@@ -356,9 +358,9 @@ async fn two_nodes_of_one_region_racing_debits_never_overdraw() {
     a.open("shop", "USD", false).await;
     // Both committers remember alice before the race.
     for base in &bases {
-        let r = a.http.post(format!("{base}/v1/transfers")).bearer_auth(&a.write_key);
-        let r = r.json(&json!({"from": "alice", "to": "shop", "amount": 1})).send().await.unwrap();
-        assert_eq!(r.status(), 201);
+        let (status, _) =
+            transfer_at(&a.http, &a.write_key, base, &json!({"from": "alice", "to": "shop", "amount": 1})).await;
+        assert_eq!(status, 201);
     }
     let debits = (0..200).map(|i| (bases[i % 2].clone(), json!({"from": "alice", "to": "shop", "amount": 10})));
     // 998 left after the two warm-up transfers: 99 debits of 10 fit.
@@ -380,9 +382,8 @@ async fn a_refusal_is_never_decided_on_a_stale_balance() {
     a.open("shop", "USD", false).await;
     // Node a now remembers alice at 0.
     assert_eq!(a.transfer("alice", "shop", 10).await.status, 201);
-    let credit = a.http.post(format!("{b_base}/v1/transfers")).bearer_auth(&a.write_key);
-    let credit = credit.json(&json!({"from": "world", "to": "alice", "amount": 100})).send().await.unwrap();
-    assert_eq!(credit.status(), 201);
+    let credit = json!({"from": "world", "to": "alice", "amount": 100});
+    assert_eq!(transfer_at(&a.http, &a.write_key, &b_base, &credit).await.0, 201);
     let debit = a.transfer("alice", "shop", 50).await;
     assert_eq!(debit.status, 201, "alice has 100 since node b's credit: {}", debit.body);
     assert_eq!(a.balance("alice").await, 50);

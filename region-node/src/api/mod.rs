@@ -89,7 +89,6 @@ async fn observe(request: Request, next: Next) -> Response {
     );
     let client_parent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
     telemetry::continue_trace(&span, client_parent);
-    span.record("trace_id", telemetry::trace_id_of(&span));
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);

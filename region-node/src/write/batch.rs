@@ -138,7 +138,7 @@ pub(super) fn accounts_of(commands: &[Command]) -> Vec<AccountId> {
 }
 
 /// The accounts a command reads, in command order (with repeats).
-pub(super) fn touched(command: &Command) -> impl Iterator<Item = &AccountId> {
+fn touched(command: &Command) -> impl Iterator<Item = &AccountId> {
     let (a, b) = match command {
         Command::Open(o) => (&o.spec.id, None),
         Command::Transfer(t) => (&t.from, Some(&t.to)),

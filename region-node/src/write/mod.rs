@@ -176,11 +176,16 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
         let _ = idle_tx.try_send(None);
     }
     let remembered = Arc::new(Mutex::new(Remembered::new(limits.accounts_remembered_max)));
-    let timer = match timer::PreciseTimer::new() {
-        Ok(timer) => Some(timer),
-        Err(e) => {
-            tracing::warn!(error = %e, "no timerfd: batches will not wait for company");
-            None
+    // Only when batches may wait at all (not by default).
+    let timer = if limits.commit_wait.is_zero() {
+        None
+    } else {
+        match timer::PreciseTimer::new() {
+            Ok(timer) => Some(timer),
+            Err(e) => {
+                tracing::warn!(error = %e, "no timerfd: batches will not wait for company");
+                None
+            }
         }
     };
     while let Some(first) = rx.recv().await {
@@ -196,21 +201,15 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
         // `commit_wait_commands_min` leaves too: under load, waiting made batches so large that
         // consecutive ones shared accounts and had to take turns.
         let busy = limits.in_flight_max - 1 > idle_rx.len();
-        let waiting = match &timer {
-            Some(timer) if busy && !limits.commit_wait.is_zero() => timer.arm(limits.commit_wait).is_ok(),
-            _ => false,
-        };
+        let armed = timer.as_ref().filter(|timer| busy && timer.arm(limits.commit_wait).is_ok());
         while pending.len() < limits.batch_commands_max {
             match rx.try_recv() {
                 Ok(next) => pending.push(next),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty)
-                    if !waiting || pending.len() >= limits.commit_wait_commands_min =>
-                {
-                    break;
-                }
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    let timer = timer.as_ref().expect("waiting needs the timer");
+                    let Some(timer) = armed.filter(|_| pending.len() < limits.commit_wait_commands_min) else {
+                        break;
+                    };
                     tokio::select! {
                         next = rx.recv() => match next {
                             Some(next) => pending.push(next),
