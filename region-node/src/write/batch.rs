@@ -130,15 +130,15 @@ pub(super) fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 /// The accounts a batch touches, each once, in id order.
-pub(super) fn accounts_of(commands: &[Command]) -> Vec<AccountId> {
-    let mut ids: Vec<AccountId> = commands.iter().flat_map(touched).cloned().collect();
+pub(super) fn accounts_of<'c>(commands: impl IntoIterator<Item = &'c Command>) -> Vec<AccountId> {
+    let mut ids: Vec<AccountId> = commands.into_iter().flat_map(touched).cloned().collect();
     ids.sort_unstable();
     ids.dedup();
     ids
 }
 
 /// The accounts a command reads, in command order (with repeats).
-fn touched(command: &Command) -> impl Iterator<Item = &AccountId> {
+pub(super) fn touched(command: &Command) -> impl Iterator<Item = &AccountId> {
     let (a, b) = match command {
         Command::Open(o) => (&o.spec.id, None),
         Command::Transfer(t) => (&t.from, Some(&t.to)),
