@@ -40,7 +40,7 @@ pub struct NodeConfig {
     pub commit_connection_lifetime_ms: u64,
     /// Commands queued for the committer before requests are refused with 503.
     pub queue_commands_max: usize,
-    /// Outbox rows published in one Kafka transaction.
+    /// Outbox records published in one Kafka transaction (a batch's row is never split).
     pub publish_batch_max: i64,
     /// Fallback poll interval of the publisher when no NOTIFY arrives.
     pub publish_poll_ms: u64,

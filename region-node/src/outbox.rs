@@ -53,7 +53,7 @@ pub struct PublisherConfig {
     pub topic_prefix: String,
     /// Stable per region (and per test prefix).
     pub transactional_id: String,
-    /// Rows per Kafka transaction.
+    /// Records per Kafka transaction (a batch's row is never split, so it may go over).
     pub batch_max: i64,
     /// Fallback poll interval.
     pub poll: Duration,
@@ -237,8 +237,8 @@ impl Scan {
     }
 }
 
-/// Publishes up to `batch_max` unpublished rows in one Kafka transaction; returns how many, and
-/// the largest id published.
+/// Publishes the unpublished rows' records in one Kafka transaction, about `batch_max` of them (a
+/// batch's row is not split); returns how many records, and the largest row id published.
 async fn publish_batch(
     pool: &PgPool,
     cfg: &PublisherConfig,
@@ -250,11 +250,19 @@ async fn publish_batch(
         Scan::From(id) => id,
     };
     let rows = sqlx::query(
-        // A ledger event's row has no payload of its own: it is the event's, from ledger_events.
-        "SELECT o.id, o.event_id, o.topic, o.partition_key, o.event_type,
-                COALESCE(o.payload, e.payload)::text AS payload, o.traceparent, o.created_at
-         FROM outbox o LEFT JOIN ledger_events e ON o.payload IS NULL AND e.event_id = o.event_id
-         WHERE o.published_at IS NULL AND o.id >= $2 ORDER BY o.id LIMIT $1",
+        // A row holds one record or a whole batch's (migration 0008), so `batch_max` bounds the
+        // records: a row is taken while fewer than that come before it.
+        "WITH taken AS (
+             SELECT id FROM (
+                 SELECT id, sum(cardinality(COALESCE(record_events, ARRAY[event_id]))) OVER (ORDER BY id)
+                            - cardinality(COALESCE(record_events, ARRAY[event_id])) AS before
+                 FROM (SELECT id, event_id, record_events FROM outbox
+                       WHERE published_at IS NULL AND id >= $2 ORDER BY id LIMIT $1) o
+             ) o WHERE before < $1
+         )
+         SELECT r.id, r.event_id, r.topic, r.partition_key, r.event_type, r.payload::text AS payload, r.traceparent,
+                r.created_at
+         FROM outbox_records r WHERE r.id IN (SELECT id FROM taken) ORDER BY r.id, r.position",
     )
     .bind(cfg.batch_max)
     .bind(from)
@@ -264,7 +272,9 @@ async fn publish_batch(
         return Ok((0, 0));
     }
     producer.begin_transaction()?;
+    // Rows come in id order, one entry per record: `ids` is deduplicated before the marking.
     let mut ids = Vec::with_capacity(rows.len());
+    let mut records = 0usize;
     let mut oldest: Option<DateTime<Utc>> = None;
     let sent = (|| -> Result<(), PublishError> {
         for row in &rows {
@@ -304,6 +314,7 @@ async fn publish_batch(
             // The delivery future is not awaited: commit_transaction flushes and fails if any send did.
             let _delivery = producer.send_result(record).map_err(|(e, _)| e)?;
             ids.push(row.try_get::<i64, _>("id")?);
+            records += 1;
         }
         Ok(())
     })();
@@ -321,13 +332,14 @@ async fn publish_batch(
     fail::fail_point!("outbox-after-kafka-commit", |_| Err(PublishError::Injected(
         "crash between the Kafka commit and the marking".into()
     )));
+    ids.dedup();
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(pool).await?;
     if let Some(oldest) = oldest {
         let lag = (Utc::now() - oldest).num_microseconds().unwrap_or(0) as f64 / 1e6;
         metrics::histogram!(metric::PUBLISH_LAG).record(lag);
     }
-    metrics::counter!(metric::PUBLISHED).increment(ids.len() as u64);
-    Ok((ids.len(), ids.iter().copied().max().unwrap_or(0)))
+    metrics::counter!(metric::PUBLISHED).increment(records as u64);
+    Ok((records, ids.iter().copied().max().unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -414,8 +414,8 @@ async fn events_reach_kafka_with_headers_and_the_read_models_once() {
     })
     .await
     .unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&node.db.pool).await.unwrap();
-    assert_eq!(records.len() as i64, outbox, "each outbox row published once");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_records").fetch_one(&node.db.pool).await.unwrap();
+    assert_eq!(records.len() as i64, outbox, "each outbox record published once");
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_events").fetch_one(&node.db.pool).await.unwrap();
     // 3 openings (one record each) and 6 transfers (one record per account).
     assert_eq!((events, outbox), (9, 3 + 12));

@@ -53,10 +53,11 @@ async fn republished_events_change_no_read_model_twice() {
     })
     .await
     .unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&first.db.pool).await.unwrap();
+    let outbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox_records").fetch_one(&first.db.pool).await.unwrap();
     assert!(
         records.len() as i64 > outbox,
-        "{} records for {outbox} outbox rows: duplicates were published",
+        "{} records for {outbox} outbox records: duplicates were published",
         records.len()
     );
 

@@ -34,7 +34,7 @@ async fn two_publishers_at_once_publish_each_row_once() {
         assert!(std::time::Instant::now() < deadline, "rows left unpublished");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&a.db.pool).await.unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_records").fetch_one(&a.db.pool).await.unwrap();
     let mut total = 0;
     for node in [&a, &b] {
         let (bootstrap, topic) = (node.region.kafka_bootstrap().to_owned(), node.topic());

@@ -173,8 +173,6 @@ struct Writes {
     en_balance: Vec<i64>,
     ob_event: Vec<uuid::Uuid>,
     ob_key: Vec<String>,
-    ob_type: Vec<String>,
-    ob_traceparent: Vec<Option<String>>,
     ae_account: Vec<String>,
     ae_counter: Vec<i64>,
     ae_event: Vec<uuid::Uuid>,
@@ -392,7 +390,7 @@ impl Batch {
         Ok(Outcome::Transferred { body, replayed: false })
     }
 
-    /// Queues the event row and one outbox row per touched account, keyed by that account.
+    /// Queues the event row and one outbox record per touched account, keyed by that account.
     fn record_event(&mut self, event: &LedgerEvent, traceparent: Option<String>) {
         let payload = serde_json::to_value(event).expect("events serialize");
         let w = &mut self.writes;
@@ -413,8 +411,6 @@ impl Batch {
             w.ae_key.push(seen.idempotency_key);
             w.ob_event.push(event.event_id);
             w.ob_key.push(account.to_string());
-            w.ob_type.push(event.event_type().to_owned());
-            w.ob_traceparent.push(traceparent.clone());
         }
         w.ev_payload.push(payload);
     }
@@ -484,8 +480,6 @@ impl Batch {
             .bind(&w.ae_key)
             .bind(&w.ob_event)
             .bind(&w.ob_key)
-            .bind(&w.ob_type)
-            .bind(&w.ob_traceparent)
             .bind(read.iter().map(|(a, _)| a.state.balance).collect::<Vec<_>>())
             .bind(read.iter().map(|(a, _)| json!(a.state.version)).collect::<Vec<_>>())
             .bind(read.iter().map(|(a, _)| a.state.entry_seq).collect::<Vec<_>>())
@@ -513,9 +507,9 @@ FROM idempotency_keys WHERE key = ANY($2)"
 );
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
-/// column; `$50`–`$53` the accounts read as planned against, and whether the batch changed each.
-/// Outbox rows are inserted in batch order so their ids follow it, and NOTIFY is delivered only
-/// when the transaction commits.
+/// column; `$48`–`$51` the accounts read as planned against, and whether the batch changed each.
+/// The batch's one outbox row lists its records in batch order, and NOTIFY is delivered only when
+/// the transaction commits.
 const WRITE_SQL: &str = "
 WITH new_accounts AS (
     INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
@@ -546,7 +540,7 @@ WITH new_accounts AS (
     -- row is locked in id order first. (Joining `locked` instead rescanned it for each row.)
     UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq,
                           updated_at = CASE WHEN u.changed THEN $1 ELSE a.updated_at END
-    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $50::int8[], $51::jsonb[], $52::int8[], $53::bool[])
+    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $48::int8[], $49::jsonb[], $50::int8[], $51::bool[])
       AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed)
     WHERE (SELECT count(*) FROM locked) >= 0 AND a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
     RETURNING 1
@@ -556,11 +550,9 @@ WITH new_accounts AS (
     FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[])
       AS u(a, c, e, v, p, o, k)
 ), new_outbox AS (
-    INSERT INTO outbox (event_id, partition_key, event_type, traceparent, created_at)
-    SELECT ev, k, typ, tp, $1
-    FROM UNNEST($46::uuid[], $47::text[], $48::text[], $49::text[])
-      WITH ORDINALITY AS u(ev, k, typ, tp, ord)
-    ORDER BY ord
+    -- One row for the whole batch: its records' events and keys, in batch order (migration 0008).
+    INSERT INTO outbox (record_events, record_keys, created_at)
+    SELECT $46::uuid[], $47::text[], $1 WHERE cardinality($46::uuid[]) > 0
     RETURNING id
 )
 -- The payload tells the publisher where the new rows start (see outbox.rs).

@@ -201,7 +201,7 @@ pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
          UNION ALL SELECT 'transfer without event', count(*) FROM transfers t WHERE NOT EXISTS (SELECT 1 FROM ledger_events v WHERE v.event_id = t.event_id)
          UNION ALL SELECT 'transfer without account', count(*) FROM transfers t
              WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.from_account) OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.to_account)
-         UNION ALL SELECT 'outbox row without event', count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM ledger_events v WHERE v.event_id = o.event_id)",
+         UNION ALL SELECT 'outbox record without event', count(*) FROM outbox_records o WHERE NOT EXISTS (SELECT 1 FROM ledger_events v WHERE v.event_id = o.event_id)",
     )
     .fetch_all(pool)
     .await
