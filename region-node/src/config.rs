@@ -35,9 +35,6 @@ pub struct NodeConfig {
     /// Accounts whose last committed state the committer remembers, to plan batches against it;
     /// one not remembered is read (without a lock) first.
     pub accounts_remembered_max: usize,
-    /// How long the committer keeps a connection before opening a new one, so the write
-    /// statement is planned again with current statistics.
-    pub commit_connection_lifetime_ms: u64,
     /// Commands queued for the committer before requests are refused with 503.
     pub queue_commands_max: usize,
     /// Outbox records published in one Kafka transaction (a batch's row is never split).
@@ -94,7 +91,6 @@ impl Default for NodeConfig {
             accounts_remembered_max: 100_000,
             // A reconnect a minute is nothing; a plan made when `accounts` was empty is a scan of
             // the table per batch (see `write/mod.rs`).
-            commit_connection_lifetime_ms: 60_000,
             queue_commands_max: 20_000,
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,

@@ -1,7 +1,7 @@
 //! The committer's write statement runs on a generic plan, made when a connection first runs it,
-//! from the statistics of that moment. A node started on an empty region must not keep the plan
-//! it made then (sequential scans of a nearly empty `accounts`) once the table has grown: its
-//! connections are renewed after `commit_connection_lifetime_ms`, and each plans again.
+//! from the statistics of that moment. Made on a nearly empty `accounts`, it scanned the whole
+//! table for every batch, and kept doing so as the table grew. Sequential scans are off on the
+//! committer's connections: this test fails without that setting (10 scans in 20 transfers).
 
 mod common;
 
@@ -17,8 +17,8 @@ async fn account_seq_scans(pool: &sqlx::PgPool) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_started_on_an_empty_region_stops_scanning_accounts_once_it_has_grown() {
-    let node = common::start(|cfg| cfg.commit_connection_lifetime_ms = 300).await;
+async fn plans_made_on_an_empty_region_never_scan_accounts_once_it_has_grown() {
+    let node = common::start(|_| {}).await;
     // The first statements, on every committer connection, are planned against an empty table.
     node.open("world", "USD", true).await;
     node.open("alice", "USD", false).await;
@@ -34,11 +34,6 @@ async fn a_node_started_on_an_empty_region_stops_scanning_accounts_once_it_has_g
     .await
     .unwrap();
     sqlx::query("ANALYZE accounts").execute(&node.db.pool).await.unwrap();
-    // Past the lifetime, a batch on each connection hands it back for renewal.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    for _ in 0..4 {
-        assert_eq!(node.transfer("world", "alice", 1).await.status, 201);
-    }
 
     let before = account_seq_scans(&node.db.pool).await;
     for _ in 0..20 {
@@ -46,6 +41,6 @@ async fn a_node_started_on_an_empty_region_stops_scanning_accounts_once_it_has_g
     }
     let after = account_seq_scans(&node.db.pool).await;
     assert_eq!(after - before, 0, "20 transfers on a 20,000-account table scanned it {} times", after - before);
-    assert_eq!(node.balance("alice").await, 28);
+    assert_eq!(node.balance("alice").await, 24);
     node.stop().await;
 }

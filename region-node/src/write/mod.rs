@@ -114,15 +114,18 @@ pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task:
         commit_wait_commands_min: cfg.commit_wait_commands_min.max(1),
         in_flight_max: cfg.commits_in_flight_max.clamp(1, 64),
         accounts_remembered_max: cfg.accounts_remembered_max,
-        connection_lifetime: Duration::from_millis(cfg.commit_connection_lifetime_ms),
     };
     // The write statement has some fifty parameters: planning it anew at every execution (a
     // "custom" plan, which PostgreSQL kept choosing) took longer than running it. Its plan does not
-    // depend on the values, so one generic plan serves every batch.
+    // depend on the values, so one generic plan serves every batch. A generic plan cannot know how
+    // many rows the UNNESTs bring (it assumes a hundred, a batch mostly holds one or two), so with
+    // a few thousand accounts it hashed a sequential scan of `accounts` on every batch: 0.28 cores
+    // per committer connection at 1,000 transfers/s. Every row the committer reads is reached by
+    // its primary key, so sequential scans are off for these connections.
     let options = cfg
         .database_url
         .parse::<sqlx::postgres::PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_generic_plan")]);
+        .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]);
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("committer".into())
@@ -152,7 +155,6 @@ struct Limits {
     commit_wait_commands_min: usize,
     in_flight_max: usize,
     accounts_remembered_max: usize,
-    connection_lifetime: Duration,
 }
 
 // Batches may commit concurrently, but never two touching the same account: a command waits while
@@ -175,7 +177,7 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
     // One connection per batch in flight, owned here rather than by a pool: a pool pings every
     // connection it gets back, one more round trip before the next batch can use it. Taking a
     // connection is taking a slot. `None` is one not (or no longer) connected.
-    let (idle_tx, mut idle_rx) = mpsc::channel::<Option<(PgConnection, Instant)>>(limits.in_flight_max);
+    let (idle_tx, mut idle_rx) = mpsc::channel::<Option<PgConnection>>(limits.in_flight_max);
     for _ in 0..limits.in_flight_max {
         let _ = idle_tx.try_send(None);
     }
@@ -253,10 +255,10 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
             continue;
         }
         let (commands, replies): (Vec<Command>, Vec<Reply>) = pending.into_iter().unzip();
-        let (mut conn, opened) = match conn {
+        let mut conn = match conn {
             Some(conn) => conn,
             None => match PgConnection::connect_with(&options).await {
-                Ok(conn) => (conn, Instant::now()),
+                Ok(conn) => conn,
                 Err(e) => {
                     for reply in replies {
                         let _ = reply.send(Err(db_problem(&e)));
@@ -268,24 +270,19 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
             },
         };
         let planned = plan(&mut conn, &region, &remembered, &commands, &accounts).await;
-        let (region, remembered, idle_tx, options) =
-            (region.clone(), remembered.clone(), idle_tx.clone(), options.clone());
+        let (region, remembered, idle_tx) = (region.clone(), remembered.clone(), idle_tx.clone());
         tokio::spawn(async move {
             let (results, healthy) = commit(&mut conn, &region, &commands, planned).await;
             // Known only once the batch has committed; other batches waiting for these accounts
             // may go as soon as this is recorded.
             lock(&remembered).end(&accounts, results.as_ref().ok().map(|(_, after)| after.as_slice()));
             answer(&mut conn, &region, commands, replies, results.map(|(results, _)| results), healthy).await;
-            let conn = match healthy.then_some((conn, opened)) {
-                Some((conn, opened)) if opened.elapsed() >= limits.connection_lifetime => renew(conn, &options).await,
-                other => other,
-            };
-            let _ = idle_tx.send(conn).await;
+            let _ = idle_tx.send(healthy.then_some(conn)).await;
         });
     }
     // Every connection back means every batch in flight has answered.
     for _ in 0..limits.in_flight_max {
-        if let Some(Some((conn, _))) = idle_rx.recv().await {
+        if let Some(Some(conn)) = idle_rx.recv().await {
             let _ = conn.close().await;
         }
     }
@@ -315,25 +312,6 @@ fn take_ready<T>(
     kept.append(waiting);
     *waiting = kept;
     ready
-}
-
-// The committer renews each connection after `commit_connection_lifetime_ms`. The write statement
-// runs on a generic plan made at its first execution, from the statistics of that moment: a node
-// started on a young region planned sequential scans of `accounts` (then nearly empty) and kept
-// them as the table grew. On a fresh stack at 1,000 transfers/s that was 6,000 scans reading 11
-// million rows in 10 s. A new connection plans again with current statistics.
-
-/// Replaces a connection past its lifetime, off the path of any batch (its slot stays taken
-/// meanwhile). `None` if the new one cannot be opened: the next batch on this slot tries again.
-async fn renew(old: PgConnection, options: &PgConnectOptions) -> Option<(PgConnection, Instant)> {
-    let _ = old.close().await;
-    match PgConnection::connect_with(options).await {
-        Ok(conn) => Some((conn, Instant::now())),
-        Err(e) => {
-            tracing::warn!(error = %e, "renewing a committer connection failed");
-            None
-        }
-    }
 }
 
 /// Plans `commands` against the accounts as last committed, reading those not remembered. `None`
