@@ -1,8 +1,8 @@
 -- A batch of the committer writes one outbox row, however many records it publishes: the event and
--- partition key of each record, in order, in two arrays. One row per record (two per transfer) was,
--- with its index entries and the publisher's marking of each, about a fifth of PostgreSQL's work per
--- transfer. A record's event type and traceparent are its event's, in `ledger_events`. Rows of one
--- record (conflict records, and rows written before this migration) keep their columns.
+-- partition key of each record, in order, in two arrays. One row per record (two per transfer),
+-- with its index entries and the publisher's marking of each, was a fifth of the WAL at 2,500
+-- transfers/s. A record's event type and traceparent are its event's, in `ledger_events`. Rows of
+-- one record (conflict records, and rows written before this migration) keep their columns.
 ALTER TABLE outbox
     ADD COLUMN record_events UUID[],
     ADD COLUMN record_keys TEXT[],

@@ -29,8 +29,8 @@ pub struct NodeConfig {
     pub commit_wait_us_max: u64,
     /// A batch holding this many commands leaves without waiting (see `commit_wait_us_max`).
     pub commit_wait_commands_min: usize,
-    /// Batches committing at once (one connection each). A batch sharing an account with one in
-    /// flight waits for it to end.
+    /// Batches committing at once (one connection each). A command touching an account of a batch
+    /// in flight waits for it to end; the others go in the next batch.
     pub commits_in_flight_max: usize,
     /// Accounts whose last committed state the committer remembers, to plan batches against it;
     /// one not remembered is read (without a lock) first.
@@ -89,8 +89,6 @@ impl Default for NodeConfig {
             commits_in_flight_max: 2,
             // About 1 KB each.
             accounts_remembered_max: 100_000,
-            // A reconnect a minute is nothing; a plan made when `accounts` was empty is a scan of
-            // the table per batch (see `write/mod.rs`).
             queue_commands_max: 20_000,
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,
