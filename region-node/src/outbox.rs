@@ -254,9 +254,9 @@ async fn publish_batch(
         // records: a row is taken while fewer than that come before it.
         "WITH taken AS (
              SELECT id FROM (
-                 SELECT id, sum(cardinality(COALESCE(record_events, ARRAY[event_id]))) OVER (ORDER BY id)
-                            - cardinality(COALESCE(record_events, ARRAY[event_id])) AS before
-                 FROM (SELECT id, event_id, record_events FROM outbox
+                 SELECT id, sum(COALESCE(cardinality(record_events), 1)) OVER (ORDER BY id)
+                            - COALESCE(cardinality(record_events), 1) AS before
+                 FROM (SELECT id, record_events FROM outbox
                        WHERE published_at IS NULL AND id >= $2 ORDER BY id LIMIT $1) o
              ) o WHERE before < $1
          )
@@ -274,7 +274,6 @@ async fn publish_batch(
     producer.begin_transaction()?;
     // Rows come in id order, one entry per record: `ids` is deduplicated before the marking.
     let mut ids = Vec::with_capacity(rows.len());
-    let mut records = 0usize;
     let mut oldest: Option<DateTime<Utc>> = None;
     let sent = (|| -> Result<(), PublishError> {
         for row in &rows {
@@ -314,7 +313,6 @@ async fn publish_batch(
             // The delivery future is not awaited: commit_transaction flushes and fails if any send did.
             let _delivery = producer.send_result(record).map_err(|(e, _)| e)?;
             ids.push(row.try_get::<i64, _>("id")?);
-            records += 1;
         }
         Ok(())
     })();
@@ -338,8 +336,8 @@ async fn publish_batch(
         let lag = (Utc::now() - oldest).num_microseconds().unwrap_or(0) as f64 / 1e6;
         metrics::histogram!(metric::PUBLISH_LAG).record(lag);
     }
-    metrics::counter!(metric::PUBLISHED).increment(records as u64);
-    Ok((records, ids.iter().copied().max().unwrap_or(0)))
+    metrics::counter!(metric::PUBLISHED).increment(rows.len() as u64);
+    Ok((rows.len(), ids.iter().copied().max().unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -236,24 +236,29 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
                 }
             }
         }
-        let ended = lock(&remembered).ended.clone();
-        let notified = ended.notified();
-        tokio::pin!(notified);
-        // Registered before looking, so a batch ending meanwhile is not missed.
-        notified.as_mut().enable();
-        let (pending, accounts) = {
-            let mut remembered = lock(&remembered);
-            let pending = take_ready(&mut waiting, &remembered.in_flight, limits.batch_commands_max, |(c, _)| c);
-            let accounts = batch::accounts_of(pending.iter().map(|(c, _)| c));
-            remembered.begin(&accounts);
-            (pending, accounts)
+        let ready = {
+            let mut known = lock(&remembered);
+            let pending = take_ready(&mut waiting, &known.in_flight, limits.batch_commands_max, |(c, _)| c);
+            if pending.is_empty() {
+                // Registered while the lock is held, so no batch can end before the wait.
+                let mut ended = Box::pin(known.ended.clone().notified_owned());
+                ended.as_mut().enable();
+                Err(ended)
+            } else {
+                let accounts = batch::accounts_of(pending.iter().map(|(c, _)| c));
+                known.begin(&accounts);
+                Ok((pending, accounts))
+            }
         };
-        if pending.is_empty() {
-            // Everything waiting touches an account of a batch in flight, and that batch will end.
-            let _ = idle_tx.try_send(conn);
-            notified.await;
-            continue;
-        }
+        let (pending, accounts) = match ready {
+            Ok(ready) => ready,
+            Err(ended) => {
+                // Everything waiting touches an account of a batch in flight, and that batch will end.
+                let _ = idle_tx.try_send(conn);
+                ended.await;
+                continue;
+            }
+        };
         let (commands, replies): (Vec<Command>, Vec<Reply>) = pending.into_iter().unzip();
         let mut conn = match conn {
             Some(conn) => conn,
