@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Unknown fields are tolerated (a newer region may add some during a rolling upgrade); remote
+// apply stores the event as received, so they are kept, not dropped.
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventPayload {
     /// An account was opened.
     AccountOpened {
@@ -44,7 +46,6 @@ pub enum EventPayload {
 
 /// One recorded fact with its identity, origin and causal position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LedgerEvent {
     /// Unique id; consumers drop an event id they have already applied.
     pub event_id: uuid::Uuid,

@@ -6,6 +6,7 @@
 //! rdkafka), so the rules that keep money correct are tested exhaustively and in isolation.
 
 pub mod account;
+pub mod apply;
 pub mod currency;
 pub mod event;
 pub mod ids;

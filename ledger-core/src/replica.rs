@@ -4,32 +4,25 @@
 //! [`crate::replication`]), and what the convergence property test drives.
 
 use crate::account::{AccountSpec, AccountState};
+use crate::apply::{ApplyState, Fate};
 use crate::event::{EventPayload, LedgerEvent};
 use crate::ids::{AccountId, RegionId};
 use crate::money::Amount;
 use crate::posting::{PostingError, post_transfer};
-use crate::replication::{
-    AccountEvent, Conflict, ConflictKind, Delivery, classify, concurrent_with, delivery, joint_balance,
-    merge_conflicts, winning_opening,
-};
-use crate::vv::VersionVector;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::replication::Conflict;
+use std::collections::BTreeMap;
 
 /// One region's ledger state.
 #[derive(Debug, Clone)]
 pub struct Replica {
     /// The region.
     pub region: RegionId,
-    /// Accounts with balances and vectors.
-    pub accounts: BTreeMap<AccountId, AccountState>,
-    /// Per account, the events applied to it, in application order.
-    pub history: BTreeMap<AccountId, Vec<AccountEvent>>,
-    /// Every event applied.
-    pub applied: BTreeSet<uuid::Uuid>,
+    /// Accounts, the whole history of each (as the window), idempotency keys, applied events.
+    pub state: ApplyState,
     /// Events received but not yet deliverable.
     pub pending: BTreeMap<uuid::Uuid, LedgerEvent>,
-    /// Idempotency key → (event, its accounts), for the first transfer seen with that key.
-    pub keys: BTreeMap<String, (uuid::Uuid, Vec<AccountId>)>,
+    /// Events that can never apply, with the reason.
+    pub dead: BTreeMap<uuid::Uuid, String>,
     /// Conflicts detected here, by id.
     pub conflicts: BTreeMap<uuid::Uuid, Conflict>,
     /// Event ids to mint; a counter keeps tests deterministic.
@@ -41,14 +34,17 @@ impl Replica {
     pub fn new(region: RegionId, id_base: u128) -> Self {
         Self {
             region,
-            accounts: BTreeMap::new(),
-            history: BTreeMap::new(),
-            applied: BTreeSet::new(),
+            state: ApplyState::default(),
             pending: BTreeMap::new(),
-            keys: BTreeMap::new(),
+            dead: BTreeMap::new(),
             conflicts: BTreeMap::new(),
             next_id: id_base,
         }
+    }
+
+    /// The accounts and their states.
+    pub fn accounts(&self) -> &BTreeMap<AccountId, AccountState> {
+        &self.state.accounts
     }
 
     fn mint(&mut self) -> uuid::Uuid {
@@ -58,10 +54,10 @@ impl Replica {
 
     /// Opens an account here; `None` if this region already knows the id.
     pub fn open(&mut self, spec: AccountSpec) -> Option<LedgerEvent> {
-        if self.accounts.contains_key(&spec.id) {
+        if self.state.accounts.contains_key(&spec.id) {
             return None;
         }
-        let mut vector = VersionVector::new();
+        let mut vector = crate::vv::VersionVector::new();
         vector.increment(&self.region);
         let event = LedgerEvent {
             event_id: self.mint(),
@@ -70,7 +66,7 @@ impl Replica {
             vectors: BTreeMap::from([(spec.id.clone(), vector)]),
             payload: EventPayload::AccountOpened { account: spec },
         };
-        self.apply(&event);
+        self.apply_local(&event);
         Some(event)
     }
 
@@ -83,10 +79,11 @@ impl Replica {
         amount: Amount,
         key: Option<String>,
     ) -> Result<Option<LedgerEvent>, PostingError> {
-        if key.as_ref().is_some_and(|k| self.keys.contains_key(k)) {
+        if key.as_ref().is_some_and(|k| self.state.keys.contains_key(k)) {
             return Ok(None);
         }
-        let (Some(mut a), Some(mut b)) = (self.accounts.get(from).cloned(), self.accounts.get(to).cloned()) else {
+        let accounts = &self.state.accounts;
+        let (Some(mut a), Some(mut b)) = (accounts.get(from).cloned(), accounts.get(to).cloned()) else {
             return Err(PostingError::UnknownAccount);
         };
         post_transfer(&mut a, &mut b, amount, None, &self.region)?;
@@ -106,87 +103,44 @@ impl Replica {
                 request_hash: None,
             },
         };
-        self.apply(&event);
+        self.apply_local(&event);
         Ok(Some(event))
     }
 
+    fn apply_local(&mut self, event: &LedgerEvent) {
+        match self.state.apply(event) {
+            Ok(applied) => self.record(applied.conflicts),
+            Err(reason) => panic!("a local event the write path accepted cannot apply: {reason}"),
+        }
+    }
+
+    fn record(&mut self, conflicts: Vec<Conflict>) {
+        for conflict in conflicts {
+            self.conflicts.entry(conflict.conflict_id).or_insert(conflict);
+        }
+    }
+
     /// Receives an event from the network: duplicates are dropped, an event whose predecessors are
-    /// missing is held, and everything that becomes deliverable is applied.
+    /// missing is held, and everything that becomes deliverable is applied, by the same decision
+    /// function as the region node's remote apply.
     pub fn receive(&mut self, event: LedgerEvent) {
-        if self.applied.contains(&event.event_id) || self.pending.contains_key(&event.event_id) {
+        let id = event.event_id;
+        if self.state.applied.contains(&id) || self.pending.contains_key(&id) || self.dead.contains_key(&id) {
             return;
         }
-        self.pending.insert(event.event_id, event);
-        loop {
-            let ready = self.pending.values().find_map(|e| match delivery(e, |x| self.vector_of(x)) {
-                Delivery::Wait => None,
-                other => Some((e.event_id, other)),
-            });
-            let Some((id, verdict)) = ready else { break };
-            let event = self.pending.remove(&id).expect("found above");
-            if verdict == Delivery::Ready {
-                self.apply(&event);
-            }
-        }
-    }
-
-    fn vector_of(&self, account: &AccountId) -> VersionVector {
-        self.accounts.get(account).map(|a| a.version.clone()).unwrap_or_default()
-    }
-
-    /// Applies a deliverable event: postings, vectors, history, and the conflicts it reveals.
-    fn apply(&mut self, event: &LedgerEvent) {
-        let mut found = Vec::new();
-        for account in event.accounts() {
-            let incoming = AccountEvent::of(event, account).expect("events carry a vector per account");
-            let history = self.history.entry(account.clone()).or_default();
-            let concurrent: Vec<AccountEvent> = concurrent_with(history, &incoming).into_iter().cloned().collect();
-            history.push(incoming.clone());
-            match &event.payload {
-                EventPayload::AccountOpened { account: spec } => {
-                    let state =
-                        self.accounts.entry(account.clone()).or_insert_with(|| AccountState::opened(spec.clone()));
-                    // Concurrent openings: every region keeps the same winner's attributes.
-                    let openings: Vec<&AccountEvent> = history.iter().filter(|h| h.opened.is_some()).collect();
-                    let winner = openings.iter().skip(1).fold(openings[0], |w, h| winning_opening(w, h));
-                    state.spec = winner.opened.clone().expect("an opening");
-                    state.version.merge(&incoming.vector);
-                }
-                EventPayload::TransferPosted { .. } => {
-                    let state = self.accounts.get_mut(account).expect("causal delivery applied the opening first");
-                    state.balance += incoming.posting;
-                    state.entry_seq += 1;
-                    state.version.merge(&incoming.vector);
+        self.pending.insert(id, event);
+        let held: Vec<LedgerEvent> = self.pending.values().cloned().collect();
+        for (event, fate) in held.iter().zip(self.state.deliver(&held)) {
+            match fate {
+                Fate::Wait(_) => continue,
+                Fate::Applied(applied) => self.record(applied.conflicts),
+                Fate::AlreadyApplied => {}
+                Fate::Dead(reason) => {
+                    self.dead.insert(event.event_id, reason);
                 }
             }
-            let spec = self.accounts.get(account).map(|a| a.spec.clone());
-            let history = &self.history[account];
-            for other in &concurrent {
-                let kind = classify(spec.as_ref(), || joint_balance(history, &incoming, other), &incoming, other);
-                found.push(Conflict::of(kind, account, &incoming, other));
-            }
+            self.pending.remove(&event.event_id);
         }
-        if let EventPayload::TransferPosted { idempotency_key: Some(key), .. } = &event.payload {
-            let accounts: Vec<AccountId> = event.accounts().into_iter().cloned().collect();
-            match self.keys.get(key) {
-                Some((other, other_accounts)) if *other != event.event_id => {
-                    let account =
-                        accounts.iter().chain(other_accounts).min().expect("transfers touch accounts").clone();
-                    let mine = AccountEvent::of(event, &accounts[0]).expect("vector");
-                    let theirs =
-                        self.history.values().flatten().find(|h| h.event_id == *other).expect("applied").clone();
-                    found.push(Conflict::of(ConflictKind::DuplicateIntent, &account, &mine, &theirs));
-                }
-                Some(_) => {}
-                None => {
-                    self.keys.insert(key.clone(), (event.event_id, accounts));
-                }
-            }
-        }
-        for (id, conflict) in merge_conflicts(found) {
-            self.conflicts.entry(id).or_insert(conflict);
-        }
-        self.applied.insert(event.event_id);
     }
 }
 
@@ -194,7 +148,9 @@ impl Replica {
 mod tests {
     use super::*;
     use crate::currency::Currency;
+    use crate::replication::{AccountEvent, ConflictKind};
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     fn region(i: usize) -> RegionId {
         RegionId::new(["us-east", "eu-west", "ap-south"][i]).unwrap()
@@ -240,7 +196,7 @@ mod tests {
             .unwrap();
         deliver_all(&mut rs, &[eu.clone(), us.clone()]);
         for r in &rs {
-            assert_eq!(r.accounts[&acc].balance, -50, "{}", r.region);
+            assert_eq!(r.accounts()[&acc].balance, -50, "{}", r.region);
             assert_eq!(r.conflicts.len(), 1, "{}: {:?}", r.region, r.conflicts);
             let conflict = r.conflicts.values().next().unwrap();
             assert_eq!(conflict.kind, ConflictKind::Overdraft);
@@ -350,10 +306,10 @@ mod tests {
             }
             for r in &rs {
                 prop_assert!(r.pending.is_empty(), "{} holds events forever", r.region);
-                prop_assert_eq!(r.applied.len(), log.len());
-                prop_assert_eq!(r.accounts.values().map(|a| a.balance).sum::<i64>(), 0);
+                prop_assert_eq!(r.state.applied.len(), log.len());
+                prop_assert_eq!(r.accounts().values().map(|a| a.balance).sum::<i64>(), 0);
             }
-            let state = |r: &Replica| r.accounts.iter().map(|(k, a)| (k.clone(), a.balance, a.version.clone(), a.spec.clone())).collect::<Vec<_>>();
+            let state = |r: &Replica| r.accounts().iter().map(|(k, a)| (k.clone(), a.balance, a.version.clone(), a.spec.clone())).collect::<Vec<_>>();
             let conflicts = |r: &Replica| r.conflicts.values().map(|c| (c.conflict_id, c.kind, c.account.clone())).collect::<Vec<_>>();
             for r in &rs[1..] {
                 prop_assert_eq!(state(r), state(&rs[0]));

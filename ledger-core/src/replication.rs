@@ -15,6 +15,7 @@
 //! have applied meanwhile.
 
 use crate::account::AccountSpec;
+use crate::apply::WaitKey;
 use crate::event::{EventPayload, LedgerEvent};
 use crate::ids::{AccountId, RegionId};
 use crate::vv::VersionVector;
@@ -22,14 +23,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Whether an arriving event can be applied now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// All its causal predecessors are applied.
     Ready,
     /// Its origin's counter shows it (or a later event of its origin) is already applied.
     AlreadyApplied,
-    /// A predecessor is missing: hold it.
-    Wait,
+    /// A predecessor is missing: hold it until the event the key names is applied.
+    Wait(WaitKey),
 }
 
 /// Decides delivery of `event` given each touched account's local vector (empty for an account
@@ -38,20 +39,25 @@ pub fn delivery(event: &LedgerEvent, local: impl Fn(&AccountId) -> VersionVector
     let origin = &event.origin_region;
     let mut outcome = Delivery::Ready;
     for account in event.accounts() {
-        let Some(theirs) = event.vectors.get(account) else { return Delivery::Wait };
         let ours = local(account);
+        let wait_for = |region: &RegionId| {
+            Delivery::Wait(WaitKey { account: account.clone(), region: region.clone(), counter: ours.get(region) + 1 })
+        };
+        // An event without a vector for an account it touches waits for that account's first
+        // event from its origin; `ApplyState::apply` refuses it if it ever gets that far.
+        let Some(theirs) = event.vectors.get(account) else { return wait_for(origin) };
         let (have, want) = (ours.get(origin), theirs.get(origin));
         if have >= want {
             outcome = Delivery::AlreadyApplied;
             continue;
         }
         if have + 1 != want {
-            return Delivery::Wait;
+            return wait_for(origin);
         }
-        let saw_everything =
-            theirs.to_map().into_iter().all(|(region, counter)| &region == origin || ours.get(&region) >= counter);
-        if !saw_everything {
-            return Delivery::Wait;
+        if let Some((region, _)) =
+            theirs.to_map().into_iter().find(|(region, counter)| region != origin && ours.get(region) < *counter)
+        {
+            return wait_for(&region);
         }
     }
     outcome
@@ -147,16 +153,8 @@ pub fn conflict_id(a: uuid::Uuid, b: uuid::Uuid) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// The balance of an account over the joint causal past of two events on it (both included): the
-/// same set of events in every region that has applied both.
-pub fn joint_balance(history: &[AccountEvent], a: &AccountEvent, b: &AccountEvent) -> i64 {
-    let mut joint = a.vector.clone();
-    joint.merge(&b.vector);
-    history.iter().filter(|h| h.seen_by(&joint)).map(|h| h.posting).sum()
-}
-
 /// The kind of a concurrent pair on an account (whose attributes are `spec`); `joint_balance`
-/// gives the account's balance over the pair's joint causal past (see [`joint_balance`]), asked
+/// gives the account's balance over the pair's joint causal past (see [`crate::apply::joint_balance`]), asked
 /// for only when it matters.
 pub fn classify(
     spec: Option<&AccountSpec>,

@@ -46,6 +46,14 @@ pub mod metric {
     pub const APPLIED: &str = "ledger_consumer_events_applied_total";
     /// Counter, label `kind`: conflicts detected by remote apply.
     pub const CONFLICTS: &str = "ledger_conflicts_detected_total";
+    /// Counter: events of other regions applied here.
+    pub const REMOTE_APPLIED: &str = "ledger_remote_events_applied_total";
+    /// Gauge: events of other regions held here until a predecessor arrives.
+    pub const HELD: &str = "ledger_remote_events_held";
+    /// Gauge, seconds: age of the oldest held event (0 when none).
+    pub const HELD_OLDEST_AGE: &str = "ledger_remote_events_held_oldest_age_seconds";
+    /// Counter: replicated records set aside as dead letters.
+    pub const DEAD_LETTERS: &str = "ledger_remote_dead_letters_total";
     /// Gauge, seconds since the last snapshot.
     pub const SNAPSHOT_AGE: &str = "ledger_snapshot_age_seconds";
 }

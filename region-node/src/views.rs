@@ -1,56 +1,9 @@
 //! The read models (balance view `rm_balances`, history view `rm_entries`) and how events reach
-//! them. Local events arrive through the Kafka consumer in batches ([`apply_batch`]); events of
-//! other regions through remote apply, one at a time ([`post_to_views`]). Both must leave the views
-//! identical, so both live here.
+//! them. Local events arrive through the Kafka consumer, events of other regions through remote
+//! apply, both in batches through [`apply_batch`], so both leave the views identical.
 
 use sqlx::{Postgres, Transaction};
 use std::collections::{BTreeMap, HashMap};
-
-/// One posting as the read models record it.
-pub(crate) struct ViewPosting<'a> {
-    /// The account.
-    pub account: &'a ledger_core::AccountId,
-    /// Its currency.
-    pub currency: &'a str,
-    /// Signed amount.
-    pub amount: i64,
-    /// The event that posted it.
-    pub event_id: uuid::Uuid,
-}
-
-/// Applies one posting to the balance view and the history view; returns the view balance after
-/// it.
-pub(crate) async fn post_to_views(
-    tx: &mut Transaction<'_, Postgres>,
-    posting: &ViewPosting<'_>,
-    transfer_id: uuid::Uuid,
-    occurred_at: chrono::DateTime<chrono::Utc>,
-) -> Result<i64, sqlx::Error> {
-    let balance_after: i64 = sqlx::query_scalar(
-        "INSERT INTO rm_balances (account_id, currency, balance, entries_applied) VALUES ($1, $2, $3, 1)
-         ON CONFLICT (account_id) DO UPDATE SET balance = rm_balances.balance + EXCLUDED.balance,
-             entries_applied = rm_balances.entries_applied + 1, updated_at = now()
-         RETURNING balance",
-    )
-    .bind(posting.account.as_str())
-    .bind(posting.currency)
-    .bind(posting.amount)
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO rm_entries (account_id, event_id, transfer_id, amount, balance_after, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(posting.account.as_str())
-    .bind(posting.event_id)
-    .bind(transfer_id)
-    .bind(posting.amount)
-    .bind(balance_after)
-    .bind(occurred_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(balance_after)
-}
 
 /// What one Kafka record does to the views, once decoded.
 #[derive(Debug, Clone)]

@@ -1,0 +1,176 @@
+//! Load: one read of everything a round of remote events needs to be decided, its accounts locked
+//! in id order (as the write path locks them, so the two never deadlock).
+
+use super::Held;
+use crate::write::{ACCOUNT_COLUMNS, AccountRow};
+use ledger_core::apply::ApplyState;
+use ledger_core::replication::AccountEvent;
+use ledger_core::{AccountId, EventPayload, RegionId, VersionVector};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What the round read: the state to decide on, and the accounts as they were.
+pub(super) struct Loaded {
+    pub state: ApplyState,
+    /// The accounts that existed (and are locked), as read.
+    pub before: HashMap<AccountId, AccountRow>,
+}
+
+const ACCOUNT_EVENT_COLUMNS: &str =
+    "ae.account_id, ae.origin_region, ae.counter, ae.event_id, ae.vector, ae.posting, ae.opened, ae.idempotency_key";
+
+/// Held events waiting on the round's accounts, smallest awaited counter first: a chain of events
+/// on one account (held behind one missing event) is then decided in one round.
+pub(super) async fn waiting_on(
+    conn: &mut PgConnection,
+    accounts: &[String],
+    except: &[uuid::Uuid],
+    limit: usize,
+) -> Result<Vec<Held>, sqlx::Error> {
+    let rows: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM pending_events WHERE wait_account = ANY($1) AND event_id <> ALL($2)
+         ORDER BY wait_counter, seq LIMIT $3",
+    )
+    .bind(accounts)
+    .bind(except)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().filter_map(Held::from_stored).collect())
+}
+
+/// Reads and locks what deciding `events` needs.
+pub(super) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loaded, sqlx::Error> {
+    let mut ids: Vec<&str> = events.iter().flat_map(|h| h.event.accounts()).map(AccountId::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    let mut before = HashMap::new();
+    for row in sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&ids).fetch_all(&mut *conn).await? {
+        let account = AccountRow::from_row(&row)?;
+        before.insert(account.state.spec.id.clone(), account);
+    }
+    let event_ids: Vec<uuid::Uuid> = events.iter().map(|h| h.event.event_id).collect();
+    let applied: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM ledger_events WHERE event_id = ANY($1)")
+        .bind(&event_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+
+    // The window: per account and region, the applied events above the smallest counter any of
+    // the round's events has seen. Every event a round's event did not see is there; nothing
+    // older is read (a range of the primary key per account and region).
+    let mut floor: BTreeMap<&AccountId, BTreeMap<RegionId, u64>> = BTreeMap::new();
+    for held in events {
+        for (account, vector) in &held.event.vectors {
+            let Some(existing) = before.get(account) else { continue };
+            let entry = floor.entry(account).or_insert_with(|| {
+                existing.state.version.to_map().into_keys().map(|region| (region, u64::MAX)).collect()
+            });
+            for (region, counter) in entry.iter_mut() {
+                *counter = (*counter).min(vector.get(region));
+            }
+        }
+    }
+    let (mut fa, mut fr, mut fc) = (Vec::new(), Vec::new(), Vec::new());
+    for (account, regions) in &floor {
+        for (region, counter) in regions {
+            fa.push(account.as_str());
+            fr.push(region.as_str());
+            fc.push(*counter as i64);
+        }
+    }
+    let sql = format!(
+        "SELECT {ACCOUNT_EVENT_COLUMNS} FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(a, r, c)
+         JOIN account_events ae ON ae.account_id = u.a AND ae.origin_region = u.r AND ae.counter > u.c
+         UNION
+         SELECT {ACCOUNT_EVENT_COLUMNS} FROM account_events ae WHERE ae.account_id = ANY($4) AND ae.opened IS NOT NULL"
+    );
+    // Openings of an account being opened again: the winning definition is chosen among all of them.
+    let reopened: Vec<&str> = events
+        .iter()
+        .filter_map(|h| match &h.event.payload {
+            EventPayload::AccountOpened { account } if before.contains_key(&account.id) => Some(account.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut window: BTreeMap<AccountId, Vec<AccountEvent>> = BTreeMap::new();
+    for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&fa)
+        .bind(&fr)
+        .bind(&fc)
+        .bind(&reopened)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let account = decode_id(row.try_get("account_id")?)?;
+        window.entry(account).or_default().push(account_event(&row)?);
+    }
+
+    let keys: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|h| match &h.event.payload {
+            EventPayload::TransferPosted { idempotency_key: Some(key), .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut first_uses = BTreeMap::new();
+    if !keys.is_empty() {
+        // The first transfer applied here with each key: the record names it, the transfer row
+        // holds its vectors.
+        let rows = sqlx::query(
+            "SELECT k.key, t.event_id, t.origin_region, t.from_account, t.to_account, t.amount, t.from_vector, t.to_vector
+             FROM idempotency_keys k JOIN transfers t ON t.id = (k.response_body ->> 'id')::uuid
+             WHERE k.key = ANY($1)",
+        )
+        .bind(keys.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let key: String = row.try_get("key")?;
+            let from = decode_id(row.try_get("from_account")?)?;
+            let to = decode_id(row.try_get("to_account")?)?;
+            let origin = RegionId::new(row.try_get::<String, _>("origin_region")?).map_err(decode)?;
+            let vector: VersionVector = serde_json::from_value(row.try_get("from_vector")?).map_err(decode)?;
+            let seen = AccountEvent {
+                event_id: row.try_get("event_id")?,
+                counter: vector.get(&origin),
+                origin,
+                vector,
+                posting: -row.try_get::<i64, _>("amount")?,
+                opened: None,
+                idempotency_key: Some(key.clone()),
+            };
+            first_uses.insert(key, (seen, vec![from, to]));
+        }
+    }
+
+    let state = ApplyState {
+        accounts: before.iter().map(|(id, row)| (id.clone(), row.state.clone())).collect(),
+        window,
+        keys: first_uses,
+        applied: applied.into_iter().collect(),
+    };
+    Ok(Loaded { state, before })
+}
+
+fn decode(e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
+
+fn decode_id(id: String) -> Result<AccountId, sqlx::Error> {
+    AccountId::new(id).map_err(decode)
+}
+
+fn account_event(row: &sqlx::postgres::PgRow) -> Result<AccountEvent, sqlx::Error> {
+    let opened: Option<Value> = row.try_get("opened")?;
+    Ok(AccountEvent {
+        event_id: row.try_get("event_id")?,
+        origin: RegionId::new(row.try_get::<String, _>("origin_region")?).map_err(decode)?,
+        counter: row.try_get::<i64, _>("counter")? as u64,
+        vector: serde_json::from_value(row.try_get("vector")?).map_err(decode)?,
+        posting: row.try_get("posting")?,
+        opened: opened.map(serde_json::from_value).transpose().map_err(decode)?,
+        idempotency_key: row.try_get("idempotency_key")?,
+    })
+}

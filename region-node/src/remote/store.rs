@@ -1,0 +1,486 @@
+//! Store: one write of everything a decided round changes, with a constant number of bulk
+//! statements whatever the number of events: the events, the accounts, transfers, entries,
+//! per-account events, idempotency records, read models, conflicts (and their outbox records), the
+//! held events and the dead letters.
+
+use super::Held;
+use crate::views::{RecordChange, ViewChange};
+use crate::write::{AccountRow, OUTBOX_CHANNEL, transfer_json};
+use chrono::{DateTime, Utc};
+use ledger_core::apply::{ApplyState, Fate};
+use ledger_core::replication::{AccountEvent, Conflict};
+use ledger_core::{AccountId, EventPayload, RegionId};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Postgres, Transaction};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Writes the round. `before` are the accounts as loaded (locked); `state` is after deciding.
+pub(super) async fn store(
+    tx: &mut Transaction<'_, Postgres>,
+    region: &RegionId,
+    events: &[Held],
+    fates: &[Fate],
+    state: &ApplyState,
+    before: &HashMap<AccountId, AccountRow>,
+) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    let applied: Vec<(&Held, &ledger_core::apply::Applied)> = events
+        .iter()
+        .zip(fates)
+        .filter_map(|(h, f)| match f {
+            Fate::Applied(a) => Some((h, a)),
+            _ => None,
+        })
+        .collect();
+    write_events(tx, &applied, now).await?;
+    write_accounts(tx, &applied, state, before, now).await?;
+    write_transfers(tx, &applied, now).await?;
+    write_views(tx, &applied, state, now).await?;
+    let conflicts: BTreeMap<uuid::Uuid, (&Conflict, uuid::Uuid)> = applied
+        .iter()
+        .flat_map(|(h, a)| a.conflicts.iter().map(move |c| (c.conflict_id, (c, h.event.event_id))))
+        .collect();
+    write_conflicts(tx, region, conflicts.into_values().collect()).await?;
+    write_held(tx, events, fates).await?;
+    Ok(())
+}
+
+async fn write_events(
+    tx: &mut PgConnection,
+    applied: &[(&Held, &ledger_core::apply::Applied)],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut ev = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ae = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (held, _) in applied {
+        let e = &held.event;
+        ev.0.push(e.event_id);
+        ev.1.push(e.aggregate_id());
+        ev.2.push(e.event_type());
+        // As received: fields this version does not know are kept.
+        ev.3.push(held.raw.clone());
+        ev.4.push(json!(e.vectors));
+        ev.5.push(e.origin_region.as_str());
+        ev.6.push(DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now));
+        for account in e.accounts() {
+            let seen = AccountEvent::of(e, account).expect("applied events carry a vector per account");
+            ae.0.push(account.as_str());
+            ae.1.push(e.origin_region.as_str());
+            ae.2.push(seen.counter as i64);
+            ae.3.push(e.event_id);
+            ae.4.push(json!(seen.vector));
+            ae.5.push(seen.posting);
+            ae.6.push(seen.opened.map(|spec| json!(spec)));
+            ae.7.push(seen.idempotency_key);
+        }
+    }
+    if ev.0.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[], $7::timestamptz[])",
+    )
+    .bind(&ev.0)
+    .bind(&ev.1)
+    .bind(&ev.2)
+    .bind(&ev.3)
+    .bind(&ev.4)
+    .bind(&ev.5)
+    .bind(&ev.6)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[], $8::text[])",
+    )
+    .bind(&ae.0)
+    .bind(&ae.1)
+    .bind(&ae.2)
+    .bind(&ae.3)
+    .bind(&ae.4)
+    .bind(&ae.5)
+    .bind(&ae.6)
+    .bind(&ae.7)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Every account an applied event touched, as the round leaves it: existing ones updated (they
+/// are locked), new ones inserted with their final state.
+async fn write_accounts(
+    tx: &mut PgConnection,
+    applied: &[(&Held, &ledger_core::apply::Applied)],
+    state: &ApplyState,
+    before: &HashMap<AccountId, AccountRow>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let touched: BTreeSet<&AccountId> = applied.iter().flat_map(|(h, _)| h.event.accounts()).collect();
+    #[derive(Default)]
+    struct Columns<'a> {
+        id: Vec<&'a str>,
+        currency: Vec<&'a str>,
+        allow_negative: Vec<bool>,
+        metadata: Vec<Value>,
+        balance: Vec<i64>,
+        entry_seq: Vec<i64>,
+        vector: Vec<Value>,
+        overdrawn: Vec<bool>,
+    }
+    let (mut old, mut new) = (Columns::default(), Columns::default());
+    for id in touched {
+        let a = &state.accounts[id];
+        let c = if before.contains_key(id) { &mut old } else { &mut new };
+        c.id.push(id.as_str());
+        c.currency.push(a.spec.currency.as_str());
+        c.allow_negative.push(a.spec.allow_negative);
+        c.metadata.push(Value::Object(a.spec.metadata.clone()));
+        c.balance.push(a.balance);
+        c.entry_seq.push(a.entry_seq);
+        c.vector.push(json!(a.version));
+        // Postings commute, so a remote debit applies even below zero: that is an overdraft
+        // conflict for finance, and the flag keeps the no-overdraft CHECK satisfied.
+        c.overdrawn.push(a.balance < 0 && !a.spec.allow_negative);
+    }
+    if !old.id.is_empty() {
+        sqlx::query(
+            "UPDATE accounts a SET currency = u.currency, allow_negative = u.allow_negative, metadata = u.metadata,
+                 balance = u.balance, entry_seq = u.seq, version_vector = u.vv, updated_at = $9,
+                 replicated_overdraft = a.replicated_overdraft OR u.overdrawn
+             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[], $8::bool[])
+               AS u(id, currency, allow_negative, metadata, balance, seq, vv, overdrawn)
+             WHERE a.id = ANY($1) AND a.id = u.id",
+        )
+        .bind(&old.id)
+        .bind(&old.currency)
+        .bind(&old.allow_negative)
+        .bind(&old.metadata)
+        .bind(&old.balance)
+        .bind(&old.entry_seq)
+        .bind(&old.vector)
+        .bind(&old.overdrawn)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !new.id.is_empty() {
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (id, currency, allow_negative, metadata, balance, entry_seq, version_vector,
+                                   replicated_overdraft, created_at, updated_at)
+             SELECT *, $9, $9 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[], $8::bool[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&new.currency)
+        .bind(&new.allow_negative)
+        .bind(&new.metadata)
+        .bind(&new.balance)
+        .bind(&new.entry_seq)
+        .bind(&new.vector)
+        .bind(&new.overdrawn)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // An account opened here meanwhile (the write path takes no lock on a row that does not
+        // exist yet) is never overwritten, as its vector would lose this region's own counter:
+        // this raises a serialization failure, and the round is decided again on the account as
+        // it now is, locked.
+        sqlx::query("SELECT ledger_assert_accounts_as_planned($1, $2)")
+            .bind(inserted as i64)
+            .bind(new.id.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_transfers(
+    tx: &mut PgConnection,
+    applied: &[(&Held, &ledger_core::apply::Applied)],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut tr = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tr2 = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut en = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut keys = (Vec::new(), Vec::new(), Vec::new());
+    for (held, a) in applied {
+        let e = &held.event;
+        let EventPayload::TransferPosted {
+            transfer_id,
+            from,
+            to,
+            amount,
+            currency,
+            metadata,
+            idempotency_key,
+            request_hash,
+        } = &e.payload
+        else {
+            continue;
+        };
+        tr.0.push(*transfer_id);
+        tr.1.push(e.event_id);
+        tr.2.push(from.as_str());
+        tr.3.push(to.as_str());
+        tr.4.push(amount.minor_units());
+        tr.5.push(currency.as_str());
+        tr2.0.push(Value::Object(metadata.clone()));
+        tr2.1.push(idempotency_key.as_deref());
+        tr2.2.push(json!(e.vectors[from]));
+        tr2.3.push(json!(e.vectors[to]));
+        tr2.4.push(e.origin_region.as_str());
+        for p in &a.postings {
+            en.0.push(p.account.as_str());
+            en.1.push(p.entry_seq);
+            en.2.push(*transfer_id);
+            en.3.push(p.amount);
+            en.4.push(p.balance_after);
+        }
+        if let (Some(key), true) = (idempotency_key, a.first_use_of_key) {
+            // A retry of this key here is answered as a replay of the transfer made elsewhere.
+            keys.0.push(key.as_str());
+            keys.1.push(request_hash.clone().unwrap_or_default());
+            keys.2.push(transfer_json(
+                *transfer_id,
+                from,
+                to,
+                amount.minor_units(),
+                currency.as_str(),
+                metadata,
+                e.origin_region.as_str(),
+                Some(key),
+                &now,
+                &e.vectors[from],
+                &e.vectors[to],
+            ));
+        }
+    }
+    if tr.0.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
+                                from_vector, to_vector, origin_region, created_at)
+         SELECT *, $12 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[],
+                                   $7::jsonb[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[])",
+    )
+    .bind(&tr.0)
+    .bind(&tr.1)
+    .bind(&tr.2)
+    .bind(&tr.3)
+    .bind(&tr.4)
+    .bind(&tr.5)
+    .bind(&tr2.0)
+    .bind(&tr2.1)
+    .bind(&tr2.2)
+    .bind(&tr2.3)
+    .bind(&tr2.4)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+         SELECT *, $6 FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[])",
+    )
+    .bind(&en.0)
+    .bind(&en.1)
+    .bind(&en.2)
+    .bind(&en.3)
+    .bind(&en.4)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if !keys.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
+             SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&keys.0)
+        .bind(&keys.1)
+        .bind(&keys.2)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The read models follow in the same transaction: remote events never pass through this region's
+/// own topic.
+async fn write_views(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &[(&Held, &ledger_core::apply::Applied)],
+    state: &ApplyState,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut changes = Vec::new();
+    for (held, a) in applied {
+        let e = &held.event;
+        for p in &a.postings {
+            let currency = state.accounts[&p.account].spec.currency.to_string();
+            let change = match &e.payload {
+                EventPayload::AccountOpened { .. } => ViewChange::Opened { currency },
+                EventPayload::TransferPosted { transfer_id, .. } => {
+                    ViewChange::Posted { currency, amount: p.amount, transfer_id: *transfer_id, occurred_at: now }
+                }
+            };
+            changes.push(RecordChange { event_id: e.event_id, account: p.account.to_string(), change });
+        }
+    }
+    crate::views::apply_batch(tx, &changes).await?;
+    Ok(())
+}
+
+/// The conflict as stored and published.
+pub fn conflict_json(c: &Conflict, detected_by: &RegionId) -> Value {
+    json!({
+        "conflict_id": c.conflict_id,
+        "kind": c.kind.as_str(),
+        "account": c.account,
+        "events": c.sides.iter().map(|(id, region, vector)| json!({"event_id": id, "region": region, "vector": vector})).collect::<Vec<_>>(),
+        "detected_by": detected_by,
+    })
+}
+
+/// Conflicts (each with the event that revealed it), and a `ledger.conflicts` outbox record for
+/// each one new here.
+async fn write_conflicts(
+    tx: &mut PgConnection,
+    region: &RegionId,
+    conflicts: Vec<(&Conflict, uuid::Uuid)>,
+) -> Result<(), sqlx::Error> {
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let mut c = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut d = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (conflict, by) in &conflicts {
+        let [(a, ra, va), (b, rb, vb)] = &conflict.sides;
+        c.0.push(conflict.conflict_id);
+        c.1.push(conflict.kind.as_str());
+        c.2.push(conflict.account.as_str());
+        c.3.push(*a);
+        c.4.push(ra.as_str());
+        c.5.push(json!(va));
+        d.0.push(*b);
+        d.1.push(rb.as_str());
+        d.2.push(json!(vb));
+        d.3.push(*by);
+        d.4.push(conflict_json(conflict, region));
+    }
+    let new: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO conflicts (conflict_id, kind, account_id, event_a, region_a, vector_a, event_b, region_b, vector_b)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::jsonb[])
+         ON CONFLICT (conflict_id) DO NOTHING RETURNING conflict_id",
+    )
+    .bind(&c.0)
+    .bind(&c.1)
+    .bind(&c.2)
+    .bind(&c.3)
+    .bind(&c.4)
+    .bind(&c.5)
+    .bind(&d.0)
+    .bind(&d.1)
+    .bind(&d.2)
+    .fetch_all(&mut *tx)
+    .await?;
+    if new.is_empty() {
+        return Ok(());
+    }
+    let new: BTreeSet<uuid::Uuid> = new.into_iter().collect();
+    let mut o = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (conflict, _)) in conflicts.iter().enumerate() {
+        if new.contains(&conflict.conflict_id) {
+            tracing::warn!(conflict_id = %conflict.conflict_id, kind = conflict.kind.as_str(), account = %conflict.account, "conflict detected");
+            metrics::counter!(crate::telemetry::metric::CONFLICTS, "kind" => conflict.kind.as_str()).increment(1);
+            o.0.push(d.3[i]);
+            o.1.push(conflict.conflict_id.to_string());
+            o.2.push(d.4[i].clone());
+        }
+    }
+    // The NOTIFY payload is the first new row's id: the publisher looks from there (see outbox.rs).
+    sqlx::query(
+        "WITH o AS (
+             INSERT INTO outbox (event_id, topic, partition_key, event_type, payload)
+             SELECT e, 'ledger.conflicts', k, 'conflict.detected', p FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS u(e, k, p)
+             RETURNING id
+         )
+         SELECT pg_notify($4, min(id)::text) FROM o",
+    )
+    .bind(&o.0)
+    .bind(&o.1)
+    .bind(&o.2)
+    .bind(OUTBOX_CHANNEL)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Held events: those decided (applied, known, dead) leave; those still waiting are stored with the
+/// event they wait for.
+async fn write_held(tx: &mut PgConnection, events: &[Held], fates: &[Fate]) -> Result<(), sqlx::Error> {
+    let mut done = Vec::new();
+    let mut wait = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (held, fate) in events.iter().zip(fates) {
+        let e = &held.event;
+        match fate {
+            Fate::Wait(key) => {
+                wait.0.push(e.event_id);
+                wait.1.push(e.origin_region.as_str());
+                wait.2.push(held.raw.clone());
+                wait.3.push(key.account.as_str());
+                wait.4.push(key.region.as_str());
+                wait.5.push(key.counter as i64);
+            }
+            Fate::Dead(reason) => {
+                dead.0.push(e.event_id);
+                dead.1.push(e.origin_region.as_str());
+                dead.2.push(serde_json::to_vec(&held.raw).unwrap_or_default());
+                dead.3.push(reason.as_str());
+                done.push(e.event_id);
+            }
+            Fate::Applied(_) | Fate::AlreadyApplied => done.push(e.event_id),
+        }
+    }
+    if !done.is_empty() {
+        sqlx::query("DELETE FROM pending_events WHERE event_id = ANY($1)").bind(&done).execute(&mut *tx).await?;
+    }
+    if !wait.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO pending_events (event_id, origin_region, payload, wait_account, wait_region, wait_counter)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::int8[])
+             ON CONFLICT (event_id) DO UPDATE SET wait_account = EXCLUDED.wait_account,
+                 wait_region = EXCLUDED.wait_region, wait_counter = EXCLUDED.wait_counter",
+        )
+        .bind(&wait.0)
+        .bind(&wait.1)
+        .bind(&wait.2)
+        .bind(&wait.3)
+        .bind(&wait.4)
+        .bind(&wait.5)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !dead.0.is_empty() {
+        for reason in &dead.3 {
+            tracing::error!(%reason, "a replicated event cannot be applied: dead letter");
+        }
+        metrics::counter!(crate::telemetry::metric::DEAD_LETTERS).increment(dead.0.len() as u64);
+        sqlx::query(
+            "INSERT INTO dead_letters (event_id, origin_region, source, payload, reason)
+             SELECT e, o, 'apply', p, r FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS u(e, o, p, r)
+             ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING",
+        )
+        .bind(&dead.0)
+        .bind(&dead.1)
+        .bind(&dead.2)
+        .bind(&dead.3)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
