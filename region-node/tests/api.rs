@@ -492,3 +492,51 @@ async fn transfers_succeed_when_the_remembered_accounts_limit_is_crossed() {
     assert_ledger_consistent(&node.db.pool).await;
     node.stop().await;
 }
+
+/// Regression: a retry of a transfer that emptied its source was planned against the new balance,
+/// refused for insufficient funds (a refusal writes nothing, so the key's unique index never
+/// fired) and answered 409 instead of the original 201. A key reused with another body that would
+/// be refused was answered with that refusal instead of `idempotency-key-reused`.
+#[tokio::test]
+async fn idempotency_keys_replay_whatever_the_balances_are_now() {
+    let node = with_world().await;
+    funded(&node, "alice", 100).await;
+    node.open("bob", "USD", false).await;
+    let key = [("Idempotency-Key", "empty-alice")];
+    let post = |body: Value| node.send(Method::POST, "/v1/transfers", Some(&node.write_key), Some(body), &key);
+    let body = json!({"from": "alice", "to": "bob", "amount": 100});
+    let first = post(body.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let before = node.fingerprint().await;
+
+    // (a) The retry replays the original, though alice now has nothing.
+    let retry = post(body).await;
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(node.fingerprint().await, before, "a replay writes nothing");
+    assert_eq!((node.balance("alice").await, node.balance("bob").await), (0, 100));
+
+    // (b), (c) and the others: the key is taken, whatever the new body would have met.
+    for (name, other) in [
+        ("insufficient funds", json!({"from": "alice", "to": "bob", "amount": 101})),
+        ("unknown account", json!({"from": "alice", "to": "nobody", "amount": 1})),
+        ("unknown source", json!({"from": "nobody", "to": "bob", "amount": 1})),
+        ("same account", json!({"from": "bob", "to": "bob", "amount": 1})),
+    ] {
+        let reused = post(other).await;
+        assert_eq!((reused.status, reused.problem()), (409, "idempotency-key-reused"), "{name}: {}", reused.body);
+    }
+    node.open("eve-eur", "EUR", false).await;
+    let before = node.fingerprint().await;
+    let reused = post(json!({"from": "bob", "to": "eve-eur", "amount": 1})).await;
+    assert_eq!(
+        (reused.status, reused.problem()),
+        (409, "idempotency-key-reused"),
+        "currency mismatch: {}",
+        reused.body
+    );
+    assert_eq!(node.fingerprint().await, before, "a reused key writes nothing");
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}

@@ -237,6 +237,13 @@ impl Batch {
         !self.writes.ev_id.is_empty()
     }
 
+    /// Whether a command of `commands` (those planned) carrying an idempotency key was refused.
+    pub(super) fn refuses_a_keyed_command(&self, commands: &[Command]) -> bool {
+        commands.iter().zip(&self.results).any(|(command, result)| {
+            result.is_err() && matches!(command, Command::Transfer(t) if t.idempotency_key.is_some())
+        })
+    }
+
     /// Each command's reply, and every account the batch touched as it leaves them.
     pub(super) fn into_committed(self) -> (Vec<Result<Outcome, Problem>>, Vec<AccountRow>) {
         (self.results, self.accounts.into_values().collect())

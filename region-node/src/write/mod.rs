@@ -343,8 +343,13 @@ async fn plan(
         states.extend(loaded.iter().map(|row| (row.state.spec.id.clone(), row.clone())));
         lock(remembered).remember(loaded);
     }
-    // An account neither remembered nor read does not exist.
-    Some(batch::Batch::plan(region, states, HashMap::new(), commands))
+    // An account neither remembered nor read does not exist. The plan reads no idempotency
+    // records: an accepted command whose key is taken fails on the key's unique index at commit and
+    // the batch is run again reading them, but a refused one writes nothing, so nothing would
+    // notice that its key answers for an earlier transfer (a replay, or a key reused with another
+    // body). A batch refusing a command with a key is therefore run reading its records first.
+    let batch = batch::Batch::plan(region, states, HashMap::new(), commands);
+    if batch.refuses_a_keyed_command(commands) { None } else { Some(batch) }
 }
 
 type Committed = (Vec<Result<Outcome, Problem>>, Vec<batch::AccountRow>);
