@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod consumer;
+pub mod idempotency;
 pub mod outbox;
 pub mod problem;
 pub mod remote;

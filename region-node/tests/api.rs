@@ -540,3 +540,44 @@ async fn idempotency_keys_replay_whatever_the_balances_are_now() {
     assert_ledger_consistent(&node.db.pool).await;
     node.stop().await;
 }
+
+/// Regression (finding 9): idempotency keys were global strings, so two tenants (two API keys)
+/// choosing the same key saw each other's transfer replayed, or a 409. A key is now scoped to the
+/// API key that used it, and every response still shows the client's own key.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_api_key() {
+    let node = with_world().await;
+    funded(&node, "alice", 100).await;
+    node.open("bob", "USD", false).await;
+    let other_key = format!("test-write-b-{}", uuid::Uuid::new_v4());
+    region_node::api::auth_ensure_key(&node.db.pool, "tenant-b", &other_key, &["read", "write"]).await.unwrap();
+    async fn post(node: &TestNode, api_key: &str, body: &Value) -> common::Reply {
+        let key = [("Idempotency-Key", "order-1")];
+        node.send(Method::POST, "/v1/transfers", Some(api_key), Some(body.clone()), &key).await
+    }
+    let (body_a, body_b) =
+        (json!({"from": "alice", "to": "bob", "amount": 10}), json!({"from": "world", "to": "bob", "amount": 7}));
+    let a = post(&node, &node.write_key, &body_a).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let b = post(&node, &other_key, &body_b).await;
+    assert_eq!(b.status, 201, "the same key under another API key is another request: {}", b.body);
+    assert!(b.headers.get("idempotent-replayed").is_none());
+    assert_ne!(a.body["id"], b.body["id"]);
+    for (api_key, body, first) in [(&node.write_key, &body_a, &a), (&other_key, &body_b, &b)] {
+        assert_eq!(first.body["idempotency_key"], "order-1", "responses show the client's key");
+        let retry = post(&node, api_key, body).await;
+        assert_eq!(retry.status, 201, "{}", retry.body);
+        assert_eq!(retry.headers["idempotent-replayed"], "true");
+        assert_eq!(retry.body, first.body, "each API key replays its own transfer");
+        let got = node.get(&format!("/v1/transfers/{}", first.body["id"].as_str().unwrap())).await;
+        assert_eq!(got.body, first.body, "GET shows the client's key too");
+    }
+    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE idempotency_key IS NOT NULL")
+        .fetch_one(&node.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(transfers, 2);
+    assert_eq!(node.balance("bob").await, 17);
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}

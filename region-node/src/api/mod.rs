@@ -8,7 +8,7 @@ mod conflicts;
 mod health;
 mod transfers;
 
-pub use auth::{KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
+pub use auth::{Caller, KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
 
 use crate::config::NodeConfig;
 use crate::problem::Problem;

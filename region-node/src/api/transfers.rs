@@ -2,13 +2,14 @@
 
 use super::accounts::parse_account_id;
 use super::body::{JsonBody, canonical_hash};
-use super::{AppState, read_problem, with_timeout};
+use super::{AppState, Caller, read_problem, with_timeout};
+use crate::idempotency;
 use crate::problem::Problem;
 use crate::write::{Command, Outcome, Transfer, transfer_json};
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use ledger_core::{AccountId, Amount, Currency, VersionVector};
 use serde::Deserialize;
 use serde_json::Value;
@@ -76,8 +77,14 @@ fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Cu
     Ok((from, to, amount, currency))
 }
 
-pub(super) async fn create(state: State<AppState>, headers: HeaderMap, body: JsonBody<TransferBody>) -> Response {
-    let command = match parse_idempotency_key(&headers).and_then(|key| Ok((key, parse(&body.value)?))) {
+pub(super) async fn create(
+    state: State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: JsonBody<TransferBody>,
+) -> Response {
+    let key = parse_idempotency_key(&headers).map(|key| key.map(|key| idempotency::scoped(&caller.key_hash, &key)));
+    let command = match key.and_then(|key| Ok((key, parse(&body.value)?))) {
         Ok((idempotency_key, (from, to, amount, currency))) => Transfer {
             transfer_id: uuid::Uuid::now_v7(),
             from,

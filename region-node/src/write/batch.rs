@@ -576,7 +576,8 @@ fn posting_problem(e: PostingError) -> Problem {
     }
 }
 
-/// The transfer representation, shared by `POST` (and its replays) and `GET`.
+/// The transfer representation, shared by `POST` (and its replays) and `GET`. `idempotency_key`
+/// is the key as stored (scoped to the API key); the representation shows the client's part.
 #[allow(clippy::too_many_arguments)]
 pub fn transfer_json(
     id: uuid::Uuid,
@@ -599,7 +600,8 @@ pub fn transfer_json(
         "currency": currency,
         "metadata": metadata,
         "origin_region": origin_region,
-        "idempotency_key": idempotency_key,
+        // Stored scoped to the API key; the client sees its own key.
+        "idempotency_key": idempotency_key.map(crate::idempotency::client_part),
         "created_at": rfc3339(created_at),
         "version_vectors": { from.as_str(): from_vector, to.as_str(): to_vector },
     })

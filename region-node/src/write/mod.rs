@@ -43,7 +43,7 @@ pub struct Transfer {
     pub currency: Option<Currency>,
     /// Client data.
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// The client's idempotency key.
+    /// The client's idempotency key, scoped to its API key (see [`crate::idempotency`]).
     pub idempotency_key: Option<String>,
     /// SHA-256 of the canonical request body, to tell a replay from a reuse of the key.
     pub request_hash: String,
