@@ -581,3 +581,53 @@ async fn idempotency_keys_are_scoped_to_the_api_key() {
     assert_ledger_consistent(&node.db.pool).await;
     node.stop().await;
 }
+
+/// Bounds on money: a transfer moves at most 10^15 minor units and no balance leaves ±2^62. An
+/// `allow_negative` source credited again and again ends in a refusal that changes nothing.
+#[tokio::test]
+async fn amounts_and_balances_stay_within_their_bounds() {
+    let node = with_world().await;
+    node.open("vault", "USD", true).await;
+    let (amount_max, balance_max) = (ledger_core::AMOUNT_MAX, ledger_core::BALANCE_MAX);
+    assert_eq!((amount_max, balance_max), (1_000_000_000_000_000, 1 << 62));
+    let r = node.transfer("world", "vault", amount_max).await;
+    assert_eq!(r.status, 201, "the largest amount is accepted: {}", r.body);
+    let before = node.fingerprint().await;
+    let r = node.transfer("world", "vault", amount_max + 1).await;
+    assert_eq!((r.status, r.problem()), (400, "amount-out-of-range"), "{}", r.body);
+    assert_eq!(node.fingerprint().await, before);
+
+    // Credit the vault with the largest amount, 200 requests at a time, until the bound refuses:
+    // floor(2^62 / 10^15) = 4,611 credits fit, the first included.
+    let mut accepted = 1;
+    let mut refused = 0;
+    while refused == 0 {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (http, key, base) = (node.http.clone(), node.write_key.clone(), node.base.clone());
+                let body = json!({"from": "world", "to": "vault", "amount": amount_max});
+                tokio::spawn(async move { transfer_at(&http, &key, &base, &body).await })
+            })
+            .collect();
+        for task in tasks {
+            match task.await.unwrap() {
+                (201, _) => accepted += 1,
+                (422, body) if body["type"] == format!("{}balance-overflow", region_node::problem::TYPE_BASE) => {
+                    refused += 1
+                }
+                (status, body) => panic!("unexpected {status}: {body}"),
+            }
+        }
+        assert!(accepted <= balance_max / amount_max, "the vault passed the bound");
+    }
+    assert_eq!(accepted, balance_max / amount_max);
+    let vault = node.balance("vault").await;
+    assert_eq!(vault, accepted * amount_max);
+    assert_eq!(node.balance("world").await, -vault);
+    let before = node.fingerprint().await;
+    let again = node.transfer("world", "vault", amount_max).await;
+    assert_eq!((again.status, again.problem()), (422, "balance-overflow"), "{}", again.body);
+    assert_eq!(node.fingerprint().await, before, "a refusal changes nothing");
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}

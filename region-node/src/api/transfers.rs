@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ledger_core::{AccountId, Amount, Currency, VersionVector};
+use ledger_core::{AMOUNT_MAX, AccountId, Amount, Currency, MoneyError, VersionVector};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -38,14 +38,17 @@ fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
         return Err(Problem::invalid_amount("amount must be a JSON integer of minor units"));
     };
     if let Some(i) = n.as_i64() {
-        return Amount::new(i).map_err(|e| Problem::invalid_amount(e.to_string()));
+        return Amount::new(i).map_err(|e| match e {
+            MoneyError::TooLarge(_) => Problem::amount_out_of_range(e.to_string()),
+            _ => Problem::invalid_amount(e.to_string()),
+        });
     }
     if n.as_u64().is_some() {
-        return Err(Problem::amount_out_of_range(format!("amount {n} exceeds {}", i64::MAX)));
+        return Err(Problem::amount_out_of_range(format!("amount {n} exceeds the largest transfer, {AMOUNT_MAX}")));
     }
     match n.as_f64() {
         Some(f) if f.fract() == 0.0 && f.abs() > i64::MAX as f64 => {
-            Err(Problem::amount_out_of_range(format!("amount {n} exceeds {}", i64::MAX)))
+            Err(Problem::amount_out_of_range(format!("amount {n} exceeds the largest transfer, {AMOUNT_MAX}")))
         }
         _ => Err(Problem::invalid_amount(format!("amount must be an integer of minor units, got {n}"))),
     }
@@ -165,11 +168,14 @@ mod tests {
     #[test]
     fn amounts_are_positive_integers_within_range() {
         assert_eq!(parse_amount(&serde_json::json!(100)).unwrap().minor_units(), 100);
+        assert_eq!(parse_amount(&serde_json::json!(AMOUNT_MAX)).unwrap().minor_units(), AMOUNT_MAX);
         for (bad, slug) in [
             (serde_json::json!(0), "invalid-amount"),
             (serde_json::json!(-5), "invalid-amount"),
             (serde_json::json!(1.5), "invalid-amount"),
             (serde_json::json!("100"), "invalid-amount"),
+            (serde_json::json!(AMOUNT_MAX + 1), "amount-out-of-range"),
+            (serde_json::json!(i64::MAX), "amount-out-of-range"),
             (serde_json::json!(u64::MAX), "amount-out-of-range"),
             (serde_json::from_str::<Value>("1e30").unwrap(), "amount-out-of-range"),
         ] {

@@ -571,7 +571,7 @@ fn posting_problem(e: PostingError) -> Problem {
         PostingError::SameAccount => Problem::same_account(),
         PostingError::CurrencyMismatch { .. } => Problem::currency_mismatch(e.to_string()),
         PostingError::InsufficientFunds { .. } => Problem::insufficient_funds(e.to_string()),
-        PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
+        PostingError::BalanceOutOfRange { .. } | PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
         PostingError::UnknownAccount => Problem::account_not_found("?"),
     }
 }
