@@ -46,6 +46,8 @@ pub mod metric {
     pub const APPLIED: &str = "ledger_consumer_events_applied_total";
     /// Counter, label `kind`: conflicts detected by remote apply.
     pub const CONFLICTS: &str = "ledger_conflicts_detected_total";
+    /// Counter, label `task`: restarts of a supervised background task (see `supervise`).
+    pub const TASK_RESTARTS: &str = "ledger_task_restarts_total";
     /// Gauge, seconds since the last snapshot.
     pub const SNAPSHOT_AGE: &str = "ledger_snapshot_age_seconds";
 }

@@ -308,6 +308,18 @@ async fn health_readiness_and_metrics() {
     assert_eq!(healthz.status, 200);
     let ready = node.http.get(format!("{}/readyz", node.base)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // Every supervised background task is listed, running, never restarted.
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let tasks = ready["tasks"].as_array().unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().unwrap()).collect();
+    assert_eq!(names, ["consumer", "publisher"], "{ready}");
+    for task in tasks {
+        assert_eq!(
+            (&task["state"], &task["restarts"], &task["last_error"]),
+            (&json!("running"), &json!(0), &Value::Null)
+        );
+    }
     node.wait_read_models(Duration::from_secs(30)).await;
     let metrics = node.http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
     for name in [
@@ -317,6 +329,7 @@ async fn health_readiness_and_metrics() {
         "ledger_outbox_backlog",
         "ledger_consumer_events_applied_total",
         "ledger_snapshot_age_seconds",
+        "ledger_task_restarts_total{task=\"publisher\"}",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// For `/readyz`: a client that can ask the broker for metadata.
     pub kafka: Arc<rdkafka::consumer::BaseConsumer>,
+    /// For `/readyz`: the supervised background tasks' states.
+    pub tasks: crate::supervise::Tasks,
 }
 
 impl AppState {
