@@ -20,6 +20,6 @@ pub use account::{AccountSpec, AccountState};
 pub use currency::Currency;
 pub use event::{EventPayload, LedgerEvent};
 pub use ids::{AccountId, IdError, RegionId};
-pub use money::{Amount, MoneyError};
+pub use money::{AMOUNT_MAX, Amount, BALANCE_MAX, MoneyError};
 pub use posting::{PostingError, post_transfer};
 pub use vv::VersionVector;

@@ -1,7 +1,22 @@
 //! Money amounts: integers in minor units (cents for USD), never floats, with every operation
 //! checked so an overflow is an error instead of a silent wrap.
+//!
+//! Bounds: a transfer moves at most [`AMOUNT_MAX`] and every balance stays within
+//! ±[`BALANCE_MAX`]. Since `BALANCE_MAX + AMOUNT_MAX` is far below `i64::MAX`, one posting on a
+//! balance within bounds can never overflow 64 bits, and the sum of a region's balances, of
+//! entries, or of the postings over a causal past stays far from the edge of `bigint` too.
 
 use serde::{Deserialize, Serialize};
+
+/// The largest amount one transfer may move, in minor units: 10^15 (ten trillion dollars in
+/// cents), beyond any real payment, and small enough that thousands of them added to a balance
+/// within bounds still fit in 64 bits.
+pub const AMOUNT_MAX: i64 = 1_000_000_000_000_000;
+
+/// The largest magnitude a balance may reach, in minor units: 2^62, half of `i64`'s range, so a
+/// balance plus or minus any amount up to [`AMOUNT_MAX`] is computed without overflow and then
+/// checked against the bound.
+pub const BALANCE_MAX: i64 = 1 << 62;
 
 /// Why an amount could not be built or combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -9,24 +24,30 @@ pub enum MoneyError {
     /// A transfer amount must be strictly positive; zero and negative amounts move nothing.
     #[error("amount must be positive, got {0}")]
     NotPositive(i64),
+    /// A transfer amount above [`AMOUNT_MAX`].
+    #[error("amount {0} exceeds the largest transfer, {AMOUNT_MAX}")]
+    TooLarge(i64),
     /// The result does not fit in 64 bits of minor units.
     #[error("amount arithmetic overflowed")]
     Overflow,
 }
 
-/// A strictly positive amount in minor units, as carried by one transfer.
+/// A strictly positive amount in minor units, at most [`AMOUNT_MAX`], as carried by one transfer.
 ///
 /// Stored as `i64` because PostgreSQL's `bigint` is signed and balances may go negative on
-/// accounts that allow it; the positive range of `i64` is far beyond any real transfer.
+/// accounts that allow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
 pub struct Amount(i64);
 
 impl Amount {
-    /// Builds an amount, refusing zero and negative values.
+    /// Builds an amount, refusing zero, negative values and values above [`AMOUNT_MAX`].
     pub fn new(minor_units: i64) -> Result<Self, MoneyError> {
         if minor_units <= 0 {
             return Err(MoneyError::NotPositive(minor_units));
+        }
+        if minor_units > AMOUNT_MAX {
+            return Err(MoneyError::TooLarge(minor_units));
         }
         Ok(Self(minor_units))
     }
@@ -71,6 +92,15 @@ mod tests {
         assert_eq!(Amount::new(-5), Err(MoneyError::NotPositive(-5)));
         assert!(serde_json::from_str::<Amount>("0").is_err());
         assert!(serde_json::from_str::<Amount>("1.5").is_err());
+    }
+
+    #[test]
+    fn amounts_above_the_largest_transfer_are_refused() {
+        assert_eq!(Amount::new(AMOUNT_MAX).map(Amount::minor_units), Ok(AMOUNT_MAX));
+        assert_eq!(Amount::new(AMOUNT_MAX + 1), Err(MoneyError::TooLarge(AMOUNT_MAX + 1)));
+        assert!(serde_json::from_str::<Amount>(&(AMOUNT_MAX + 1).to_string()).is_err());
+        // One posting on a balance within bounds cannot overflow.
+        assert!(BALANCE_MAX.checked_add(AMOUNT_MAX).is_some() && (-BALANCE_MAX).checked_sub(AMOUNT_MAX).is_some());
     }
 
     #[test]

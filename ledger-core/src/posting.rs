@@ -1,11 +1,12 @@
 //! The double-entry rule: a transfer debits one account and credits another by the same amount, in
 //! the same currency, and never takes an account that forbids it below zero. Both postings happen or
-//! neither does, so the sum of all balances never changes.
+//! neither does, so the sum of all balances never changes. No balance leaves ±[`BALANCE_MAX`].
 
 use crate::account::AccountState;
 use crate::currency::Currency;
+use crate::ids::AccountId;
 use crate::ids::RegionId;
-use crate::money::{Amount, MoneyError, credit, debit};
+use crate::money::{Amount, BALANCE_MAX, MoneyError, credit, debit};
 
 /// Why a transfer cannot be posted. Nothing changes when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,10 +32,22 @@ pub enum PostingError {
         /// The amount asked for.
         amount: i64,
     },
+    /// The transfer would leave a balance outside ±[`BALANCE_MAX`].
+    #[error("the balance of {account} would be {balance} {sign} {amount}, outside ±{BALANCE_MAX}", sign = if *credited { "+" } else { "-" })]
+    BalanceOutOfRange {
+        /// The account whose balance would leave the bounds.
+        account: AccountId,
+        /// Its balance.
+        balance: i64,
+        /// The amount.
+        amount: i64,
+        /// Whether the account is the credited one.
+        credited: bool,
+    },
     /// An account this region does not know.
     #[error("unknown account")]
     UnknownAccount,
-    /// A balance would leave the 64-bit range.
+    /// A counter would leave the 64-bit range (an entry sequence); balances are bounded first.
     #[error(transparent)]
     Money(#[from] MoneyError),
 }
@@ -61,6 +74,16 @@ pub fn post_transfer(
         return Err(PostingError::InsufficientFunds { balance: from.balance, amount: amount.minor_units() });
     }
     let to_balance = credit(to.balance, amount)?;
+    for (account, after, credited) in [(&*from, from_balance, false), (&*to, to_balance, true)] {
+        if !(-BALANCE_MAX..=BALANCE_MAX).contains(&after) {
+            return Err(PostingError::BalanceOutOfRange {
+                account: account.spec.id.clone(),
+                balance: account.balance,
+                amount: amount.minor_units(),
+                credited,
+            });
+        }
+    }
     let (from_seq, to_seq) = (from.entry_seq.checked_add(1), to.entry_seq.checked_add(1));
     let (Some(from_seq), Some(to_seq)) = (from_seq, to_seq) else {
         return Err(PostingError::Money(MoneyError::Overflow));
@@ -78,7 +101,7 @@ pub fn post_transfer(
 mod tests {
     use super::*;
     use crate::account::AccountSpec;
-    use crate::ids::AccountId;
+    use crate::money::AMOUNT_MAX;
     use proptest::prelude::*;
 
     fn account(id: &str, allow_negative: bool) -> AccountState {
@@ -125,7 +148,69 @@ mod tests {
         assert_eq!(world.balance, 0);
     }
 
+    #[test]
+    fn a_balance_never_leaves_its_bounds_and_a_refusal_changes_nothing() {
+        let (mut world, mut b) = (account("world", true), account("b", false));
+        b.balance = BALANCE_MAX - 1;
+        post_transfer(&mut world, &mut b, Amount::new(1).unwrap(), None, &us()).unwrap();
+        assert_eq!(b.balance, BALANCE_MAX, "the bound itself is reachable");
+        let before = (world.clone(), b.clone());
+        let err = post_transfer(&mut world, &mut b, Amount::new(1).unwrap(), None, &us()).unwrap_err();
+        assert!(matches!(err, PostingError::BalanceOutOfRange { credited: true, .. }), "{err}");
+        assert_eq!((world.clone(), b.clone()), before);
+        world.balance = -BALANCE_MAX;
+        let mut c = account("c", false);
+        let err = post_transfer(&mut world, &mut c, Amount::new(1).unwrap(), None, &us()).unwrap_err();
+        assert!(matches!(err, PostingError::BalanceOutOfRange { credited: false, .. }), "{err}");
+        assert_eq!((world.balance, c.balance), (-BALANCE_MAX, 0));
+    }
+
+    /// A balance within bounds, often at or near an edge.
+    fn balance() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            -BALANCE_MAX..=BALANCE_MAX,
+            (0..=AMOUNT_MAX).prop_map(|d| BALANCE_MAX - d),
+            (0..=AMOUNT_MAX).prop_map(|d| d - BALANCE_MAX),
+            Just(0i64),
+        ]
+    }
+
+    /// An amount up to the largest transfer, often at or near it.
+    fn amount() -> impl Strategy<Value = i64> {
+        prop_oneof![1..=AMOUNT_MAX, (0..1_000i64).prop_map(|d| AMOUNT_MAX - d), 1..1_000i64]
+    }
+
     proptest! {
+        /// Any amount up to `AMOUNT_MAX` between any balances within bounds: posting never panics,
+        /// never leaves a balance outside ±`BALANCE_MAX`, moves exactly the amount when it
+        /// succeeds and changes nothing when it refuses.
+        #[test]
+        fn posting_keeps_every_balance_within_bounds(
+            from_balance in balance(), to_balance in balance(), amount in amount(), allow_negative: bool,
+        ) {
+            let (mut a, mut b) = (account("a", allow_negative), account("b", false));
+            a.balance = from_balance;
+            b.balance = to_balance;
+            let before = (a.clone(), b.clone());
+            match post_transfer(&mut a, &mut b, Amount::new(amount).unwrap(), None, &us()) {
+                Ok(()) => {
+                    prop_assert_eq!((a.balance, b.balance), (from_balance - amount, to_balance + amount));
+                }
+                Err(PostingError::InsufficientFunds { .. }) => {
+                    prop_assert!(!allow_negative && from_balance - amount < 0);
+                    prop_assert_eq!((&a, &b), (&before.0, &before.1));
+                }
+                Err(PostingError::BalanceOutOfRange { .. }) => {
+                    prop_assert!(from_balance - amount < -BALANCE_MAX || to_balance + amount > BALANCE_MAX);
+                    prop_assert_eq!((&a, &b), (&before.0, &before.1));
+                }
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
+            for balance in [a.balance, b.balance] {
+                prop_assert!((-BALANCE_MAX..=BALANCE_MAX).contains(&balance));
+            }
+        }
+
         /// Random transfer sequences among funding and customer accounts: the sum of all balances
         /// stays zero, no customer account ever goes below zero, and an accepted transfer moves
         /// exactly its amount.

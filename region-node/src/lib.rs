@@ -10,9 +10,11 @@
 pub mod api;
 pub mod config;
 pub mod consumer;
+pub mod idempotency;
 pub mod outbox;
 pub mod problem;
 pub mod remote;
+pub mod supervise;
 pub mod telemetry;
 mod views;
 pub mod write;
@@ -115,6 +117,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     let (writer, committer) = write::start(region.clone(), &cfg)?;
     let mut tasks = vec![committer.abort_handle()];
     let topic = format!("{}ledger.events", cfg.topic_prefix);
+    // The background tasks are supervised: restarted when they end early, their state in /readyz.
+    let supervised = supervise::Tasks::default();
     let publisher = cfg.run_publisher.then(|| {
         let pcfg = outbox::PublisherConfig {
             region: region.to_string(),
@@ -125,7 +129,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             poll: Duration::from_millis(cfg.publish_poll_ms),
             linger: Duration::from_millis(cfg.publish_linger_ms),
         };
-        tokio::spawn(outbox::run(pool.clone(), pcfg, background.clone()))
+        let (pool, background) = (pool.clone(), background.clone());
+        supervise::spawn("publisher", &supervised, background.clone(), move || {
+            outbox::run(pool.clone(), pcfg.clone(), background.clone())
+        })
     });
     let consumer = cfg.run_consumer.then(|| {
         let ccfg = consumer::ConsumerConfig {
@@ -137,7 +144,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             snapshot_every: Duration::from_millis(cfg.snapshot_every_ms),
             bloom_items: cfg.dedupe_bloom_items,
         };
-        tokio::spawn(consumer::run(pool.clone(), ccfg, background.clone()))
+        let (pool, background) = (pool.clone(), background.clone());
+        supervise::spawn("consumer", &supervised, background.clone(), move || {
+            consumer::run(pool.clone(), ccfg.clone(), background.clone())
+        })
     });
     let remote = (!cfg.peers.is_empty()).then(|| {
         let rcfg = remote::RemoteConfig {
@@ -147,7 +157,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             group: format!("{}ledger-apply-{}", cfg.topic_prefix, region),
             batch_max: cfg.consume_batch_max,
         };
-        tokio::spawn(remote::run(pool.clone(), rcfg, background.clone()))
+        let (pool, background) = (pool.clone(), background.clone());
+        supervise::spawn("remote-apply", &supervised, background.clone(), move || {
+            remote::run(pool.clone(), rcfg.clone(), background.clone())
+        })
     });
     tasks.extend(remote.iter().map(JoinHandle::abort_handle));
     tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
@@ -160,6 +173,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         cfg: Arc::new(cfg),
         keys: Arc::new(api::KeyCache::default()),
         kafka,
+        tasks: supervised,
     };
     let app = api::router(state);
     let http_shutdown = shutdown.clone();
@@ -179,11 +193,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         // 2. The committer commits what is queued and stops.
         let _ = committer.await;
         // 3. The publisher publishes what was just committed; the consumer commits its offsets.
+        // Their supervisors restart nothing once `background` is cancelled, and log an error.
         background.cancel();
-        if let Some(p) = publisher
-            && let Ok(Err(e)) = p.await
-        {
-            tracing::error!(error = %e, "publisher stopped with an error");
+        if let Some(p) = publisher {
+            let _ = p.await;
         }
         if let Some(c) = consumer {
             let _ = c.await;

@@ -82,7 +82,7 @@ impl Problem {
     pub fn invalid_amount(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid-amount", "Invalid amount", detail)
     }
-    /// An amount beyond 64-bit minor units.
+    /// An amount above `ledger_core::AMOUNT_MAX` (10^15 minor units).
     pub fn amount_out_of_range(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "amount-out-of-range", "Amount out of range", detail)
     }
@@ -111,7 +111,7 @@ impl Problem {
     pub fn insufficient_funds(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "insufficient-funds", "Insufficient funds", detail)
     }
-    /// A balance would leave the 64-bit range.
+    /// A transfer would leave a balance outside ±`ledger_core::BALANCE_MAX` (2^62 minor units).
     pub fn balance_overflow(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "balance-overflow", "Balance out of range", detail)
     }

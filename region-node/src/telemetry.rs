@@ -54,6 +54,8 @@ pub mod metric {
     pub const HELD_OLDEST_AGE: &str = "ledger_remote_events_held_oldest_age_seconds";
     /// Counter: replicated records set aside as dead letters.
     pub const DEAD_LETTERS: &str = "ledger_remote_dead_letters_total";
+    /// Counter, label `task`: restarts of a supervised background task (see `supervise`).
+    pub const TASK_RESTARTS: &str = "ledger_task_restarts_total";
     /// Gauge, seconds since the last snapshot.
     pub const SNAPSHOT_AGE: &str = "ledger_snapshot_age_seconds";
 }

@@ -308,6 +308,18 @@ async fn health_readiness_and_metrics() {
     assert_eq!(healthz.status, 200);
     let ready = node.http.get(format!("{}/readyz", node.base)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // Every supervised background task is listed, running, never restarted.
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let tasks = ready["tasks"].as_array().unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().unwrap()).collect();
+    assert_eq!(names, ["consumer", "publisher"], "{ready}");
+    for task in tasks {
+        assert_eq!(
+            (&task["state"], &task["restarts"], &task["last_error"]),
+            (&json!("running"), &json!(0), &Value::Null)
+        );
+    }
     node.wait_read_models(Duration::from_secs(30)).await;
     let metrics = node.http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
     for name in [
@@ -317,6 +329,7 @@ async fn health_readiness_and_metrics() {
         "ledger_outbox_backlog",
         "ledger_consumer_events_applied_total",
         "ledger_snapshot_age_seconds",
+        "ledger_task_restarts_total{task=\"publisher\"}",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
@@ -453,5 +466,181 @@ async fn events_reach_kafka_with_headers_and_the_read_models_once() {
         .await
         .unwrap();
     assert_eq!(balances["bob"], 35);
+    node.stop().await;
+}
+
+/// Regression (finding 6): the committer remembers at most `accounts_remembered_max` accounts and
+/// used to forget them all when full, in the middle of planning a batch, so accounts it had just
+/// read looked absent and transfers between existing accounts got 404 `account-not-found`.
+#[tokio::test]
+async fn transfers_succeed_when_the_remembered_accounts_limit_is_crossed() {
+    let node = start(|cfg| cfg.accounts_remembered_max = 4).await;
+    let accounts: Vec<String> = (0..40).map(|i| format!("acc{i}")).collect();
+    for id in &accounts {
+        node.open(id, "USD", true).await;
+    }
+    // Seeded, so a failure replays: 400 transfers, 50 in flight at a time, so that batches hold
+    // several accounts and the limit is crossed inside one batch's planning.
+    let mut seed: u64 = 0x5eed_0006;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..8 {
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let from = (next() % 40) as usize;
+            let to = (from + 1 + (next() % 39) as usize) % 40;
+            let body = json!({"from": accounts[from], "to": accounts[to], "amount": 1 + next() % 100});
+            let (http, key, base) = (node.http.clone(), node.write_key.clone(), node.base.clone());
+            tasks.push(tokio::spawn(async move { transfer_at(&http, &key, &base, &body).await }));
+        }
+        for task in tasks {
+            let (status, body) = task.await.unwrap();
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}
+
+/// Regression: a retry of a transfer that emptied its source was planned against the new balance,
+/// refused for insufficient funds (a refusal writes nothing, so the key's unique index never
+/// fired) and answered 409 instead of the original 201. A key reused with another body that would
+/// be refused was answered with that refusal instead of `idempotency-key-reused`.
+#[tokio::test]
+async fn idempotency_keys_replay_whatever_the_balances_are_now() {
+    let node = with_world().await;
+    funded(&node, "alice", 100).await;
+    node.open("bob", "USD", false).await;
+    let key = [("Idempotency-Key", "empty-alice")];
+    let post = |body: Value| node.send(Method::POST, "/v1/transfers", Some(&node.write_key), Some(body), &key);
+    let body = json!({"from": "alice", "to": "bob", "amount": 100});
+    let first = post(body.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let before = node.fingerprint().await;
+
+    // (a) The retry replays the original, though alice now has nothing.
+    let retry = post(body).await;
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(node.fingerprint().await, before, "a replay writes nothing");
+    assert_eq!((node.balance("alice").await, node.balance("bob").await), (0, 100));
+
+    // (b), (c) and the others: the key is taken, whatever the new body would have met.
+    for (name, other) in [
+        ("insufficient funds", json!({"from": "alice", "to": "bob", "amount": 101})),
+        ("unknown account", json!({"from": "alice", "to": "nobody", "amount": 1})),
+        ("unknown source", json!({"from": "nobody", "to": "bob", "amount": 1})),
+        ("same account", json!({"from": "bob", "to": "bob", "amount": 1})),
+    ] {
+        let reused = post(other).await;
+        assert_eq!((reused.status, reused.problem()), (409, "idempotency-key-reused"), "{name}: {}", reused.body);
+    }
+    node.open("eve-eur", "EUR", false).await;
+    let before = node.fingerprint().await;
+    let reused = post(json!({"from": "bob", "to": "eve-eur", "amount": 1})).await;
+    assert_eq!(
+        (reused.status, reused.problem()),
+        (409, "idempotency-key-reused"),
+        "currency mismatch: {}",
+        reused.body
+    );
+    assert_eq!(node.fingerprint().await, before, "a reused key writes nothing");
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}
+
+/// Regression (finding 9): idempotency keys were global strings, so two tenants (two API keys)
+/// choosing the same key saw each other's transfer replayed, or a 409. A key is now scoped to the
+/// API key that used it, and every response still shows the client's own key.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_api_key() {
+    let node = with_world().await;
+    funded(&node, "alice", 100).await;
+    node.open("bob", "USD", false).await;
+    let other_key = format!("test-write-b-{}", uuid::Uuid::new_v4());
+    region_node::api::auth_ensure_key(&node.db.pool, "tenant-b", &other_key, &["read", "write"]).await.unwrap();
+    async fn post(node: &TestNode, api_key: &str, body: &Value) -> common::Reply {
+        let key = [("Idempotency-Key", "order-1")];
+        node.send(Method::POST, "/v1/transfers", Some(api_key), Some(body.clone()), &key).await
+    }
+    let (body_a, body_b) =
+        (json!({"from": "alice", "to": "bob", "amount": 10}), json!({"from": "world", "to": "bob", "amount": 7}));
+    let a = post(&node, &node.write_key, &body_a).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let b = post(&node, &other_key, &body_b).await;
+    assert_eq!(b.status, 201, "the same key under another API key is another request: {}", b.body);
+    assert!(b.headers.get("idempotent-replayed").is_none());
+    assert_ne!(a.body["id"], b.body["id"]);
+    for (api_key, body, first) in [(&node.write_key, &body_a, &a), (&other_key, &body_b, &b)] {
+        assert_eq!(first.body["idempotency_key"], "order-1", "responses show the client's key");
+        let retry = post(&node, api_key, body).await;
+        assert_eq!(retry.status, 201, "{}", retry.body);
+        assert_eq!(retry.headers["idempotent-replayed"], "true");
+        assert_eq!(retry.body, first.body, "each API key replays its own transfer");
+        let got = node.get(&format!("/v1/transfers/{}", first.body["id"].as_str().unwrap())).await;
+        assert_eq!(got.body, first.body, "GET shows the client's key too");
+    }
+    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE idempotency_key IS NOT NULL")
+        .fetch_one(&node.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(transfers, 2);
+    assert_eq!(node.balance("bob").await, 17);
+    assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}
+
+/// Bounds on money: a transfer moves at most 10^15 minor units and no balance leaves ±2^62. An
+/// `allow_negative` source credited again and again ends in a refusal that changes nothing.
+#[tokio::test]
+async fn amounts_and_balances_stay_within_their_bounds() {
+    let node = with_world().await;
+    node.open("vault", "USD", true).await;
+    let (amount_max, balance_max) = (ledger_core::AMOUNT_MAX, ledger_core::BALANCE_MAX);
+    assert_eq!((amount_max, balance_max), (1_000_000_000_000_000, 1 << 62));
+    let r = node.transfer("world", "vault", amount_max).await;
+    assert_eq!(r.status, 201, "the largest amount is accepted: {}", r.body);
+    let before = node.fingerprint().await;
+    let r = node.transfer("world", "vault", amount_max + 1).await;
+    assert_eq!((r.status, r.problem()), (400, "amount-out-of-range"), "{}", r.body);
+    assert_eq!(node.fingerprint().await, before);
+
+    // Credit the vault with the largest amount, 200 requests at a time, until the bound refuses:
+    // floor(2^62 / 10^15) = 4,611 credits fit, the first included.
+    let mut accepted = 1;
+    let mut refused = 0;
+    while refused == 0 {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (http, key, base) = (node.http.clone(), node.write_key.clone(), node.base.clone());
+                let body = json!({"from": "world", "to": "vault", "amount": amount_max});
+                tokio::spawn(async move { transfer_at(&http, &key, &base, &body).await })
+            })
+            .collect();
+        for task in tasks {
+            match task.await.unwrap() {
+                (201, _) => accepted += 1,
+                (422, body) if body["type"] == format!("{}balance-overflow", region_node::problem::TYPE_BASE) => {
+                    refused += 1
+                }
+                (status, body) => panic!("unexpected {status}: {body}"),
+            }
+        }
+        assert!(accepted <= balance_max / amount_max, "the vault passed the bound");
+    }
+    assert_eq!(accepted, balance_max / amount_max);
+    let vault = node.balance("vault").await;
+    assert_eq!(vault, accepted * amount_max);
+    assert_eq!(node.balance("world").await, -vault);
+    let before = node.fingerprint().await;
+    let again = node.transfer("world", "vault", amount_max).await;
+    assert_eq!((again.status, again.problem()), (422, "balance-overflow"), "{}", again.body);
+    assert_eq!(node.fingerprint().await, before, "a refusal changes nothing");
+    assert_ledger_consistent(&node.db.pool).await;
     node.stop().await;
 }

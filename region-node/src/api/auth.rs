@@ -40,6 +40,13 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// Who made an authenticated request, for the handlers: set by [`require_key`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// SHA-256 of the API key presented, hex, as `api_keys` stores it (the same in every region).
+    pub key_hash: String,
+}
+
 /// A looked-up key: its scopes (none if unknown or revoked) and when it was read.
 type CachedKey = (Option<Vec<String>>, Instant);
 
@@ -71,7 +78,7 @@ impl KeyCache {
 }
 
 /// Middleware: 401 without a valid key, 403 without the route's scope.
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -82,7 +89,8 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
     let Some(key) = presented else {
         return Problem::unauthorized().into_response();
     };
-    let scopes = match state.keys.scopes(&state.pool, &hash_key(key)).await {
+    let key_hash = hash_key(key);
+    let scopes = match state.keys.scopes(&state.pool, &key_hash).await {
         Ok(Some(scopes)) => scopes,
         Ok(None) => return Problem::unauthorized().into_response(),
         Err(e) => return super::read_problem(e).into_response(),
@@ -91,6 +99,7 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
     if !scopes.iter().any(|s| s == needed.as_str()) {
         return Problem::forbidden(needed.as_str()).into_response();
     }
+    request.extensions_mut().insert(Caller { key_hash });
     next.run(request).await
 }
 

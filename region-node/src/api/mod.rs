@@ -8,7 +8,7 @@ mod conflicts;
 mod health;
 mod transfers;
 
-pub use auth::{KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
+pub use auth::{Caller, KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
 
 use crate::config::NodeConfig;
 use crate::problem::Problem;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// For `/readyz`: a client that can ask the broker for metadata.
     pub kafka: Arc<rdkafka::consumer::BaseConsumer>,
+    /// For `/readyz`: the supervised background tasks' states.
+    pub tasks: crate::supervise::Tasks,
 }
 
 impl AppState {

@@ -2,14 +2,15 @@
 
 use super::accounts::parse_account_id;
 use super::body::{JsonBody, canonical_hash};
-use super::{AppState, read_problem, with_timeout};
+use super::{AppState, Caller, read_problem, with_timeout};
+use crate::idempotency;
 use crate::problem::Problem;
 use crate::write::{Command, Outcome, Transfer, transfer_json};
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ledger_core::{AccountId, Amount, Currency, VersionVector};
+use axum::{Extension, Json};
+use ledger_core::{AMOUNT_MAX, AccountId, Amount, Currency, MoneyError, VersionVector};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -37,14 +38,17 @@ fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
         return Err(Problem::invalid_amount("amount must be a JSON integer of minor units"));
     };
     if let Some(i) = n.as_i64() {
-        return Amount::new(i).map_err(|e| Problem::invalid_amount(e.to_string()));
+        return Amount::new(i).map_err(|e| match e {
+            MoneyError::TooLarge(_) => Problem::amount_out_of_range(e.to_string()),
+            _ => Problem::invalid_amount(e.to_string()),
+        });
     }
     if n.as_u64().is_some() {
-        return Err(Problem::amount_out_of_range(format!("amount {n} exceeds {}", i64::MAX)));
+        return Err(Problem::amount_out_of_range(format!("amount {n} exceeds the largest transfer, {AMOUNT_MAX}")));
     }
     match n.as_f64() {
         Some(f) if f.fract() == 0.0 && f.abs() > i64::MAX as f64 => {
-            Err(Problem::amount_out_of_range(format!("amount {n} exceeds {}", i64::MAX)))
+            Err(Problem::amount_out_of_range(format!("amount {n} exceeds the largest transfer, {AMOUNT_MAX}")))
         }
         _ => Err(Problem::invalid_amount(format!("amount must be an integer of minor units, got {n}"))),
     }
@@ -71,14 +75,19 @@ fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Cu
         .map(Currency::new)
         .transpose()
         .map_err(|e| Problem::invalid_currency(e.to_string()))?;
-    if from == to {
-        return Err(Problem::same_account());
-    }
+    // `from == to` is refused by the committer, after the idempotency key is looked up: a key
+    // already used answers for its transfer whatever the new body says.
     Ok((from, to, amount, currency))
 }
 
-pub(super) async fn create(state: State<AppState>, headers: HeaderMap, body: JsonBody<TransferBody>) -> Response {
-    let command = match parse_idempotency_key(&headers).and_then(|key| Ok((key, parse(&body.value)?))) {
+pub(super) async fn create(
+    state: State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: JsonBody<TransferBody>,
+) -> Response {
+    let key = parse_idempotency_key(&headers).map(|key| key.map(|key| idempotency::scoped(&caller.key_hash, &key)));
+    let command = match key.and_then(|key| Ok((key, parse(&body.value)?))) {
         Ok((idempotency_key, (from, to, amount, currency))) => Transfer {
             transfer_id: uuid::Uuid::now_v7(),
             from,
@@ -159,11 +168,14 @@ mod tests {
     #[test]
     fn amounts_are_positive_integers_within_range() {
         assert_eq!(parse_amount(&serde_json::json!(100)).unwrap().minor_units(), 100);
+        assert_eq!(parse_amount(&serde_json::json!(AMOUNT_MAX)).unwrap().minor_units(), AMOUNT_MAX);
         for (bad, slug) in [
             (serde_json::json!(0), "invalid-amount"),
             (serde_json::json!(-5), "invalid-amount"),
             (serde_json::json!(1.5), "invalid-amount"),
             (serde_json::json!("100"), "invalid-amount"),
+            (serde_json::json!(AMOUNT_MAX + 1), "amount-out-of-range"),
+            (serde_json::json!(i64::MAX), "amount-out-of-range"),
             (serde_json::json!(u64::MAX), "amount-out-of-range"),
             (serde_json::from_str::<Value>("1e30").unwrap(), "amount-out-of-range"),
         ] {

@@ -237,6 +237,13 @@ impl Batch {
         !self.writes.ev_id.is_empty()
     }
 
+    /// Whether a command of `commands` (those planned) carrying an idempotency key was refused.
+    pub(super) fn refuses_a_keyed_command(&self, commands: &[Command]) -> bool {
+        commands.iter().zip(&self.results).any(|(command, result)| {
+            result.is_err() && matches!(command, Command::Transfer(t) if t.idempotency_key.is_some())
+        })
+    }
+
     /// Each command's reply, and every account the batch touched as it leaves them.
     pub(super) fn into_committed(self) -> (Vec<Result<Outcome, Problem>>, Vec<AccountRow>) {
         (self.results, self.accounts.into_values().collect())
@@ -564,12 +571,13 @@ fn posting_problem(e: PostingError) -> Problem {
         PostingError::SameAccount => Problem::same_account(),
         PostingError::CurrencyMismatch { .. } => Problem::currency_mismatch(e.to_string()),
         PostingError::InsufficientFunds { .. } => Problem::insufficient_funds(e.to_string()),
-        PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
+        PostingError::BalanceOutOfRange { .. } | PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
         PostingError::UnknownAccount => Problem::account_not_found("?"),
     }
 }
 
-/// The transfer representation, shared by `POST` (and its replays) and `GET`.
+/// The transfer representation, shared by `POST` (and its replays) and `GET`. `idempotency_key`
+/// is the key as stored (scoped to the API key); the representation shows the client's part.
 #[allow(clippy::too_many_arguments)]
 pub fn transfer_json(
     id: uuid::Uuid,
@@ -592,7 +600,8 @@ pub fn transfer_json(
         "currency": currency,
         "metadata": metadata,
         "origin_region": origin_region,
-        "idempotency_key": idempotency_key,
+        // Stored scoped to the API key; the client sees its own key.
+        "idempotency_key": idempotency_key.map(crate::idempotency::client_part),
         "created_at": rfc3339(created_at),
         "version_vectors": { from.as_str(): from_vector, to.as_str(): to_vector },
     })

@@ -43,7 +43,7 @@ pub struct Transfer {
     pub currency: Option<Currency>,
     /// Client data.
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// The client's idempotency key.
+    /// The client's idempotency key, scoped to its API key (see [`crate::idempotency`]).
     pub idempotency_key: Option<String>,
     /// SHA-256 of the canonical request body, to tell a replay from a reuse of the key.
     pub request_hash: String,
@@ -328,22 +328,28 @@ async fn plan(
     commands: &[Command],
     accounts: &[AccountId],
 ) -> Option<batch::Batch> {
-    let missing = lock(remembered).missing(accounts);
-    let loaded = if missing.is_empty() {
-        Vec::new()
-    } else {
-        match batch::load_accounts(conn, &missing).await {
+    // The batch's states are what was remembered when it started planning plus what it reads now,
+    // held here: the memory is bounded and may forget any of them meanwhile (while reading, or
+    // while remembering what was read), and an account forgotten must never look absent.
+    let (mut states, missing) = lock(remembered).known(accounts);
+    if !missing.is_empty() {
+        let loaded = match batch::load_accounts(conn, &missing).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::warn!(error = %e, "reading accounts to plan a batch failed");
                 return None;
             }
-        }
-    };
-    let mut remembered = lock(remembered);
-    remembered.remember(loaded);
-    let states = remembered.states(accounts);
-    Some(batch::Batch::plan(region, states, HashMap::new(), commands))
+        };
+        states.extend(loaded.iter().map(|row| (row.state.spec.id.clone(), row.clone())));
+        lock(remembered).remember(loaded);
+    }
+    // An account neither remembered nor read does not exist. The plan reads no idempotency
+    // records: an accepted command whose key is taken fails on the key's unique index at commit and
+    // the batch is run again reading them, but a refused one writes nothing, so nothing would
+    // notice that its key answers for an earlier transfer (a replay, or a key reused with another
+    // body). A batch refusing a command with a key is therefore run reading its records first.
+    let batch = batch::Batch::plan(region, states, HashMap::new(), commands);
+    if batch.refuses_a_keyed_command(commands) { None } else { Some(batch) }
 }
 
 type Committed = (Vec<Result<Outcome, Problem>>, Vec<batch::AccountRow>);
@@ -475,25 +481,31 @@ impl Remembered {
         self.ended.notify_waiters();
     }
 
-    /// The accounts not remembered.
-    fn missing(&self, accounts: &[AccountId]) -> Vec<AccountId> {
-        accounts.iter().filter(|id| !self.accounts.contains_key(*id)).cloned().collect()
+    /// The remembered state of each of `accounts`, and those not remembered (to be read).
+    fn known(&self, accounts: &[AccountId]) -> (HashMap<AccountId, batch::AccountRow>, Vec<AccountId>) {
+        let mut states = HashMap::with_capacity(accounts.len());
+        let mut missing = Vec::new();
+        for id in accounts {
+            match self.accounts.get(id) {
+                Some(row) => {
+                    states.insert(id.clone(), row.clone());
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        (states, missing)
     }
 
     fn remember(&mut self, states: impl IntoIterator<Item = batch::AccountRow>) {
         for account in states {
-            // Bounded memory: when full, start over (every account is read again once).
+            // Bounded memory: when full, start over (every account is read again once). Only a
+            // cache: a batch plans against the states it took from here or read itself (`plan`),
+            // so forgetting costs a read, never an account.
             if self.accounts.len() >= self.accounts_max && !self.accounts.contains_key(&account.state.spec.id) {
                 self.accounts.clear();
             }
             self.accounts.insert(account.state.spec.id.clone(), account);
         }
-    }
-
-    /// The remembered state of each of `accounts` (just read if it was missing); one absent does
-    /// not exist.
-    fn states(&self, accounts: &[AccountId]) -> HashMap<AccountId, batch::AccountRow> {
-        accounts.iter().filter_map(|id| Some((id.clone(), self.accounts.get(id)?.clone()))).collect()
     }
 }
 

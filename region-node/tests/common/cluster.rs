@@ -49,9 +49,16 @@ impl Cluster {
                 .unwrap();
         }
         let mut nodes = Vec::new();
+        // One client's API key, provisioned in every region as a tenant's would be: idempotency
+        // keys are scoped to it, so a retry in another region meets its own key there.
+        let write_key = format!("test-write-{}", uuid::Uuid::new_v4());
         for region in &regions {
             let peers: Vec<String> = names.iter().filter(|n| *n != region.name()).cloned().collect();
-            nodes.push(start_on(region.clone(), prefix.clone(), |cfg| cfg.peers = peers).await);
+            let tune = |cfg: &mut region_node::config::NodeConfig| {
+                cfg.peers = peers;
+                cfg.bootstrap_api_key = write_key.clone();
+            };
+            nodes.push(start_on(region.clone(), prefix.clone(), tune).await);
         }
         let mut cluster = Cluster { nodes, replicators: Vec::new(), regions, prefix };
         cluster.resume().await;

@@ -66,6 +66,7 @@ pub async fn start_on(region: testkit::Region, prefix: String, tune: impl FnOnce
         ..NodeConfig::default()
     };
     tune(&mut cfg);
+    let write_key = cfg.bootstrap_api_key.clone();
     let node = region_node::start(cfg.clone()).await.expect("node starts");
     let read_key = format!("test-read-{}", uuid::Uuid::new_v4());
     region_node::api::auth_ensure_key(&db.pool, "reader", &read_key, &["read"]).await.unwrap();
