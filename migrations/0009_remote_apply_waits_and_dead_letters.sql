@@ -3,11 +3,15 @@
 -- wakes exactly the events waiting on it, through the index below, instead of rescanning every
 -- held event after each apply. A row with no wait key (held before this migration) is examined
 -- again at start-up.
+-- `wait_needs` is the event's own count of that region on that account: events woken together are
+-- decided in that order, so a chain held behind one missing event is applied in one round instead
+-- of in the order it happened to arrive.
 ALTER TABLE pending_events
     ADD COLUMN wait_account TEXT,
     ADD COLUMN wait_region TEXT,
-    ADD COLUMN wait_counter BIGINT;
-CREATE INDEX pending_events_wait ON pending_events (wait_account, wait_region, wait_counter);
+    ADD COLUMN wait_counter BIGINT,
+    ADD COLUMN wait_needs BIGINT;
+CREATE INDEX pending_events_wait ON pending_events (wait_account, wait_region, wait_counter, wait_needs);
 
 -- Replicated records that can never be applied as they are (unreadable, a balance out of range,
 -- refused by a constraint): kept with the reason, for an operator, instead of blocking the

@@ -20,7 +20,7 @@ pub(super) struct Loaded {
 const ACCOUNT_EVENT_COLUMNS: &str =
     "ae.account_id, ae.origin_region, ae.counter, ae.event_id, ae.vector, ae.posting, ae.opened, ae.idempotency_key";
 
-/// Held events waiting on the round's accounts, smallest awaited counter first: a chain of events
+/// Held events waiting on the round's accounts, the one needing the smallest count first: a chain of events
 /// on one account (held behind one missing event) is then decided in one round.
 pub(super) async fn waiting_on(
     conn: &mut PgConnection,
@@ -28,16 +28,18 @@ pub(super) async fn waiting_on(
     except: &[uuid::Uuid],
     limit: usize,
 ) -> Result<Vec<Held>, sqlx::Error> {
-    let rows: Vec<Value> = sqlx::query_scalar(
-        "SELECT payload FROM pending_events WHERE wait_account = ANY($1) AND event_id <> ALL($2)
-         ORDER BY wait_counter, seq LIMIT $3",
-    )
-    .bind(accounts)
-    .bind(except)
-    .bind(limit as i64)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().filter_map(Held::from_stored).collect())
+    let sql = format!(
+        "SELECT {} FROM pending_events p WHERE p.wait_account = ANY($1) AND p.event_id <> ALL($2)
+         ORDER BY p.wait_needs, p.seq LIMIT $3",
+        super::HELD_COLUMNS
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(accounts)
+        .bind(except)
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().filter_map(Held::from_row).collect())
 }
 
 /// Reads and locks what deciding `events` needs.

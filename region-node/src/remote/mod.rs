@@ -64,20 +64,39 @@ pub struct RemoteConfig {
 pub(crate) struct Held {
     pub event: LedgerEvent,
     pub raw: Value,
+    /// What it waits for as stored in `pending_events` (none: not held yet).
+    pub stored_wait: Option<WaitKey>,
 }
 
 impl Held {
     fn parse(raw: Value) -> Result<Self, String> {
         match serde_json::from_value::<LedgerEvent>(raw.clone()) {
-            Ok(event) => Ok(Self { event, raw }),
+            Ok(event) => Ok(Self { event, raw, stored_wait: None }),
             Err(e) => Err(format!("not a ledger event: {e}")),
         }
     }
 
-    fn from_stored(raw: Value) -> Option<Self> {
-        Self::parse(raw).map_err(|e| tracing::error!(error = %e, "a held event is unreadable")).ok()
+    /// A held event as `HELD_COLUMNS` read it.
+    fn from_row(row: &sqlx::postgres::PgRow) -> Option<Self> {
+        use sqlx::Row;
+        let mut held = Self::parse(row.get("payload"))
+            .map_err(|e| tracing::error!(error = %e, "a held event is unreadable"))
+            .ok()?;
+        let key: (Option<String>, Option<String>, Option<i64>) =
+            (row.get("wait_account"), row.get("wait_region"), row.get("wait_counter"));
+        if let (Some(account), Some(region), Some(counter)) = key {
+            held.stored_wait = Some(WaitKey {
+                account: AccountId::new(account).ok()?,
+                region: RegionId::new(region).ok()?,
+                counter: counter as u64,
+            });
+        }
+        Some(held)
     }
 }
+
+/// The columns of a held event [`Held::from_row`] reads, from `pending_events p`.
+pub(crate) const HELD_COLUMNS: &str = "p.payload, p.wait_account, p.wait_region, p.wait_counter";
 
 /// Runs until `shutdown`.
 pub async fn run(
@@ -300,24 +319,25 @@ pub(crate) async fn wake(pool: &PgPool, region: &RegionId, keys: Vec<WaitKey>) -
             r.push(k.region.as_str());
             c.push(k.counter as i64);
         }
-        let rows: Vec<Value> = sqlx::query_scalar(
-            "SELECT p.payload FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(a, r, c)
+        let sql = format!(
+            "SELECT {HELD_COLUMNS} FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(a, r, c)
              JOIN pending_events p ON p.wait_account = u.a AND p.wait_region = u.r AND p.wait_counter = u.c
-             ORDER BY p.seq LIMIT $4",
-        )
-        .bind(&a)
-        .bind(&r)
-        .bind(&c)
-        .bind(ROUND_EVENTS_MAX as i64)
-        .fetch_all(pool)
-        .await?;
+             ORDER BY p.wait_needs, p.seq LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&a)
+            .bind(&r)
+            .bind(&c)
+            .bind(ROUND_EVENTS_MAX as i64)
+            .fetch_all(pool)
+            .await?;
         if rows.is_empty() {
             break;
         }
         // A full page may leave events waiting on these keys: look again. Those decided now wait
         // on something else (or are gone), so each look makes progress.
         let full = rows.len() == ROUND_EVENTS_MAX;
-        let next = apply(pool, region, rows.into_iter().filter_map(Held::from_stored).collect()).await?;
+        let next = apply(pool, region, rows.iter().filter_map(Held::from_row).collect()).await?;
         if !full {
             keys.clear();
         }
@@ -330,20 +350,18 @@ pub(crate) async fn wake(pool: &PgPool, region: &RegionId, keys: Vec<WaitKey>) -
 /// updates the held-event gauges.
 pub(crate) async fn sweep(pool: &PgPool, region: &RegionId) -> Result<(), sqlx::Error> {
     loop {
-        let rows: Vec<Value> = sqlx::query_scalar(
-            "SELECT p.payload FROM pending_events p
+        let sql = format!(
+            "SELECT {HELD_COLUMNS} FROM pending_events p
              WHERE p.wait_account IS NULL OR EXISTS (
                  SELECT 1 FROM account_events ae WHERE ae.account_id = p.wait_account
                  AND ae.origin_region = p.wait_region AND ae.counter >= p.wait_counter)
-             ORDER BY p.seq LIMIT $1",
-        )
-        .bind(ROUND_EVENTS_MAX as i64)
-        .fetch_all(pool)
-        .await?;
+             ORDER BY p.seq LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ROUND_EVENTS_MAX as i64).fetch_all(pool).await?;
         if rows.is_empty() {
             break;
         }
-        let keys = apply(pool, region, rows.into_iter().filter_map(Held::from_stored).collect()).await?;
+        let keys = apply(pool, region, rows.iter().filter_map(Held::from_row).collect()).await?;
         wake(pool, region, keys).await?;
     }
     let (held, oldest): (i64, f64) = sqlx::query_as(

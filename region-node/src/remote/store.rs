@@ -423,12 +423,15 @@ async fn write_conflicts(
 /// event they wait for.
 async fn write_held(tx: &mut PgConnection, events: &[Held], fates: &[Fate]) -> Result<(), sqlx::Error> {
     let mut done = Vec::new();
-    let mut wait = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut wait = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (held, fate) in events.iter().zip(fates) {
         let e = &held.event;
         match fate {
+            // Still waiting for the same event: nothing to write.
+            Fate::Wait(key) if held.stored_wait.as_ref() == Some(key) => {}
             Fate::Wait(key) => {
+                wait.6.push(e.vectors.get(&key.account).map_or(0, |v| v.get(&key.region) as i64));
                 wait.0.push(e.event_id);
                 wait.1.push(e.origin_region.as_str());
                 wait.2.push(held.raw.clone());
@@ -451,10 +454,10 @@ async fn write_held(tx: &mut PgConnection, events: &[Held], fates: &[Fate]) -> R
     }
     if !wait.0.is_empty() {
         sqlx::query(
-            "INSERT INTO pending_events (event_id, origin_region, payload, wait_account, wait_region, wait_counter)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::int8[])
+            "INSERT INTO pending_events (event_id, origin_region, payload, wait_account, wait_region, wait_counter, wait_needs)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::int8[], $7::int8[])
              ON CONFLICT (event_id) DO UPDATE SET wait_account = EXCLUDED.wait_account,
-                 wait_region = EXCLUDED.wait_region, wait_counter = EXCLUDED.wait_counter",
+                 wait_region = EXCLUDED.wait_region, wait_counter = EXCLUDED.wait_counter, wait_needs = EXCLUDED.wait_needs",
         )
         .bind(&wait.0)
         .bind(&wait.1)
@@ -462,6 +465,7 @@ async fn write_held(tx: &mut PgConnection, events: &[Held], fates: &[Fate]) -> R
         .bind(&wait.3)
         .bind(&wait.4)
         .bind(&wait.5)
+        .bind(&wait.6)
         .execute(&mut *tx)
         .await?;
     }
