@@ -69,7 +69,7 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    fn parse(raw: Value) -> Result<Self, String> {
+    pub(crate) fn parse(raw: Value) -> Result<Self, String> {
         match serde_json::from_value::<LedgerEvent>(raw.clone()) {
             Ok(event) => Ok(Self { event, raw, stored_wait: None }),
             Err(e) => Err(format!("not a ledger event: {e}")),
