@@ -11,12 +11,23 @@
 //! that event is the only thing that can change the answer, because a region's counter on an
 //! account moves only when that region's next event on it is applied. So an applied event wakes
 //! exactly the events waiting on it, with no rescans of everything held.
+//!
+//! Conflicts are judged per **episode of concurrency**: on one account, the events linked by
+//! "neither saw the other" form connected groups, each one episode, named by its smallest event id
+//! ([`episode_id`]). Every region detects every concurrent pair, so every region draws the same
+//! episodes once it has applied the same events, whatever the order (an episode may grow, and two
+//! may merge, while events arrive; a merged-away episode is superseded). An episode is an
+//! `overdraft` when the account forbids a negative balance and its balance over the episode's joint
+//! causal past (every event any member had seen, and the members) is below zero, naming all its
+//! events however many regions took part; otherwise it is one `concurrent-benign` record counting
+//! its events, never one record per pair. A pair with the same idempotency key or two different
+//! openings is also a conflict of its own.
 
 use crate::account::AccountState;
 use crate::event::{EventPayload, LedgerEvent};
 use crate::ids::{AccountId, RegionId};
 use crate::replication::{
-    AccountEvent, Conflict, ConflictKind, Delivery, classify, concurrent_with, delivery, merge_conflicts,
+    AccountEvent, Conflict, ConflictKind, Delivery, concurrent_with, delivery, episode_id, merge_conflicts, pair_kind,
     winning_opening,
 };
 use crate::vv::VersionVector;
@@ -71,6 +82,34 @@ pub enum Fate {
     Dead(String),
 }
 
+/// The transfers a region applied with one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUses {
+    /// Each one: (event id, origin, the vector of its first account after it), by event id.
+    pub events: Vec<(uuid::Uuid, RegionId, VersionVector)>,
+    /// The smallest account any of them touched (the account the conflict is filed under).
+    pub account: AccountId,
+}
+
+/// One episode of concurrency on an account, as its conflict record holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Episode {
+    /// Its conflict id ([`episode_id`] of the account and `first_event`).
+    pub conflict_id: uuid::Uuid,
+    /// The account.
+    pub account: AccountId,
+    /// Its smallest event id.
+    pub first_event: uuid::Uuid,
+    /// Its members' vectors joined: its joint causal past.
+    pub joint: VersionVector,
+    /// How many events it holds.
+    pub events: u64,
+    /// The account's balance over the joint causal past.
+    pub joint_balance: i64,
+    /// `Overdraft` or `ConcurrentBenign`.
+    pub kind: ConflictKind,
+}
+
 /// What a region knows of some accounts, enough to decide the fate of events touching them.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyState {
@@ -80,11 +119,14 @@ pub struct ApplyState {
     /// to deliver (every event a delivered event's vector has not seen must be here), and every
     /// opening of an account whose opening is delivered.
     pub window: BTreeMap<AccountId, Vec<AccountEvent>>,
-    /// Per idempotency key of the events to deliver: the first transfer applied here with it, as
-    /// seen from one of its accounts, and its accounts.
-    pub keys: BTreeMap<String, (AccountEvent, Vec<AccountId>)>,
+    /// Per idempotency key of the events to deliver: the transfers applied here with it.
+    pub keys: BTreeMap<String, KeyUses>,
     /// Events known to be applied here (at least those among the events to deliver).
     pub applied: BTreeSet<uuid::Uuid>,
+    /// Episodes, by conflict id: at least every episode an event of the window belongs to.
+    pub episodes: BTreeMap<uuid::Uuid, Episode>,
+    /// Episodes merged into another one since this state was built: old id → the id it is now.
+    pub superseded: BTreeMap<uuid::Uuid, uuid::Uuid>,
 }
 
 impl ApplyState {
@@ -189,34 +231,120 @@ impl ApplyState {
                 entry_seq: state.entry_seq,
                 balance_after: state.balance,
             });
-            let (spec, balance) = (state.spec.clone(), state.balance);
-            let window = &self.window[*account];
+            let (forbids_negative, balance) = (!state.spec.allow_negative, state.balance);
             for other in &concurrent {
-                let joint = || joint_balance(balance, window, &incoming, other);
-                let kind = classify(Some(&spec), joint, &incoming, other);
-                found.push(Conflict::of(kind, account, &incoming, other));
+                if let Some(kind) = pair_kind(&incoming, other) {
+                    found.push(Conflict::of(kind, account, &incoming, other));
+                }
+            }
+            if !concurrent.is_empty() {
+                self.join_episode(account, &incoming, &concurrent, forbids_negative, balance);
             }
         }
         let mut first_use_of_key = false;
         if let EventPayload::TransferPosted { idempotency_key: Some(key), .. } = &event.payload {
-            let mine: Vec<AccountId> = accounts.iter().map(|a| (*a).clone()).collect();
-            match self.keys.get(key) {
-                Some((theirs, their_accounts)) if theirs.event_id != event.event_id => {
-                    let account = mine.iter().chain(their_accounts).min().expect("transfers touch accounts").clone();
-                    let incoming = AccountEvent::of(event, accounts[0]).expect("checked above");
-                    found.push(Conflict::of(ConflictKind::DuplicateIntent, &account, &incoming, theirs));
-                }
-                Some(_) => {}
+            // One key executed in several regions (a client that failed over and retried): one
+            // conflict per key listing every execution, the same wherever they arrive first.
+            let smallest = (*accounts.iter().min().expect("transfers touch accounts")).clone();
+            let side = (event.event_id, event.origin_region.clone(), event.vectors[accounts[0]].clone());
+            match self.keys.get_mut(key) {
                 None => {
-                    let incoming = AccountEvent::of(event, accounts[0]).expect("checked above");
-                    self.keys.insert(key.clone(), (incoming, mine));
+                    self.keys.insert(key.clone(), KeyUses { events: vec![side], account: smallest });
                     first_use_of_key = true;
                 }
+                Some(uses) if !uses.events.iter().any(|(id, _, _)| *id == event.event_id) => {
+                    uses.events.push(side);
+                    uses.events.sort_by_key(|(id, _, _)| *id);
+                    uses.account = uses.account.clone().min(smallest);
+                    found.push(Conflict {
+                        conflict_id: crate::replication::key_conflict_id(key),
+                        kind: ConflictKind::DuplicateIntent,
+                        account: uses.account.clone(),
+                        sides: uses.events.clone(),
+                    });
+                }
+                Some(_) => {}
             }
         }
         self.applied.insert(event.event_id);
         Ok(Applied { postings, conflicts: merge_conflicts(found).into_values().collect(), first_use_of_key })
     }
+}
+
+impl ApplyState {
+    /// `incoming` (just applied on `account`, leaving `balance_now`) is concurrent with
+    /// `concurrent`: they and every episode they belong to become one episode.
+    fn join_episode(
+        &mut self,
+        account: &AccountId,
+        incoming: &AccountEvent,
+        concurrent: &[AccountEvent],
+        forbids_negative: bool,
+        balance_now: i64,
+    ) {
+        let merged: BTreeSet<uuid::Uuid> = concurrent.iter().filter_map(|c| c.episode).collect();
+        let loose: BTreeSet<uuid::Uuid> =
+            concurrent.iter().filter(|c| c.episode.is_none()).map(|c| c.event_id).collect();
+        let (mut first, mut joint, mut events) = (incoming.event_id, incoming.vector.clone(), 1u64);
+        for id in &merged {
+            let episode = &self.episodes[id];
+            first = first.min(episode.first_event);
+            joint.merge(&episode.joint);
+            events += episode.events;
+        }
+        for c in concurrent.iter().filter(|c| c.episode.is_none()) {
+            first = first.min(c.event_id);
+            joint.merge(&c.vector);
+            events += 1;
+        }
+        let id = episode_id(account, first);
+        let window = self.window.get_mut(account).expect("the incoming event is in its account's window");
+        for h in window.iter_mut() {
+            let member = h.event_id == incoming.event_id
+                || loose.contains(&h.event_id)
+                || h.episode.is_some_and(|e| merged.contains(&e));
+            if member {
+                h.episode = Some(id);
+            }
+        }
+        for old in merged.iter().filter(|old| **old != id) {
+            self.episodes.remove(old);
+            self.superseded.insert(*old, id);
+        }
+        for to in self.superseded.values_mut() {
+            if merged.contains(to) {
+                *to = id;
+            }
+        }
+        let joint_balance = balance_at(balance_now, window, &joint);
+        let kind = if forbids_negative && joint_balance < 0 {
+            ConflictKind::Overdraft
+        } else {
+            ConflictKind::ConcurrentBenign
+        };
+        self.episodes.insert(
+            id,
+            Episode {
+                conflict_id: id,
+                account: account.clone(),
+                first_event: first,
+                joint,
+                events,
+                joint_balance,
+                kind,
+            },
+        );
+    }
+}
+
+/// The balance of an account over the events a vector has seen, from its balance now (every
+/// applied event included) minus the applied events the vector has not seen. Those are all in the
+/// window when the vector is at least one of the window's events being delivered, so the
+/// account's whole history is never read.
+pub fn balance_at(balance_now: i64, window: &[AccountEvent], seen: &VersionVector) -> i64 {
+    let unseen: i128 = window.iter().filter(|h| !h.seen_by(seen)).map(|h| i128::from(h.posting)).sum();
+    // Only a sign is asked of it: saturate rather than wrap.
+    (i128::from(balance_now) - unseen).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// What no amount of waiting can fix: a vector missing for a touched account, or one that does not
@@ -232,15 +360,4 @@ fn check_shape(event: &LedgerEvent) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The balance of an account over the joint causal past of two events on it, from its balance
-/// now (every applied event included) minus the events the pair had not seen between them. Those
-/// are all in the window (neither event saw them), so the account's whole history is never read.
-pub fn joint_balance(balance_now: i64, window: &[AccountEvent], a: &AccountEvent, b: &AccountEvent) -> i64 {
-    let mut joint = a.vector.clone();
-    joint.merge(&b.vector);
-    let unseen: i128 = window.iter().filter(|h| !h.seen_by(&joint)).map(|h| i128::from(h.posting)).sum();
-    // Only a sign is asked of it: saturate rather than wrap.
-    (i128::from(balance_now) - unseen).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }

@@ -8,11 +8,10 @@
 //!
 //! Concurrency: once `e` is deliverable, an event `f` already applied on `x` that `e` did not see
 //! (`f`'s own counter above `e.vectors[x][origin(f)]`) is concurrent with it; `f` cannot have seen
-//! `e` either, since causal delivery would have applied `e` first. Each concurrent pair is one
-//! conflict, identified by the pair of event ids, so every region that applies both finds the
-//! same conflict, whichever order it received them in. Its kind is judged on the pair's joint
-//! causal past (the same set of events in every region), never on what else a region happens to
-//! have applied meanwhile.
+//! `e` either, since causal delivery would have applied `e` first. Every region that applies both
+//! finds the pair, whichever order it received them in. A pair with the same idempotency key, or
+//! two different openings, is a conflict of its own, identified by the pair of event ids; all
+//! concurrency on an account is also gathered into episodes (see [`crate::apply`]).
 
 use crate::account::AccountSpec;
 use crate::apply::WaitKey;
@@ -80,6 +79,9 @@ pub struct AccountEvent {
     pub opened: Option<AccountSpec>,
     /// The client's idempotency key, for a transfer that had one.
     pub idempotency_key: Option<String>,
+    /// The episode of concurrency it belongs to on this account (its conflict id), if any.
+    #[serde(default)]
+    pub episode: Option<uuid::Uuid>,
 }
 
 impl AccountEvent {
@@ -98,6 +100,7 @@ impl AccountEvent {
             vector,
             opened,
             idempotency_key,
+            episode: None,
         })
     }
 
@@ -153,26 +156,39 @@ pub fn conflict_id(a: uuid::Uuid, b: uuid::Uuid) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// The kind of a concurrent pair on an account (whose attributes are `spec`); `joint_balance`
-/// gives the account's balance over the pair's joint causal past (see [`crate::apply::joint_balance`]), asked
-/// for only when it matters.
-pub fn classify(
-    spec: Option<&AccountSpec>,
-    joint_balance: impl FnOnce() -> i64,
-    a: &AccountEvent,
-    b: &AccountEvent,
-) -> ConflictKind {
-    if a.idempotency_key.is_some() && a.idempotency_key == b.idempotency_key {
-        return ConflictKind::DuplicateIntent;
+/// The kind of a concurrent pair that is a conflict of its own, whatever else happens on the
+/// account: one account opened twice with different attributes. Every other concurrency is judged
+/// per episode, and transfers sharing an idempotency key per key (see [`crate::apply`]).
+pub fn pair_kind(a: &AccountEvent, b: &AccountEvent) -> Option<ConflictKind> {
+    match (&a.opened, &b.opened) {
+        (Some(x), Some(y)) if x != y => Some(ConflictKind::AccountDefinition),
+        _ => None,
     }
-    if let (Some(x), Some(y)) = (&a.opened, &b.opened) {
-        return if x == y { ConflictKind::ConcurrentBenign } else { ConflictKind::AccountDefinition };
-    }
-    let forbids_negative = spec.is_some_and(|s| !s.allow_negative);
-    if forbids_negative && joint_balance() < 0 {
-        return ConflictKind::Overdraft;
-    }
-    ConflictKind::ConcurrentBenign
+}
+
+/// The conflict id of the transfers executed with one (scoped) idempotency key in more than one
+/// region: one conflict per key, however many regions executed it.
+pub fn key_conflict_id(key: &str) -> uuid::Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(b"ledger-idempotency-key").chain_update(key.as_bytes()).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The conflict id of an episode of concurrency on an account, named by its smallest event id:
+/// the same in every region once they have applied the same events.
+pub fn episode_id(account: &AccountId, first_event: uuid::Uuid) -> uuid::Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"ledger-episode")
+        .chain_update(account.as_str().as_bytes())
+        .chain_update([0u8])
+        .chain_update(first_event.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// A detected conflict: the same record (but `detected_by`) in every region that detects it.
@@ -184,8 +200,8 @@ pub struct Conflict {
     pub kind: ConflictKind,
     /// The account it concerns.
     pub account: AccountId,
-    /// The pair, ordered by event id: (event id, origin region, the account's vector after it).
-    pub sides: [(uuid::Uuid, RegionId, VersionVector); 2],
+    /// Its events, ordered by event id: (event id, origin region, the account's vector after it).
+    pub sides: Vec<(uuid::Uuid, RegionId, VersionVector)>,
 }
 
 impl Conflict {
@@ -196,7 +212,10 @@ impl Conflict {
             conflict_id: conflict_id(a.event_id, b.event_id),
             kind,
             account: account.clone(),
-            sides: [(x.event_id, x.origin.clone(), x.vector.clone()), (y.event_id, y.origin.clone(), y.vector.clone())],
+            sides: vec![
+                (x.event_id, x.origin.clone(), x.vector.clone()),
+                (y.event_id, y.origin.clone(), y.vector.clone()),
+            ],
         }
     }
 }

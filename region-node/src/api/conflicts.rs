@@ -1,33 +1,80 @@
-//! `GET /v1/conflicts`: the conflicts this region detected while applying other regions' events.
+//! `GET /v1/conflicts`: the conflicts this region detected while applying other regions' events,
+//! a page at a time (`after` is the `next` cursor of the previous page), filtered by kind,
+//! account, status and detection time.
 
 use super::{AppState, read_problem};
 use crate::problem::Problem;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Row;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// Most conflicts returned at once.
-const LIST_MAX: i64 = 1_000;
+/// Most conflicts in one page.
+pub const PAGE_MAX: i64 = 1_000;
+/// Conflicts in a page when `limit` is not given.
+const PAGE_DEFAULT: i64 = 100;
+
+const PARAMETERS: [&str; 7] = ["limit", "kind", "account", "status", "since", "until", "after"];
+
+fn time(query: &HashMap<String, String>, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
+    query
+        .get(name)
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| Problem::invalid_query(format!("{name} must be an RFC 3339 time")))
+        })
+        .transpose()
+}
 
 pub(super) async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "limit" | "kind")) {
-        return Problem::invalid_query(format!("unknown parameter {unknown:?}; use limit and kind")).into_response();
+    if let Some(unknown) = query.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
+        return Problem::invalid_query(format!("unknown parameter {unknown:?}; use {}", PARAMETERS.join(", ")))
+            .into_response();
     }
     let limit = match query.get("limit").map(|l| l.parse::<i64>()) {
-        None => LIST_MAX,
-        Some(Ok(n)) if (1..=LIST_MAX).contains(&n) => n,
+        None => PAGE_DEFAULT,
+        Some(Ok(n)) if (1..=PAGE_MAX).contains(&n) => n,
         Some(_) => {
-            return Problem::invalid_query(format!("limit must be an integer from 1 to {LIST_MAX}")).into_response();
+            return Problem::invalid_query(format!("limit must be an integer from 1 to {PAGE_MAX}")).into_response();
         }
     };
+    let after = match query.get("after").map(|a| a.parse::<i64>()) {
+        None => 0,
+        Some(Ok(n)) if n >= 0 => n,
+        Some(_) => return Problem::invalid_query("after must be a cursor returned as next").into_response(),
+    };
+    if let Some(kind) = query.get("kind")
+        && !["overdraft", "duplicate-intent", "account-definition", "concurrent-benign"].contains(&kind.as_str())
+    {
+        return Problem::invalid_query(format!("unknown kind {kind:?}")).into_response();
+    }
+    if let Some(status) = query.get("status")
+        && !["open", "resolved"].contains(&status.as_str())
+    {
+        return Problem::invalid_query("status is open or resolved").into_response();
+    }
+    let (since, until) = match (time(&query, "since"), time(&query, "until")) {
+        (Ok(since), Ok(until)) => (since, until),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
     let rows = sqlx::query(
-        "SELECT conflict_id, kind, account_id, event_a, region_a, vector_a, event_b, region_b, vector_b, detected_at, status
-         FROM conflicts WHERE $1::text IS NULL OR kind = $1 ORDER BY detected_at, conflict_id LIMIT $2",
+        "SELECT seq, conflict_id, kind, account_id, events, event_count, joint_vector, joint_balance, detected_at,
+                updated_at, status
+         FROM conflicts
+         WHERE seq > $1 AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR account_id = $3)
+           AND ($4::text IS NULL OR status = $4) AND ($5::timestamptz IS NULL OR detected_at >= $5)
+           AND ($6::timestamptz IS NULL OR detected_at < $6)
+         ORDER BY seq LIMIT $7",
     )
+    .bind(after)
     .bind(query.get("kind"))
+    .bind(query.get("account"))
+    .bind(query.get("status"))
+    .bind(since)
+    .bind(until)
     .bind(limit)
     .fetch_all(&state.pool)
     .await;
@@ -35,21 +82,53 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
         Ok(rows) => rows,
         Err(e) => return read_problem(e).into_response(),
     };
-    let conflicts: Vec<_> = rows
+    // An overdraft episode names every event that together overdrew the account.
+    let overdrafts: Vec<uuid::Uuid> = rows
+        .iter()
+        .filter(|r| r.get::<String, _>("kind") == "overdraft" && r.get::<Option<Value>, _>("joint_vector").is_some())
+        .map(|r| r.get("conflict_id"))
+        .collect();
+    let mut members: BTreeMap<uuid::Uuid, Vec<Value>> = BTreeMap::new();
+    if !overdrafts.is_empty() {
+        let found = sqlx::query(
+            "SELECT episode, event_id, origin_region, vector FROM account_events WHERE episode = ANY($1)
+             ORDER BY episode, event_id",
+        )
+        .bind(&overdrafts)
+        .fetch_all(&state.pool)
+        .await;
+        match found {
+            Ok(found) => {
+                for m in found {
+                    members.entry(m.get("episode")).or_default().push(json!({
+                        "event_id": m.get::<uuid::Uuid, _>("event_id"),
+                        "region": m.get::<String, _>("origin_region"),
+                        "vector": m.get::<Value, _>("vector"),
+                    }));
+                }
+            }
+            Err(e) => return read_problem(e).into_response(),
+        }
+    }
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.get::<i64, _>("seq").to_string())).flatten();
+    let conflicts: Vec<Value> = rows
         .iter()
         .map(|r| {
+            let id: uuid::Uuid = r.get("conflict_id");
+            let events = members.remove(&id).map(Value::from).unwrap_or_else(|| r.get("events"));
             json!({
-                "conflict_id": r.get::<uuid::Uuid, _>("conflict_id"),
+                "conflict_id": id,
                 "kind": r.get::<String, _>("kind"),
                 "account": r.get::<String, _>("account_id"),
-                "events": [
-                    {"event_id": r.get::<uuid::Uuid, _>("event_a"), "region": r.get::<String, _>("region_a"), "vector": r.get::<serde_json::Value, _>("vector_a")},
-                    {"event_id": r.get::<uuid::Uuid, _>("event_b"), "region": r.get::<String, _>("region_b"), "vector": r.get::<serde_json::Value, _>("vector_b")},
-                ],
+                "events": events,
+                "event_count": r.get::<i64, _>("event_count"),
+                "joint_vector": r.get::<Option<Value>, _>("joint_vector"),
+                "joint_balance": r.get::<Option<i64>, _>("joint_balance"),
                 "detected_at": crate::write::rfc3339(&r.get("detected_at")),
+                "updated_at": crate::write::rfc3339(&r.get("updated_at")),
                 "status": r.get::<String, _>("status"),
             })
         })
         .collect();
-    Json(json!({ "region": state.region, "conflicts": conflicts })).into_response()
+    Json(json!({ "region": state.region, "conflicts": conflicts, "next": next })).into_response()
 }

@@ -3,8 +3,8 @@
 
 use super::Held;
 use crate::write::{ACCOUNT_COLUMNS, AccountRow};
-use ledger_core::apply::ApplyState;
-use ledger_core::replication::AccountEvent;
+use ledger_core::apply::{ApplyState, Episode, KeyUses};
+use ledger_core::replication::{AccountEvent, ConflictKind, key_conflict_id};
 use ledger_core::{AccountId, EventPayload, RegionId, VersionVector};
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
@@ -15,10 +15,22 @@ pub(super) struct Loaded {
     pub state: ApplyState,
     /// The accounts that existed (and are locked), as read.
     pub before: HashMap<AccountId, AccountRow>,
+    /// The episodes as read.
+    pub episodes: BTreeMap<uuid::Uuid, Episode>,
+    /// The episode of each event of the window on each account, as read.
+    pub labels: HashMap<(AccountId, uuid::Uuid), Option<uuid::Uuid>>,
 }
 
-const ACCOUNT_EVENT_COLUMNS: &str =
-    "ae.account_id, ae.origin_region, ae.counter, ae.event_id, ae.vector, ae.posting, ae.opened, ae.idempotency_key";
+/// One event a conflict names, as stored in `conflicts.events`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Side {
+    pub event_id: uuid::Uuid,
+    pub region: RegionId,
+    pub vector: VersionVector,
+}
+
+const ACCOUNT_EVENT_COLUMNS: &str = "ae.account_id, ae.origin_region, ae.counter, ae.event_id, ae.vector, ae.posting, \
+     ae.opened, ae.idempotency_key, ae.episode";
 
 /// Held events waiting on the round's accounts, the one needing the smallest count first: a chain of events
 /// on one account (held behind one missing event) is then decided in one round.
@@ -142,18 +154,69 @@ pub(super) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loa
                 posting: -row.try_get::<i64, _>("amount")?,
                 opened: None,
                 idempotency_key: Some(key.clone()),
+                episode: None,
             };
-            first_uses.insert(key, (seen, vec![from, to]));
+            let uses = KeyUses { events: vec![(seen.event_id, seen.origin, seen.vector)], account: from.min(to) };
+            first_uses.insert(key, uses);
+        }
+        // A key already executed in several regions: its conflict lists every execution.
+        let ids: Vec<uuid::Uuid> = first_uses.keys().map(|k| key_conflict_id(k)).collect();
+        let rows = sqlx::query("SELECT conflict_id, account_id, events FROM conflicts WHERE conflict_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        let by_id: HashMap<uuid::Uuid, String> = first_uses.keys().map(|k| (key_conflict_id(k), k.clone())).collect();
+        for row in rows {
+            let sides: Vec<Side> = serde_json::from_value(row.try_get("events")?).map_err(decode)?;
+            let key = by_id[&row.try_get::<uuid::Uuid, _>("conflict_id")?].clone();
+            let uses = first_uses.get_mut(&key).expect("listed above");
+            uses.events = sides.into_iter().map(|s| (s.event_id, s.region, s.vector)).collect();
+            uses.account = decode_id(row.try_get("account_id")?)?;
         }
     }
+
+    // The episodes the window's events belong to.
+    let episode_ids: BTreeSet<uuid::Uuid> = window.values().flatten().filter_map(|h| h.episode).collect();
+    let mut episodes = BTreeMap::new();
+    if !episode_ids.is_empty() {
+        let rows = sqlx::query(
+            "SELECT conflict_id, account_id, kind, first_event, joint_vector, event_count, joint_balance
+             FROM conflicts WHERE conflict_id = ANY($1)",
+        )
+        .bind(episode_ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            let episode = Episode {
+                conflict_id: row.try_get("conflict_id")?,
+                account: decode_id(row.try_get("account_id")?)?,
+                first_event: row
+                    .try_get::<Option<uuid::Uuid>, _>("first_event")?
+                    .ok_or_else(|| decode("an episode without its first event"))?,
+                joint: serde_json::from_value(row.try_get::<Option<Value>, _>("joint_vector")?.unwrap_or_default())
+                    .map_err(decode)?,
+                events: row.try_get::<i64, _>("event_count")? as u64,
+                joint_balance: row.try_get::<Option<i64>, _>("joint_balance")?.unwrap_or(0),
+                kind: if kind == "overdraft" { ConflictKind::Overdraft } else { ConflictKind::ConcurrentBenign },
+            };
+            episodes.insert(episode.conflict_id, episode);
+        }
+    }
+    let labels = window
+        .iter()
+        .flat_map(|(account, events)| events.iter().map(move |h| ((account.clone(), h.event_id), h.episode)))
+        .collect();
 
     let state = ApplyState {
         accounts: before.iter().map(|(id, row)| (id.clone(), row.state.clone())).collect(),
         window,
         keys: first_uses,
         applied: applied.into_iter().collect(),
+        episodes: episodes.clone(),
+        superseded: BTreeMap::new(),
     };
-    Ok(Loaded { state, before })
+    Ok(Loaded { state, before, episodes, labels })
 }
 
 fn decode(e: impl std::fmt::Display) -> sqlx::Error {
@@ -174,5 +237,6 @@ fn account_event(row: &sqlx::postgres::PgRow) -> Result<AccountEvent, sqlx::Erro
         posting: row.try_get("posting")?,
         opened: opened.map(serde_json::from_value).transpose().map_err(decode)?,
         idempotency_key: row.try_get("idempotency_key")?,
+        episode: row.try_get("episode")?,
     })
 }

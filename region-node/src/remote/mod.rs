@@ -15,8 +15,6 @@
 mod load;
 mod store;
 
-pub use store::conflict_json;
-
 use ledger_core::LedgerEvent;
 use ledger_core::apply::{Fate, WaitKey};
 use ledger_core::{AccountId, RegionId};
@@ -288,10 +286,10 @@ async fn round(pool: &PgPool, region: &RegionId, seeds: &[Held], expand: bool) -
         events.extend(load::waiting_on(&mut tx, &accounts, &except, ROUND_EVENTS_MAX - events.len()).await?);
     }
     let loaded = load::load(&mut tx, &events).await?;
-    let mut state = loaded.state;
+    let mut state = loaded.state.clone();
     let decided: Vec<LedgerEvent> = events.iter().map(|h| h.event.clone()).collect();
     let fates = state.deliver(&decided);
-    store::store(&mut tx, region, &events, &fates, &state, &loaded.before).await?;
+    store::store(&mut tx, region, &events, &fates, &state, &loaded).await?;
     tx.commit().await?;
     let mut keys = Vec::new();
     for (held, fate) in events.iter().zip(&fates) {

@@ -4,11 +4,12 @@
 //! held events and the dead letters.
 
 use super::Held;
+use super::load::Loaded;
 use crate::views::{RecordChange, ViewChange};
 use crate::write::{AccountRow, OUTBOX_CHANNEL, transfer_json};
 use chrono::{DateTime, Utc};
-use ledger_core::apply::{ApplyState, Fate};
-use ledger_core::replication::{AccountEvent, Conflict};
+use ledger_core::apply::{ApplyState, Episode, Fate};
+use ledger_core::replication::{AccountEvent, Conflict, ConflictKind};
 use ledger_core::{AccountId, EventPayload, RegionId};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -21,9 +22,10 @@ pub(super) async fn store(
     events: &[Held],
     fates: &[Fate],
     state: &ApplyState,
-    before: &HashMap<AccountId, AccountRow>,
+    loaded: &Loaded,
 ) -> Result<(), sqlx::Error> {
     let now = Utc::now();
+    let before = &loaded.before;
     let applied: Vec<(&Held, &ledger_core::apply::Applied)> = events
         .iter()
         .zip(fates)
@@ -32,15 +34,11 @@ pub(super) async fn store(
             _ => None,
         })
         .collect();
-    write_events(tx, &applied, now).await?;
+    write_events(tx, &applied, state, now).await?;
     write_accounts(tx, &applied, state, before, now).await?;
     write_transfers(tx, &applied, now).await?;
     write_views(tx, &applied, state, now).await?;
-    let conflicts: BTreeMap<uuid::Uuid, (&Conflict, uuid::Uuid)> = applied
-        .iter()
-        .flat_map(|(h, a)| a.conflicts.iter().map(move |c| (c.conflict_id, (c, h.event.event_id))))
-        .collect();
-    write_conflicts(tx, region, conflicts.into_values().collect()).await?;
+    write_conflicts(tx, region, &applied, state, loaded).await?;
     write_held(tx, events, fates).await?;
     Ok(())
 }
@@ -48,10 +46,18 @@ pub(super) async fn store(
 async fn write_events(
     tx: &mut PgConnection,
     applied: &[(&Held, &ledger_core::apply::Applied)],
+    state: &ApplyState,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // Each new per-account event's episode as the round leaves it.
+    let episode_of: HashMap<(&AccountId, uuid::Uuid), uuid::Uuid> = state
+        .window
+        .iter()
+        .flat_map(|(account, events)| events.iter().filter_map(move |h| Some(((account, h.event_id), h.episode?))))
+        .collect();
     let mut ev = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ae = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ae_episode = Vec::new();
     for (held, _) in applied {
         let e = &held.event;
         ev.0.push(e.event_id);
@@ -72,6 +78,7 @@ async fn write_events(
             ae.5.push(seen.posting);
             ae.6.push(seen.opened.map(|spec| json!(spec)));
             ae.7.push(seen.idempotency_key);
+            ae_episode.push(episode_of.get(&(account, e.event_id)).copied());
         }
     }
     if ev.0.is_empty() {
@@ -91,8 +98,8 @@ async fn write_events(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[], $8::text[])",
+        "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key, episode)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[], $8::text[], $9::uuid[])",
     )
     .bind(&ae.0)
     .bind(&ae.1)
@@ -102,6 +109,7 @@ async fn write_events(
     .bind(&ae.5)
     .bind(&ae.6)
     .bind(&ae.7)
+    .bind(&ae_episode)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -334,85 +342,200 @@ async fn write_views(
     Ok(())
 }
 
-/// The conflict as stored and published.
-pub fn conflict_json(c: &Conflict, detected_by: &RegionId) -> Value {
+/// One conflict record as stored and published: a pair or key conflict (its events listed), or an
+/// episode of concurrency (its events counted; its members are labelled in `account_events`).
+pub(crate) struct Record {
+    pub conflict_id: uuid::Uuid,
+    pub kind: ConflictKind,
+    pub account: AccountId,
+    pub events: Value,
+    pub event_count: i64,
+    pub first_event: Option<uuid::Uuid>,
+    pub joint_vector: Option<Value>,
+    pub joint_balance: Option<i64>,
+    /// The event that revealed or last changed it.
+    pub revealed_by: uuid::Uuid,
+    /// Published on `ledger.conflicts`: new here, or its kind changed.
+    pub publish: bool,
+}
+
+impl Record {
+    fn of_conflict(c: &Conflict, revealed_by: uuid::Uuid) -> Self {
+        Record {
+            conflict_id: c.conflict_id,
+            kind: c.kind,
+            account: c.account.clone(),
+            events: json!(
+                c.sides
+                    .iter()
+                    .map(|(id, region, vector)| json!({"event_id": id, "region": region, "vector": vector}))
+                    .collect::<Vec<_>>()
+            ),
+            event_count: c.sides.len() as i64,
+            first_event: None,
+            joint_vector: None,
+            joint_balance: None,
+            revealed_by,
+            publish: true,
+        }
+    }
+
+    fn of_episode(e: &Episode, publish: bool) -> Self {
+        Record {
+            conflict_id: e.conflict_id,
+            kind: e.kind,
+            account: e.account.clone(),
+            events: json!([]),
+            event_count: e.events as i64,
+            first_event: Some(e.first_event),
+            joint_vector: Some(json!(e.joint)),
+            joint_balance: Some(e.joint_balance),
+            revealed_by: e.first_event,
+            publish,
+        }
+    }
+}
+
+/// The conflict as published on `ledger.conflicts`.
+pub fn conflict_json(r: &Record, detected_by: &RegionId) -> Value {
     json!({
-        "conflict_id": c.conflict_id,
-        "kind": c.kind.as_str(),
-        "account": c.account,
-        "events": c.sides.iter().map(|(id, region, vector)| json!({"event_id": id, "region": region, "vector": vector})).collect::<Vec<_>>(),
+        "conflict_id": r.conflict_id,
+        "kind": r.kind.as_str(),
+        "account": r.account,
+        "events": r.events,
+        "event_count": r.event_count,
+        "joint_vector": r.joint_vector,
+        "joint_balance": r.joint_balance,
         "detected_by": detected_by,
     })
 }
 
-/// Conflicts (each with the event that revealed it), and a `ledger.conflicts` outbox record for
-/// each one new here.
+/// The round's conflicts: episodes merged away are deleted and their members relabelled, events
+/// whose episode changed are relabelled, and every new or changed record is written. Records new
+/// here (or whose kind changed) get a `ledger.conflicts` outbox record.
 async fn write_conflicts(
     tx: &mut PgConnection,
     region: &RegionId,
-    conflicts: Vec<(&Conflict, uuid::Uuid)>,
+    applied: &[(&Held, &ledger_core::apply::Applied)],
+    state: &ApplyState,
+    loaded: &Loaded,
 ) -> Result<(), sqlx::Error> {
-    if conflicts.is_empty() {
-        return Ok(());
-    }
-    let mut c = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut d = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (conflict, by) in &conflicts {
-        let [(a, ra, va), (b, rb, vb)] = &conflict.sides;
-        c.0.push(conflict.conflict_id);
-        c.1.push(conflict.kind.as_str());
-        c.2.push(conflict.account.as_str());
-        c.3.push(*a);
-        c.4.push(ra.as_str());
-        c.5.push(json!(va));
-        d.0.push(*b);
-        d.1.push(rb.as_str());
-        d.2.push(json!(vb));
-        d.3.push(*by);
-        d.4.push(conflict_json(conflict, region));
-    }
-    let new: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO conflicts (conflict_id, kind, account_id, event_a, region_a, vector_a, event_b, region_b, vector_b)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::jsonb[])
-         ON CONFLICT (conflict_id) DO NOTHING RETURNING conflict_id",
-    )
-    .bind(&c.0)
-    .bind(&c.1)
-    .bind(&c.2)
-    .bind(&c.3)
-    .bind(&c.4)
-    .bind(&c.5)
-    .bind(&d.0)
-    .bind(&d.1)
-    .bind(&d.2)
-    .fetch_all(&mut *tx)
-    .await?;
-    if new.is_empty() {
-        return Ok(());
-    }
-    let new: BTreeSet<uuid::Uuid> = new.into_iter().collect();
-    let mut o = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (conflict, _)) in conflicts.iter().enumerate() {
-        if new.contains(&conflict.conflict_id) {
-            tracing::warn!(conflict_id = %conflict.conflict_id, kind = conflict.kind.as_str(), account = %conflict.account, "conflict detected");
-            metrics::counter!(crate::telemetry::metric::CONFLICTS, "kind" => conflict.kind.as_str()).increment(1);
-            o.0.push(d.3[i]);
-            o.1.push(conflict.conflict_id.to_string());
-            o.2.push(d.4[i].clone());
+    let mut records: BTreeMap<uuid::Uuid, Record> = BTreeMap::new();
+    for (held, a) in applied {
+        for c in &a.conflicts {
+            // A key's conflict grows: the last one written wins.
+            records.insert(c.conflict_id, Record::of_conflict(c, held.event.event_id));
         }
+    }
+    for (id, e) in &state.episodes {
+        match loaded.episodes.get(id) {
+            Some(before) if before == e => {}
+            Some(before) => {
+                records.insert(*id, Record::of_episode(e, before.kind != e.kind));
+            }
+            None => {
+                records.insert(*id, Record::of_episode(e, true));
+            }
+        }
+    }
+    let gone: Vec<(uuid::Uuid, uuid::Uuid)> = state
+        .superseded
+        .iter()
+        .filter(|(old, _)| loaded.episodes.contains_key(*old))
+        .map(|(old, new)| (*old, *new))
+        .collect();
+    if !gone.is_empty() {
+        let (old, new): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = gone.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE account_events a SET episode = u.new FROM UNNEST($1::uuid[], $2::uuid[]) AS u(old, new)
+             WHERE a.episode = ANY($1) AND a.episode = u.old",
+        )
+        .bind(&old)
+        .bind(&new)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM conflicts WHERE conflict_id = ANY($1)").bind(&old).execute(&mut *tx).await?;
+    }
+    // Events of the window (applied before this round) whose episode changed.
+    let mut relabel = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (account, window) in &state.window {
+        for h in window {
+            if let Some(before) = loaded.labels.get(&(account.clone(), h.event_id))
+                && *before != h.episode
+            {
+                relabel.0.push(account.as_str());
+                relabel.1.push(h.origin.as_str());
+                relabel.2.push(h.counter as i64);
+                relabel.3.push(h.episode);
+            }
+        }
+    }
+    if !relabel.0.is_empty() {
+        sqlx::query(
+            "UPDATE account_events a SET episode = u.episode
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[]) AS u(account, origin, counter, episode)
+             WHERE a.account_id = ANY($1) AND a.account_id = u.account AND a.origin_region = u.origin AND a.counter = u.counter",
+        )
+        .bind(&relabel.0)
+        .bind(&relabel.1)
+        .bind(&relabel.2)
+        .bind(&relabel.3)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if records.is_empty() && gone.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<Record> = records.into_values().collect();
+    sqlx::query(
+        "INSERT INTO conflicts (conflict_id, kind, account_id, events, event_count, first_event, joint_vector, joint_balance)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::uuid[], $7::jsonb[], $8::int8[])
+         ON CONFLICT (conflict_id) DO UPDATE SET kind = EXCLUDED.kind, account_id = EXCLUDED.account_id,
+             events = EXCLUDED.events, event_count = EXCLUDED.event_count, first_event = EXCLUDED.first_event,
+             joint_vector = EXCLUDED.joint_vector, joint_balance = EXCLUDED.joint_balance, updated_at = now()",
+    )
+    .bind(records.iter().map(|r| r.conflict_id).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.events.clone()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.event_count).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.first_event).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.joint_vector.clone()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.joint_balance).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    let mut o = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in records.iter().filter(|r| r.publish) {
+        tracing::warn!(conflict_id = %r.conflict_id, kind = r.kind.as_str(), account = %r.account, "conflict detected");
+        metrics::counter!(crate::telemetry::metric::CONFLICTS, "kind" => r.kind.as_str()).increment(1);
+        o.0.push(r.revealed_by);
+        o.1.push(r.conflict_id.to_string());
+        o.2.push("conflict.detected");
+        o.3.push(conflict_json(r, region));
+    }
+    for (old, new) in &gone {
+        let by = state.episodes.get(new).map_or(*old, |e| e.first_event);
+        o.0.push(by);
+        o.1.push(old.to_string());
+        o.2.push("conflict.superseded");
+        o.3.push(json!({"conflict_id": old, "superseded_by": new, "detected_by": region}));
+    }
+    if o.0.is_empty() {
+        return Ok(());
     }
     // The NOTIFY payload is the first new row's id: the publisher looks from there (see outbox.rs).
     sqlx::query(
         "WITH o AS (
              INSERT INTO outbox (event_id, topic, partition_key, event_type, payload)
-             SELECT e, 'ledger.conflicts', k, 'conflict.detected', p FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS u(e, k, p)
+             SELECT e, 'ledger.conflicts', k, t, p FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS u(e, k, t, p)
              RETURNING id
          )
-         SELECT pg_notify($4, min(id)::text) FROM o",
+         SELECT pg_notify($5, min(id)::text) FROM o",
     )
     .bind(&o.0)
     .bind(&o.1)
     .bind(&o.2)
+    .bind(&o.3)
     .bind(OUTBOX_CHANNEL)
     .execute(&mut *tx)
     .await?;

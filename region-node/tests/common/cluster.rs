@@ -122,6 +122,28 @@ impl Cluster {
         r.body["conflicts"].as_array().unwrap().clone()
     }
 
+    /// Every conflict of region `i`, in id order, without what differs by region (when it was
+    /// detected and updated).
+    pub async fn conflict_contents(&self, i: usize) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let r = self.nodes[i].get(&format!("/v1/conflicts?limit=1000{after}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            for c in r.body["conflicts"].as_array().unwrap() {
+                let mut c = c.clone();
+                c.as_object_mut().unwrap().retain(|k, _| !matches!(k.as_str(), "detected_at" | "updated_at"));
+                all.push(c);
+            }
+            match r.body["next"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        all.sort_by(|a, b| a["conflict_id"].as_str().cmp(&b["conflict_id"].as_str()));
+        all
+    }
+
     pub async fn stop(mut self) {
         self.pause().await;
         for node in self.nodes {
