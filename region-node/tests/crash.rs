@@ -99,7 +99,7 @@ async fn kill_9_under_load_loses_no_acknowledged_transfer() {
                     Ok(r) if r.status() == 201 => {
                         acked.push((idem, r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()))
                     }
-                    _ => failed.push(idem),
+                    _ => failed.push((idem, body)),
                 }
             }
             (acked, failed)
@@ -137,18 +137,38 @@ async fn kill_9_under_load_loses_no_acknowledged_transfer() {
     // Nothing half-written, money conserved.
     assert_ledger_consistent(&db.pool).await;
 
-    // Retrying a cut request with its key is safe: applied at most once.
-    for idem in failed.iter().take(5) {
+    // Retrying every cut request with the same body and key, as a client must: each is applied
+    // exactly once (the cut ones that had committed replay, the others run now), never twice.
+    for (idem, body) in &failed {
         let r = http
             .post(format!("{}/v1/transfers", node.base))
             .bearer_auth(&key)
             .header("Idempotency-Key", idem)
-            .json(&json!({"from": "world", "to": "acc0", "amount": 1}))
+            .json(body)
             .send()
             .await
             .unwrap();
-        assert!(r.status() == 201 || r.status() == 409, "retry of {idem}: {}", r.status());
+        assert_eq!(r.status(), 201, "retry of {idem}");
     }
+    for (idem, _) in acked.iter().take(20) {
+        let body = json!({"from": "world", "to": "acc0", "amount": 1});
+        let r = http.post(format!("{}/v1/transfers", node.base)).bearer_auth(&key).header("Idempotency-Key", idem);
+        let r = r.json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 409, "{idem} reused with another body");
+    }
+    let twice: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT idempotency_key, count(*) FROM transfers WHERE idempotency_key IS NOT NULL
+         GROUP BY idempotency_key HAVING count(*) > 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "keys applied more than once: {twice:?}");
+    let keyed: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE idempotency_key IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(keyed as usize, acked.len() + failed.len(), "every request applied exactly once after its retry");
     assert_ledger_consistent(&db.pool).await;
 
     // The read models converge to the authoritative state, each entry applied once.
