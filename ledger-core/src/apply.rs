@@ -361,3 +361,99 @@ fn check_shape(event: &LedgerEvent) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::AccountSpec;
+    use crate::currency::Currency;
+    use crate::money::Amount;
+
+    fn origin() -> RegionId {
+        RegionId::new("eu-west").unwrap()
+    }
+
+    fn vector(counter: u64) -> VersionVector {
+        let mut v = VersionVector::new();
+        v.witness(&origin(), counter);
+        v
+    }
+
+    fn open(id: &str) -> LedgerEvent {
+        let account = AccountId::new(id).unwrap();
+        LedgerEvent {
+            event_id: uuid::Uuid::new_v4(),
+            origin_region: origin(),
+            occurred_at: String::new(),
+            payload: EventPayload::AccountOpened {
+                account: AccountSpec {
+                    id: account.clone(),
+                    currency: Currency::new("USD").unwrap(),
+                    allow_negative: true,
+                    metadata: Default::default(),
+                },
+            },
+            vectors: BTreeMap::from([(account, vector(1))]),
+        }
+    }
+
+    fn transfer(counter: u64, amount: i64) -> LedgerEvent {
+        let (from, to) = (AccountId::new("world").unwrap(), AccountId::new("acc").unwrap());
+        LedgerEvent {
+            event_id: uuid::Uuid::new_v4(),
+            origin_region: origin(),
+            occurred_at: String::new(),
+            payload: EventPayload::TransferPosted {
+                transfer_id: uuid::Uuid::new_v4(),
+                from: from.clone(),
+                to: to.clone(),
+                amount: Amount::new(amount).unwrap(),
+                currency: Currency::new("USD").unwrap(),
+                metadata: Default::default(),
+                idempotency_key: None,
+                request_hash: None,
+            },
+            vectors: BTreeMap::from([(from, vector(counter)), (to, vector(counter))]),
+        }
+    }
+
+    #[test]
+    fn a_chain_given_backwards_applies_in_one_call_and_a_gap_names_the_missing_event() {
+        let mut state = ApplyState::default();
+        let mut events = vec![open("world"), open("acc")];
+        events.extend((3..=1_000).rev().map(|k| transfer(k, 1)));
+        let fates = state.deliver(&events);
+        // Counter 2 is missing: everything after it waits for exactly that event.
+        let want = WaitKey { account: AccountId::new("world").unwrap(), region: origin(), counter: 2 };
+        assert!(fates[2..].iter().all(|f| *f == Fate::Wait(want.clone())), "{:?}", &fates[2..4]);
+        let mut all = events[2..].to_vec();
+        all.push(transfer(2, 1));
+        let fates = state.deliver(&all);
+        assert!(fates.iter().all(|f| matches!(f, Fate::Applied(_))));
+        assert_eq!(state.accounts[&AccountId::new("acc").unwrap()].balance, 999);
+        assert_eq!(state.accounts[&AccountId::new("acc").unwrap()].entry_seq, 999);
+    }
+
+    #[test]
+    fn a_balance_leaving_i64_is_a_dead_letter_and_what_follows_it_waits_for_it() {
+        let mut state = ApplyState::default();
+        let big = crate::money::AMOUNT_MAX;
+        state.deliver(&[open("world"), open("acc")]);
+        // Bring the balance near the edge, as concurrent regions together could.
+        state.accounts.get_mut(&AccountId::new("acc").unwrap()).unwrap().balance = i64::MAX - big + 1;
+        let (dead, after) = (transfer(2, big), transfer(3, 1));
+        let fates = state.deliver(&[dead, after]);
+        assert!(matches!(&fates[0], Fate::Dead(reason) if reason.contains("out of range")), "{fates:?}");
+        let want = WaitKey { account: AccountId::new("world").unwrap(), region: origin(), counter: 2 };
+        assert_eq!(fates[1], Fate::Wait(want));
+        assert_eq!(state.accounts[&AccountId::new("acc").unwrap()].entry_seq, 0, "nothing applied");
+    }
+
+    #[test]
+    fn an_event_whose_vector_does_not_count_its_origin_is_refused() {
+        let mut state = ApplyState::default();
+        let mut bad = open("acc");
+        bad.vectors.insert(AccountId::new("acc").unwrap(), VersionVector::new());
+        assert!(matches!(&state.deliver(&[bad])[0], Fate::Dead(_)));
+    }
+}
