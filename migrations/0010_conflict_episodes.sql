@@ -28,3 +28,10 @@ ALTER TABLE conflicts
     ADD CONSTRAINT conflicts_status CHECK (status IN ('open', 'resolved'));
 CREATE UNIQUE INDEX conflicts_seq ON conflicts (seq);
 CREATE INDEX conflicts_account ON conflicts (account_id, seq);
+
+-- Two regions that open one id with different attributes freeze it everywhere until the conflict
+-- is resolved, and money posted under a definition in another currency than the winning one is
+-- kept apart, in its currency ({"EUR": 4000}): a definition never changes money.
+ALTER TABLE accounts
+    ADD COLUMN frozen BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN foreign_balances JSONB NOT NULL DEFAULT '{}';

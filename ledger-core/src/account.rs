@@ -4,6 +4,7 @@ use crate::currency::Currency;
 use crate::ids::AccountId;
 use crate::vv::VersionVector;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The attributes an account is opened with; immutable afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,11 +30,17 @@ pub struct AccountState {
     pub entry_seq: i64,
     /// Which events, from which region, it reflects.
     pub version: VersionVector,
+    /// Two regions opened it with different attributes: no new transfer may touch it until the
+    /// conflict is resolved.
+    pub frozen: bool,
+    /// Money held in currencies other than its own: what was posted under a definition in another
+    /// currency that lost to the winning one. Kept apart, so a currency's total never changes.
+    pub foreign: BTreeMap<Currency, i64>,
 }
 
 impl AccountState {
     /// A freshly opened account: zero balance, nothing posted.
     pub fn opened(spec: AccountSpec) -> Self {
-        Self { spec, balance: 0, entry_seq: 0, version: VersionVector::new() }
+        Self { spec, balance: 0, entry_seq: 0, version: VersionVector::new(), frozen: false, foreign: BTreeMap::new() }
     }
 }

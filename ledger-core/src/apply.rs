@@ -189,12 +189,18 @@ impl ApplyState {
                 (EventPayload::TransferPosted { .. }, None) => {
                     return Err(format!("transfer on account {account}, which was never opened here"));
                 }
-                (EventPayload::TransferPosted { .. }, Some(state)) => {
+                (EventPayload::TransferPosted { currency, .. }, Some(state)) => {
                     let amount = event.posting_for(account).unwrap_or(0);
-                    let balance = state
-                        .balance
+                    // A posting in another currency than the account's (made under a definition
+                    // that lost to the winning one) is kept apart, in that currency.
+                    let held = if *currency == state.spec.currency {
+                        state.balance
+                    } else {
+                        state.foreign.get(currency).copied().unwrap_or(0)
+                    };
+                    let balance = held
                         .checked_add(amount)
-                        .ok_or_else(|| format!("balance of {account} out of range: {} + {amount}", state.balance))?;
+                        .ok_or_else(|| format!("balance of {account} out of range: {held} + {amount}"))?;
                     after.push(Some((balance, state.entry_seq + 1)));
                 }
             }
@@ -210,15 +216,30 @@ impl ApplyState {
                 (EventPayload::AccountOpened { account: spec }, _) => {
                     let state =
                         self.accounts.entry((*account).clone()).or_insert_with(|| AccountState::opened(spec.clone()));
-                    // Concurrent openings: every region keeps the same winner's attributes.
+                    // Concurrent openings: every region keeps the same winner's attributes. Money
+                    // posted under a losing definition in another currency moves apart, in its
+                    // currency: a definition never changes money.
                     let winner =
                         window.iter().filter(|h| h.opened.is_some()).fold(&incoming, |w, h| winning_opening(w, h));
-                    state.spec = winner.opened.clone().expect("an opening");
+                    let winner = winner.opened.clone().expect("an opening");
+                    if winner.currency != state.spec.currency && state.balance != 0 {
+                        let held = state.foreign.entry(state.spec.currency).or_insert(0);
+                        *held = held.saturating_add(state.balance);
+                        state.balance = 0;
+                    }
+                    if let Some(own) = state.foreign.remove(&winner.currency) {
+                        state.balance = state.balance.saturating_add(own);
+                    }
+                    state.spec = winner;
                     state
                 }
-                (_, Some((balance, entry_seq))) => {
+                (EventPayload::TransferPosted { currency, .. }, Some((balance, entry_seq))) => {
                     let state = self.accounts.get_mut(*account).expect("checked above");
-                    state.balance = balance;
+                    if *currency == state.spec.currency {
+                        state.balance = balance;
+                    } else {
+                        state.foreign.insert(*currency, balance);
+                    }
                     state.entry_seq = entry_seq;
                     state
                 }
@@ -229,11 +250,16 @@ impl ApplyState {
                 account: (*account).clone(),
                 amount: incoming.posting,
                 entry_seq: state.entry_seq,
-                balance_after: state.balance,
+                // In the posting's currency (apart from the balance for another currency).
+                balance_after: after.map_or(state.balance, |(balance, _)| balance),
             });
             let (forbids_negative, balance) = (!state.spec.allow_negative, state.balance);
             for other in &concurrent {
                 if let Some(kind) = pair_kind(&incoming, other) {
+                    if kind == ConflictKind::AccountDefinition {
+                        // Frozen in every region (each one finds the pair) until resolved.
+                        self.accounts.get_mut(*account).expect("opened above").frozen = true;
+                    }
                     found.push(Conflict::of(kind, account, &incoming, other));
                 }
             }

@@ -47,6 +47,9 @@ pub enum PostingError {
     /// An account this region does not know.
     #[error("unknown account")]
     UnknownAccount,
+    /// The account is frozen by an account-definition conflict until it is resolved.
+    #[error("account {0} is frozen: two regions opened it with different attributes")]
+    Frozen(crate::ids::AccountId),
     /// A counter would leave the 64-bit range (an entry sequence); balances are bounded first.
     #[error(transparent)]
     Money(#[from] MoneyError),
@@ -64,6 +67,9 @@ pub fn post_transfer(
 ) -> Result<(), PostingError> {
     if from.spec.id == to.spec.id {
         return Err(PostingError::SameAccount);
+    }
+    if let Some(frozen) = [&*from, &*to].into_iter().find(|a| a.frozen) {
+        return Err(PostingError::Frozen(frozen.spec.id.clone()));
     }
     let requested = currency.unwrap_or(from.spec.currency);
     if from.spec.currency != requested || to.spec.currency != requested {

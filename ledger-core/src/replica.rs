@@ -250,6 +250,50 @@ mod tests {
         }
     }
 
+    /// Finding 2 of the replication issue: two regions open one id in different currencies and
+    /// both post to it. Every region keeps the same winning definition, freezes the account, and
+    /// keeps the losing currency's money apart: each currency's total is what was minted in it.
+    #[test]
+    fn different_definitions_freeze_the_account_and_never_change_money() {
+        let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(region(i), (i as u128) << 64)).collect();
+        let mut world_eur = spec("world-eur", true);
+        world_eur.currency = Currency::new("EUR").unwrap();
+        let mut log: Vec<LedgerEvent> = rs[0].open(spec("world", true)).into_iter().collect();
+        log.extend(rs[0].open(world_eur));
+        deliver_all(&mut rs, &log);
+        let mut x_eur = spec("x", false);
+        x_eur.currency = Currency::new("EUR").unwrap();
+        let (x, world, weur) =
+            (AccountId::new("x").unwrap(), AccountId::new("world").unwrap(), AccountId::new("world-eur").unwrap());
+        let mut made = vec![rs[0].open(spec("x", false)).unwrap(), rs[1].open(x_eur).unwrap()];
+        made.extend(rs[0].transfer(&world, &x, Amount::new(70).unwrap(), None).unwrap());
+        made.extend(rs[1].transfer(&weur, &x, Amount::new(40).unwrap(), None).unwrap());
+        deliver_all(&mut rs, &made);
+        let usd = Currency::new("USD").unwrap();
+        let eur = Currency::new("EUR").unwrap();
+        for r in &rs {
+            let a = &r.accounts()[&x];
+            assert!(a.frozen, "{}", r.region);
+            assert_eq!(a.spec.currency, eur, "eu-west sorts first: its definition wins");
+            assert_eq!((a.balance, a.foreign.get(&usd).copied()), (40, Some(70)), "{}", r.region);
+            let total = |c: Currency| -> i64 {
+                r.accounts()
+                    .values()
+                    .map(|a| if a.spec.currency == c { a.balance } else { a.foreign.get(&c).copied().unwrap_or(0) })
+                    .sum()
+            };
+            assert_eq!((total(usd), total(eur)), (0, 0), "{}: each currency's total is unchanged", r.region);
+            let definitions: Vec<&Conflict> =
+                r.conflicts.values().filter(|c| c.kind == ConflictKind::AccountDefinition).collect();
+            assert_eq!(definitions.len(), 1, "{}", r.region);
+            // No new transfer may touch it until resolved.
+            let mut r = r.clone();
+            assert_eq!(r.transfer(&world, &x, Amount::new(1).unwrap(), None), Err(PostingError::Frozen(x.clone())));
+        }
+        assert_eq!(rs[1].state.accounts[&x], rs[0].state.accounts[&x]);
+        assert_eq!(rs[2].state.accounts[&x], rs[0].state.accounts[&x]);
+    }
+
     #[test]
     fn a_retried_key_in_another_region_is_duplicate_intent_everywhere() {
         let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(region(i), (i as u128) << 64)).collect();

@@ -115,6 +115,17 @@ impl Problem {
     pub fn balance_overflow(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "balance-overflow", "Balance out of range", detail)
     }
+    /// Two regions opened the account with different attributes: frozen until resolved.
+    pub fn account_frozen(id: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "account-frozen",
+            "Account frozen",
+            format!(
+                "account {id:?} was opened in two regions with different attributes; it is frozen until finance resolves the account-definition conflict"
+            ),
+        )
+    }
     /// The account exists with other attributes.
     pub fn account_exists(id: &str) -> Self {
         Self::new(

@@ -271,3 +271,52 @@ async fn hot_accounts_in_three_regions_converge_with_a_bounded_number_of_conflic
     }
     cluster.stop().await;
 }
+
+/// Finding 2: two regions open one id with different definitions while partitioned and both move
+/// money on it. Every region ends with the same winning definition, the account frozen (new
+/// transfers get 409 account-frozen), the losing currency's money kept apart, and each currency's
+/// total exactly what was minted in it. A flip of `allow_negative` to false over a negative balance
+/// no longer stops remote apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_definitions_of_one_account_freeze_it_and_never_change_money() {
+    let mut cluster = Cluster::start().await;
+    let us = &cluster.nodes[0];
+    us.open("world", "USD", true).await;
+    us.open("world-eur", "EUR", true).await;
+    cluster.converged(Duration::from_secs(120)).await;
+    cluster.pause().await;
+    let [us, eu] = [&cluster.nodes[0], &cluster.nodes[1]];
+    us.open("x", "USD", false).await;
+    eu.open("x", "EUR", false).await;
+    assert_eq!(us.transfer("world", "x", 70).await.status, 201);
+    assert_eq!(eu.transfer("world-eur", "x", 40).await.status, 201);
+    // y: negative allowed in us-east and driven below zero there; eu-west (which sorts first)
+    // forbids it.
+    us.open("y", "USD", true).await;
+    eu.open("y", "USD", false).await;
+    assert_eq!(us.transfer("y", "world", 25).await.status, 201);
+    cluster.resume().await;
+    cluster.converged(Duration::from_secs(120)).await;
+    let reference = cluster.accounts(0).await;
+    for i in 1..3 {
+        assert_eq!(cluster.accounts(i).await, reference, "region {i}");
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let x = node.get("/v1/accounts/x").await.body;
+        assert_eq!((x["currency"].as_str(), x["frozen"].as_bool()), (Some("EUR"), Some(true)), "region {i}: {x}");
+        assert_eq!((x["balance"].as_i64(), x["foreign_balances"]["USD"].as_i64()), (Some(40), Some(70)), "{x}");
+        let y = node.get("/v1/accounts/y").await.body;
+        assert_eq!((y["allow_negative"].as_bool(), y["balance"].as_i64()), (Some(false), Some(-25)), "{y}");
+        let r = node.transfer("world", "x", 1).await;
+        assert_eq!((r.status, r.problem()), (409, "account-frozen"), "region {i}");
+        let definitions = cluster.conflict_contents(i).await;
+        let on: BTreeSet<&str> = definitions
+            .iter()
+            .filter(|c| c["kind"] == "account-definition")
+            .map(|c| c["account"].as_str().unwrap())
+            .collect();
+        assert_eq!(on, BTreeSet::from(["x", "y"]), "region {i}");
+        common::assert_ledger_consistent(&node.db.pool).await;
+    }
+    cluster.stop().await;
+}

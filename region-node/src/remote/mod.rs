@@ -212,19 +212,24 @@ where
 
 /// How a failed round is handled.
 enum Failure {
-    /// PostgreSQL unreachable or the connection broke: retry later, decide nothing.
+    /// PostgreSQL unreachable, the connection broke, or an error that is not the data's: retry
+    /// later, decide nothing.
     Unavailable,
     /// A serialization failure, deadlock or unique key taken by a concurrent writer: the same round
     /// again reads what the other writer did.
     Transient,
-    /// The database refused something of the round's data.
+    /// The database refused something of the round's data (a data exception or a constraint).
     Refused,
 }
 
 fn failure(e: &sqlx::Error) -> Failure {
     match e.as_database_error().and_then(|d| d.code()) {
         Some(code) if matches!(code.as_ref(), "40001" | "40P01" | "23505") => Failure::Transient,
-        Some(_) => Failure::Refused,
+        // Only what the data can cause (a data exception, a constraint) makes a dead letter;
+        // anything else (a syntax error, a missing column, resources) is ours or the database's,
+        // and is retried rather than charged to the events.
+        Some(code) if code.starts_with("22") || code.starts_with("23") => Failure::Refused,
+        Some(_) => Failure::Unavailable,
         None if matches!(e, sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => Failure::Refused,
         None => Failure::Unavailable,
     }
@@ -289,6 +294,8 @@ async fn round(pool: &PgPool, region: &RegionId, seeds: &[Held], expand: bool) -
     let mut state = loaded.state.clone();
     let decided: Vec<LedgerEvent> = events.iter().map(|h| h.event.clone()).collect();
     let fates = state.deliver(&decided);
+    // Between the read and the write: where another writer may open an account this round opens.
+    fail::fail_point!("remote-apply-before-store");
     store::store(&mut tx, region, &events, &fates, &state, &loaded).await?;
     tx.commit().await?;
     let mut keys = Vec::new();

@@ -135,6 +135,8 @@ async fn write_accounts(
         entry_seq: Vec<i64>,
         vector: Vec<Value>,
         overdrawn: Vec<bool>,
+        frozen: Vec<bool>,
+        foreign: Vec<Value>,
     }
     let (mut old, mut new) = (Columns::default(), Columns::default());
     for id in touched {
@@ -150,14 +152,18 @@ async fn write_accounts(
         // Postings commute, so a remote debit applies even below zero: that is an overdraft
         // conflict for finance, and the flag keeps the no-overdraft CHECK satisfied.
         c.overdrawn.push(a.balance < 0 && !a.spec.allow_negative);
+        c.frozen.push(a.frozen);
+        c.foreign.push(json!(a.foreign));
     }
     if !old.id.is_empty() {
         sqlx::query(
             "UPDATE accounts a SET currency = u.currency, allow_negative = u.allow_negative, metadata = u.metadata,
                  balance = u.balance, entry_seq = u.seq, version_vector = u.vv, updated_at = $9,
-                 replicated_overdraft = a.replicated_overdraft OR u.overdrawn
-             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[], $8::bool[])
-               AS u(id, currency, allow_negative, metadata, balance, seq, vv, overdrawn)
+                 replicated_overdraft = a.replicated_overdraft OR u.overdrawn, frozen = u.frozen,
+                 foreign_balances = u.foreign_balances
+             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[], $8::bool[],
+                         $10::bool[], $11::jsonb[])
+               AS u(id, currency, allow_negative, metadata, balance, seq, vv, overdrawn, frozen, foreign_balances)
              WHERE a.id = ANY($1) AND a.id = u.id",
         )
         .bind(&old.id)
@@ -169,14 +175,17 @@ async fn write_accounts(
         .bind(&old.vector)
         .bind(&old.overdrawn)
         .bind(now)
+        .bind(&old.frozen)
+        .bind(&old.foreign)
         .execute(&mut *tx)
         .await?;
     }
     if !new.id.is_empty() {
         let inserted = sqlx::query(
             "INSERT INTO accounts (id, currency, allow_negative, metadata, balance, entry_seq, version_vector,
-                                   replicated_overdraft, created_at, updated_at)
-             SELECT *, $9, $9 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[], $8::bool[])
+                                   replicated_overdraft, frozen, foreign_balances, created_at, updated_at)
+             SELECT *, $9, $9 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[],
+                                          $8::bool[], $10::bool[], $11::jsonb[])
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&new.id)
@@ -188,6 +197,8 @@ async fn write_accounts(
         .bind(&new.vector)
         .bind(&new.overdrawn)
         .bind(now)
+        .bind(&new.frozen)
+        .bind(&new.foreign)
         .execute(&mut *tx)
         .await?
         .rows_affected();

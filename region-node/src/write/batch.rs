@@ -45,6 +45,8 @@ impl AccountRow {
             "metadata": s.spec.metadata,
             "version_vector": s.version,
             "entries": s.entry_seq,
+            "frozen": s.frozen,
+            "foreign_balances": s.foreign,
             "created_at": rfc3339(&self.created_at),
             "updated_at": rfc3339(&self.updated_at),
         })
@@ -68,6 +70,8 @@ impl AccountRow {
                 balance: row.try_get("balance")?,
                 entry_seq: row.try_get("entry_seq")?,
                 version,
+                frozen: row.try_get("frozen")?,
+                foreign: serde_json::from_value(row.try_get("foreign_balances")?).map_err(|e| decode(e.to_string()))?,
             },
             updated_at: row.try_get("updated_at")?,
             created_at: row.try_get("created_at")?,
@@ -78,7 +82,8 @@ impl AccountRow {
 /// The columns [`AccountRow::from_row`] reads, as a macro so constant queries can `concat!` them.
 macro_rules! account_columns {
     () => {
-        "id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at"
+        "id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at, frozen, \
+         foreign_balances"
     };
 }
 
@@ -502,14 +507,15 @@ const LOAD_SQL: &str = concat!("SELECT ", account_columns!(), " FROM accounts WH
 
 /// The batch's accounts, locked in id order (the order every writer locks in, so batches never
 /// deadlock: a CTE with a locking clause is never inlined, and its rows are locked as its sort emits
-/// them), followed by the idempotency records of its keys (`key` not null).
+/// them), followed by the idempotency records of its keys (`key` not null). The second SELECT has
+/// one NULL per account column.
 const READ_SQL: &str = concat!(
     "WITH locked AS (SELECT ",
     account_columns!(),
     " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE)
 SELECT *, NULL::text AS key, NULL::text AS request_hash, NULL::jsonb AS response_body FROM locked
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
 FROM idempotency_keys WHERE key = ANY($2)"
 );
 
@@ -573,6 +579,7 @@ fn posting_problem(e: PostingError) -> Problem {
         PostingError::InsufficientFunds { .. } => Problem::insufficient_funds(e.to_string()),
         PostingError::BalanceOutOfRange { .. } | PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
         PostingError::UnknownAccount => Problem::account_not_found("?"),
+        PostingError::Frozen(id) => Problem::account_frozen(id.as_str()),
     }
 }
 

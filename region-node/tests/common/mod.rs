@@ -181,8 +181,12 @@ impl TestNode {
 /// transfer has exactly its two entries: nothing is ever half-written.
 pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
     let bad: Vec<(String, i64, i64)> = sqlx::query_as(
+        // Money kept apart in another currency (after an account-definition conflict) has entries too.
         "SELECT a.id, a.balance, COALESCE(sum(e.amount), 0)::bigint FROM accounts a LEFT JOIN entries e ON e.account_id = a.id
-         GROUP BY a.id, a.balance, a.entry_seq HAVING a.balance <> COALESCE(sum(e.amount), 0) OR a.entry_seq <> count(e.seq)",
+         GROUP BY a.id, a.balance, a.entry_seq, a.foreign_balances
+         HAVING a.balance + (SELECT COALESCE(sum(f.value::bigint), 0) FROM jsonb_each_text(a.foreign_balances) f)
+                    <> COALESCE(sum(e.amount), 0)
+             OR a.entry_seq <> count(e.seq)",
     )
     .fetch_all(pool)
     .await
@@ -208,7 +212,15 @@ pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
     .await
     .unwrap();
     assert!(orphans.iter().all(|(_, n)| *n == 0), "rows pointing at nothing: {orphans:?}");
-    let total: i64 =
-        sqlx::query_scalar("SELECT COALESCE(sum(balance), 0)::bigint FROM accounts").fetch_one(pool).await.unwrap();
-    assert_eq!(total, 0, "money is neither created nor destroyed");
+    // Per currency: an account's balance in its own, and what it keeps apart in others.
+    let totals: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT currency, sum(amount)::bigint FROM (
+             SELECT currency, balance AS amount FROM accounts
+             UNION ALL SELECT f.key, f.value::bigint FROM accounts a, jsonb_each_text(a.foreign_balances) f
+         ) t GROUP BY currency HAVING sum(amount) <> 0",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(totals.is_empty(), "money is neither created nor destroyed in any currency: {totals:?}");
 }
