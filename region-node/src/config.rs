@@ -68,6 +68,13 @@ pub struct NodeConfig {
     pub run_consumer: bool,
     /// The other regions, whose events arrive mirrored as `<region>.ledger.events`.
     pub peers: Vec<String>,
+    /// The API key presented to peers. It is also accepted here with the `replication` scope only:
+    /// the regions of one deployment share it.
+    pub replication_api_key: String,
+    /// `GET /v1/replication/events` returns only events stored here longer ago than this: a row
+    /// with a later seq may commit before one with an earlier seq, and a cursor must never pass a
+    /// row that may still commit. Longer than any transaction inserting events.
+    pub anti_entropy_settle_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -105,6 +112,11 @@ impl Default for NodeConfig {
             run_publisher: true,
             run_consumer: true,
             peers: Vec::new(),
+            replication_api_key: String::new(),
+            // `stored_at` is its transaction's start: what counts is how long a transaction
+            // inserting events stays open, milliseconds for a batch, a bounded round (2,000
+            // events) for remote apply. 5 s is a wide margin and only delays repair.
+            anti_entropy_settle_ms: 5_000,
         }
     }
 }

@@ -106,6 +106,9 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     if !cfg.bootstrap_api_key.is_empty() {
         api::auth_ensure_key(&pool, "bootstrap", &cfg.bootstrap_api_key, &["read", "write"]).await?;
     }
+    if !cfg.replication_api_key.is_empty() {
+        api::auth_ensure_key(&pool, "replication", &cfg.replication_api_key, &["replication"]).await?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { addr: cfg.http_addr.clone(), source })?;
