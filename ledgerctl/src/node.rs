@@ -30,6 +30,10 @@ pub struct NodeProcess {
     pub api_key: String,
     /// The other regions (their events arrive mirrored).
     pub peers: Vec<String>,
+    /// The other regions' node URLs, for anti-entropy (the node repairs what Kafka lost).
+    pub peer_urls: Vec<(String, String)>,
+    /// The key the nodes present to each other; each node accepts it with the replication scope.
+    pub replication_key: String,
     /// Node output.
     pub log: PathBuf,
 }
@@ -65,10 +69,20 @@ impl NodeProcess {
 
     /// Writes the node's configuration file.
     pub fn write_config(&self) -> Result<()> {
-        let toml = format!(
-            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\n",
-            self.region, self.http_port, self.database_url, self.kafka_bootstrap, self.api_key, self.peers
+        let mut toml = format!(
+            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\n",
+            self.region,
+            self.http_port,
+            self.database_url,
+            self.kafka_bootstrap,
+            self.api_key,
+            self.peers,
+            self.replication_key
         );
+        toml.push_str("\n[peer_urls]\n");
+        for (region, url) in &self.peer_urls {
+            toml.push_str(&format!("{region:?} = {url:?}\n"));
+        }
         let path = self.config_path();
         std::fs::write(&path, toml).map_err(StackError::io(&path))
     }

@@ -134,6 +134,14 @@ impl Stack {
             kafka_bootstrap: self.kafka(region).bootstrap(),
             api_key: api_key.to_owned(),
             peers: self.cfg.regions.iter().filter(|r| r.name != region.name).map(|r| r.name.to_string()).collect(),
+            peer_urls: self
+                .cfg
+                .regions
+                .iter()
+                .filter(|r| r.name != region.name)
+                .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port)))
+                .collect(),
+            replication_key: format!("{api_key}_replication"),
             log: dir.join("node.log"),
             dir,
         }
@@ -522,7 +530,8 @@ fn spec_of(entry: &RegionEntry) -> Result<RegionSpec> {
     })
 }
 
-/// A development API key: 256 random bits.
+/// A development API key: 256 random bits. The nodes' replication key is derived from it
+/// (`<key>_replication`), so it is as stable as the key across `up` runs.
 fn new_api_key() -> String {
     format!("ldev_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }

@@ -112,6 +112,17 @@ fn recorded_pids(manifest: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// The status of `GET path` on `url` (`http://127.0.0.1:port`) with a bearer key, over HTTP/1.0.
+fn get_status(url: &str, path: &str, key: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
 #[test]
 fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let env = Env::new(&["us-east", "eu-west"]);
@@ -128,6 +139,13 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     }
     let api_key = manifest["api_key"].as_str().expect("a development api key");
     assert!(api_key.len() >= 32);
+    // Each node accepts the replication key its peers are given (anti-entropy).
+    for r in regions {
+        let url = r["http_url"].as_str().unwrap();
+        let path = format!("/v1/replication/events?origin={}", r["name"].as_str().unwrap());
+        assert_eq!(get_status(url, &path, &format!("{api_key}_replication")), 200, "{url}{path}");
+        assert_eq!(get_status(url, &path, api_key), 403, "the development key lacks the replication scope");
+    }
     let pids = recorded_pids(&manifest);
     let running = env.our_processes();
     assert!(pids.iter().all(|p| running.contains(p)), "every recorded pid runs: {pids:?} in {running:?}");

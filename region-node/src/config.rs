@@ -68,6 +68,20 @@ pub struct NodeConfig {
     pub run_consumer: bool,
     /// The other regions, whose events arrive mirrored as `<region>.ledger.events`.
     pub peers: Vec<String>,
+    /// Anti-entropy: each peer region's node, by region (`{ "eu-west" = "http://…" }`). The node
+    /// pulls from each the peer's own events it lacks; none (the default): no repair task.
+    pub peer_urls: BTreeMap<String, String>,
+    /// The API key presented to peers. It is also accepted here with the `replication` scope only:
+    /// the regions of one deployment share it.
+    pub replication_api_key: String,
+    /// How often the repair task pulls from each peer.
+    pub anti_entropy_interval_ms: u64,
+    /// `GET /v1/replication/events` returns only events stored here longer ago than this: a row
+    /// with a later seq may commit before one with an earlier seq, and a cursor must never pass a
+    /// row that may still commit. Longer than any transaction inserting events.
+    pub anti_entropy_settle_ms: u64,
+    /// Events the repair task asks a peer for at once (at most the route's 1,000).
+    pub anti_entropy_page_events: u32,
 }
 
 impl Default for NodeConfig {
@@ -105,6 +119,15 @@ impl Default for NodeConfig {
             run_publisher: true,
             run_consumer: true,
             peers: Vec::new(),
+            peer_urls: BTreeMap::new(),
+            replication_api_key: String::new(),
+            // A lost event is repaired within seconds; an idle pull is one indexed query per peer.
+            anti_entropy_interval_ms: 5_000,
+            // `stored_at` is its transaction's start: what counts is how long a transaction
+            // inserting events stays open, milliseconds for a batch, a bounded round (2,000
+            // events) for remote apply. 5 s is a wide margin and only delays repair.
+            anti_entropy_settle_ms: 5_000,
+            anti_entropy_page_events: 1_000,
         }
     }
 }
@@ -184,6 +207,21 @@ mod tests {
 
         let typo = vec![("LEDGER_NODE_BATCH_COMANDS_MAX".to_owned(), "1".to_owned())];
         assert!(resolve(&Flags::default(), typo).is_err(), "a misspelt setting is an error, not ignored");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The shape `ledgerctl up` writes: peers' URLs as a table after the plain settings.
+    #[test]
+    fn peer_urls_are_a_table_of_region_to_url() {
+        let dir = std::env::temp_dir().join(format!("node-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        let toml = "region = \"us-east\"\nreplication_api_key = \"k\"\n\n[peer_urls]\n\"eu-west\" = \"http://127.0.0.1:18081\"\n";
+        std::fs::write(&file, toml).unwrap();
+        let cfg = resolve(&Flags { config: Some(file), ..Flags::default() }, Vec::new()).unwrap();
+        assert_eq!(cfg.peer_urls.get("eu-west").map(String::as_str), Some("http://127.0.0.1:18081"));
+        assert_eq!(cfg.replication_api_key, "k");
+        assert!(NodeConfig::default().peer_urls.is_empty(), "no repair task unless configured");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@
 //! committed (with `synchronous_commit` on); everything downstream (Kafka, read models, other
 //! regions) is derived from committed rows and tolerates being fed the same event twice.
 
+pub mod anti_entropy;
 pub mod api;
 pub mod config;
 pub mod consumer;
@@ -106,6 +107,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     if !cfg.bootstrap_api_key.is_empty() {
         api::auth_ensure_key(&pool, "bootstrap", &cfg.bootstrap_api_key, &["read", "write"]).await?;
     }
+    let anti_entropy_cfg = anti_entropy_config(&cfg, &region)?;
+    if !cfg.replication_api_key.is_empty() {
+        api::auth_ensure_key(&pool, "replication", &cfg.replication_api_key, &["replication"]).await?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { addr: cfg.http_addr.clone(), source })?;
@@ -162,6 +167,13 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             remote::run(pool.clone(), rcfg.clone(), background.clone())
         })
     });
+    let anti_entropy = anti_entropy_cfg.map(|acfg| {
+        let (pool, background) = (pool.clone(), background.clone());
+        supervise::spawn("anti-entropy", &supervised, background.clone(), move || {
+            anti_entropy::run(pool.clone(), acfg.clone(), background.clone())
+        })
+    });
+    tasks.extend(anti_entropy.iter().map(JoinHandle::abort_handle));
     tasks.extend(remote.iter().map(JoinHandle::abort_handle));
     tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
     tasks.extend(consumer.iter().map(JoinHandle::abort_handle));
@@ -204,9 +216,45 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         if let Some(r) = remote {
             let _ = r.await;
         }
+        if let Some(a) = anti_entropy {
+            let _ = a.await;
+        }
         pool.close().await;
     });
     Ok(Node { addr, shutdown, supervisor, tasks })
+}
+
+/// The repair task's settings, or `None` when no peer has a URL (the task does not run).
+fn anti_entropy_config(
+    cfg: &NodeConfig,
+    region: &RegionId,
+) -> Result<Option<anti_entropy::AntiEntropyConfig>, StartError> {
+    if cfg.peer_urls.is_empty() {
+        return Ok(None);
+    }
+    let bad = |detail: String| StartError::Config(detail);
+    if cfg.replication_api_key.is_empty() {
+        return Err(bad("peer_urls needs a replication_api_key".into()));
+    }
+    let route_max = api::REPLICATION_PAGE_MAX as u32;
+    if !(1..=route_max).contains(&cfg.anti_entropy_page_events) {
+        return Err(bad(format!("anti_entropy_page_events must be from 1 to {route_max}")));
+    }
+    let mut peers = Vec::new();
+    for (name, url) in &cfg.peer_urls {
+        let peer = RegionId::new(name.as_str()).map_err(|e| bad(format!("peer_urls: {e}")))?;
+        if peer == *region {
+            return Err(bad(format!("peer_urls names this node's own region {peer}")));
+        }
+        peers.push((peer, url.clone()));
+    }
+    Ok(Some(anti_entropy::AntiEntropyConfig {
+        region: region.clone(),
+        peers,
+        api_key: cfg.replication_api_key.clone(),
+        interval: Duration::from_millis(cfg.anti_entropy_interval_ms.max(1)),
+        page_events: cfg.anti_entropy_page_events,
+    }))
 }
 
 /// Settings of the node's shared connection pool (the committer owns its connections).

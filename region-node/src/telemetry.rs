@@ -54,6 +54,11 @@ pub mod metric {
     pub const HELD_OLDEST_AGE: &str = "ledger_remote_events_held_oldest_age_seconds";
     /// Counter: replicated records set aside as dead letters.
     pub const DEAD_LETTERS: &str = "ledger_remote_dead_letters_total";
+    /// Counter, label `origin`: events this region lacked and got from their origin region by
+    /// anti-entropy (see `anti_entropy`).
+    pub const ANTI_ENTROPY_REPAIRED: &str = "ledger_anti_entropy_repaired_total";
+    /// Gauge, label `origin`: the origin's `seq` this region's anti-entropy has read up to.
+    pub const ANTI_ENTROPY_CURSOR: &str = "ledger_anti_entropy_cursor";
     /// Counter, label `task`: restarts of a supervised background task (see `supervise`).
     pub const TASK_RESTARTS: &str = "ledger_task_restarts_total";
     /// Gauge, seconds since the last snapshot.

@@ -1,5 +1,5 @@
 //! API keys: `Authorization: Bearer <key>`. Keys are stored as SHA-256 hashes with their scopes
-//! (read, write); a key is looked up once and cached briefly, so authentication costs no database
+//! (read, write, replication); a key is looked up once and cached briefly, so authentication costs no database
 //! round trip on the hot path while a revocation still takes effect within the cache lifetime.
 
 use super::{AppState, scope_for};
@@ -24,6 +24,9 @@ pub enum Scope {
     Read,
     /// Everything that changes the ledger.
     Write,
+    /// `/v1/replication/*` only: other regions pulling this region's events (anti-entropy). Read
+    /// and write keys do not reach it, and it reaches nothing else.
+    Replication,
 }
 
 impl Scope {
@@ -31,6 +34,7 @@ impl Scope {
         match self {
             Scope::Read => "read",
             Scope::Write => "write",
+            Scope::Replication => "replication",
         }
     }
 }
@@ -95,7 +99,7 @@ pub async fn require_key(State(state): State<AppState>, mut request: Request, ne
         Ok(None) => return Problem::unauthorized().into_response(),
         Err(e) => return super::read_problem(e).into_response(),
     };
-    let needed = scope_for(request.method());
+    let needed = scope_for(request.method(), request.uri().path());
     if !scopes.iter().any(|s| s == needed.as_str()) {
         return Problem::forbidden(needed.as_str()).into_response();
     }

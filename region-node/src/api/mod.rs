@@ -6,9 +6,11 @@ mod auth;
 mod body;
 mod conflicts;
 mod health;
+mod replication;
 mod transfers;
 
 pub use auth::{Caller, KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
+pub use replication::PAGE_MAX as REPLICATION_PAGE_MAX;
 
 use crate::config::NodeConfig;
 use crate::problem::Problem;
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
         .route("/v1/conflicts", get(conflicts::list))
+        .route("/v1/replication/events", get(replication::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(v1)
@@ -99,9 +102,16 @@ async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// The scope a request needs: reads for safe methods, writes for everything else.
-fn scope_for(method: &Method) -> Scope {
-    if matches!(*method, Method::GET | Method::HEAD) { Scope::Read } else { Scope::Write }
+/// The scope a request needs: replication for `/v1/replication/`, else reads for safe methods and
+/// writes for everything else.
+fn scope_for(method: &Method, path: &str) -> Scope {
+    if path.starts_with("/v1/replication/") {
+        Scope::Replication
+    } else if matches!(*method, Method::GET | Method::HEAD) {
+        Scope::Read
+    } else {
+        Scope::Write
+    }
 }
 
 /// Answers from the committer or a timeout, as a response.

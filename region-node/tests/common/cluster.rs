@@ -11,6 +11,9 @@ pub struct Cluster {
     pub replicators: Vec<Option<Replicator>>,
     pub regions: Vec<testkit::Region>,
     pub prefix: String,
+    /// The key every node presents to its peers and accepts with the `replication` scope (set
+    /// even when the nodes are not given each other's URLs).
+    pub replication_key: String,
 }
 
 fn replicator_config(regions: &[testkit::Region], target: usize, prefix: &str) -> ReplicatorConfig {
@@ -30,6 +33,12 @@ fn replicator_config(regions: &[testkit::Region], target: usize, prefix: &str) -
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with(false, |_| {}).await
+    }
+
+    /// With `peer_urls`, every node is given every other node's URL, so anti-entropy runs; `tune`
+    /// adjusts every node's configuration last.
+    pub async fn start_with(peer_urls: bool, tune: impl Fn(&mut region_node::config::NodeConfig)) -> Self {
         let regions = testkit::regions(3);
         let prefix = testkit::unique_prefix();
         let names: Vec<String> = regions.iter().map(|r| r.name().to_owned()).collect();
@@ -52,15 +61,34 @@ impl Cluster {
         // One client's API key, provisioned in every region as a tenant's would be: idempotency
         // keys are scoped to it, so a retry in another region meets its own key there.
         let write_key = format!("test-write-{}", uuid::Uuid::new_v4());
-        for region in &regions {
+        let replication_key = format!("test-replication-{}", uuid::Uuid::new_v4());
+        // Each node's port is chosen before any starts, so that each can be given the others' URLs.
+        let mut ports: Vec<Option<std::net::TcpListener>> =
+            regions.iter().map(|_| peer_urls.then(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap())).collect();
+        let urls: Vec<Option<String>> =
+            ports.iter().map(|l| l.as_ref().map(|l| format!("http://{}", l.local_addr().unwrap()))).collect();
+        for (i, region) in regions.iter().enumerate() {
             let peers: Vec<String> = names.iter().filter(|n| *n != region.name()).cloned().collect();
+            let addr = ports[i].take().map(|l| l.local_addr().unwrap().to_string());
+            let peer_urls = names
+                .iter()
+                .zip(&urls)
+                .filter(|(n, _)| *n != region.name())
+                .filter_map(|(n, url)| Some((n.clone(), url.clone()?)))
+                .collect();
             let tune = |cfg: &mut region_node::config::NodeConfig| {
                 cfg.peers = peers;
                 cfg.bootstrap_api_key = write_key.clone();
+                cfg.replication_api_key = replication_key.clone();
+                cfg.peer_urls = peer_urls;
+                if let Some(addr) = addr {
+                    cfg.http_addr = addr;
+                }
+                tune(cfg);
             };
             nodes.push(start_on(region.clone(), prefix.clone(), tune).await);
         }
-        let mut cluster = Cluster { nodes, replicators: Vec::new(), regions, prefix };
+        let mut cluster = Cluster { nodes, replicators: Vec::new(), regions, prefix, replication_key };
         cluster.resume().await;
         cluster
     }
