@@ -22,7 +22,7 @@ fn read_committed_sees_exactly_the_committed_transaction() {
     let region = &testkit::regions(1)[0];
     let prefix = testkit::unique_prefix();
     tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
-    let topic = format!("{prefix}ledger.events");
+    let topic = ledger_schema::events_topic(&prefix);
     let producer = transactional_producer(region.kafka_bootstrap(), &format!("{prefix}tx"));
 
     producer.begin_transaction().expect("begin");
@@ -54,7 +54,7 @@ fn idempotent_producer_delivers_each_record_once_in_order() {
     let region = &testkit::regions(1)[0];
     let prefix = testkit::unique_prefix();
     tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
-    let topic = format!("{prefix}ledger.events");
+    let topic = ledger_schema::events_topic(&prefix);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", region.kafka_bootstrap())
         .set("enable.idempotence", "true")
@@ -84,7 +84,7 @@ async fn migrations_apply_and_postgres_round_trips() {
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    let embedded: Vec<i64> = ledgerctl::postgres::MIGRATOR.iter().map(|m| m.version).collect();
+    let embedded: Vec<i64> = ledger_schema::MIGRATOR.iter().map(|m| m.version).collect();
     assert!(!embedded.is_empty());
     assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), embedded);
     assert!(applied.iter().all(|(_, ok)| *ok));
