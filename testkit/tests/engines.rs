@@ -112,3 +112,20 @@ async fn each_test_gets_its_own_database() {
         sqlx::query_scalar("SELECT to_regclass('only_in_a') IS NOT NULL").fetch_one(&b.pool).await.unwrap();
     assert!(!in_b);
 }
+
+/// A database claimed by one region is refused to another, and claiming it again for its own
+/// region is a no-op (what a node does at every start).
+#[tokio::test]
+async fn a_database_of_another_region_is_refused() {
+    let region = &testkit::regions(1)[0];
+    let db = region.fresh_database().await;
+    let own = ledger_core::RegionId::new(region.name()).unwrap();
+    ledger_schema::claim_region(&db.pool, &own).await.unwrap();
+    let other = ledger_core::RegionId::new(format!("not-{}", region.name())).unwrap();
+    match ledger_schema::claim_region(&db.pool, &other).await {
+        Err(ledger_schema::ClaimError::WrongRegion { expected, found }) => {
+            assert_eq!((expected, found), (other.to_string(), region.name().to_owned()));
+        }
+        outcome => panic!("claiming another region's database: {outcome:?}"),
+    }
+}
