@@ -18,8 +18,6 @@ pub const DEFAULT_HTTP_PORT_BASE: u16 = 18080;
 /// Kafka heap: three brokers, three PostgreSQL servers and a Rust build share 24 GiB, and a
 /// single-node development broker is comfortable in 512 MiB.
 pub const DEFAULT_KAFKA_HEAP_MB: u32 = 512;
-/// Partitions of `ledger.events`: the key is the account id, so this bounds consumer parallelism.
-pub const EVENTS_PARTITIONS: i32 = 20;
 /// Most regions one local stack runs; each costs a JVM and a PostgreSQL server.
 pub const REGIONS_MAX: usize = 8;
 

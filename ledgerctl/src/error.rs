@@ -108,6 +108,17 @@ pub enum StackError {
     },
 }
 
+impl From<ledger_schema::TopicsError> for StackError {
+    fn from(e: ledger_schema::TopicsError) -> Self {
+        match e {
+            ledger_schema::TopicsError::Client { bootstrap, source } => {
+                Self::Kafka { bootstrap, detail: source.to_string() }
+            }
+            ledger_schema::TopicsError::Create { bootstrap, detail } => Self::Kafka { bootstrap, detail },
+        }
+    }
+}
+
 impl StackError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

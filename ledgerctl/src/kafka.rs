@@ -1,52 +1,19 @@
 //! One region's Apache Kafka 4 broker: the official jars from Maven Central (named by
 //! `kafka/pom.xml`, fetched once into a cache with `mvn dependency:copy-dependencies`), run with the
 //! machine's Java 17 as a single combined broker+controller in KRaft mode, storage formatted here,
-//! topics created through rdkafka's admin API with broker auto-creation off.
+//! broker auto-creation off (the topics are `ledger_schema`'s, created through its admin client).
 
 use crate::error::{Result, StackError};
 use crate::process::{self, Lifetime};
 use base64::Engine;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
-use rdkafka::types::RDKafkaErrorCode;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// How long a fresh broker may take to answer metadata requests.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// Name of the region's own event topic.
-pub const EVENTS_TOPIC: &str = "ledger.events";
-/// Name of the region's conflict topic.
-pub const CONFLICTS_TOPIC: &str = "ledger.conflicts";
-
-/// A topic to create: name, partitions and topic-level settings.
-#[derive(Debug, Clone)]
-pub struct TopicSpec {
-    /// Topic name.
-    pub name: String,
-    /// Partition count.
-    pub partitions: i32,
-    /// Topic-level configuration.
-    pub config: Vec<(&'static str, &'static str)>,
-}
-
-/// The topics every region needs, optionally behind a prefix (tests isolate themselves that way).
-pub fn region_topics(prefix: &str) -> Vec<TopicSpec> {
-    // The event log is the ledger's history: never deleted by time or size, never compacted
-    // (compaction would keep only the last event per account).
-    let history = vec![("retention.ms", "-1"), ("retention.bytes", "-1"), ("cleanup.policy", "delete")];
-    vec![
-        TopicSpec {
-            name: format!("{prefix}{EVENTS_TOPIC}"),
-            partitions: crate::config::EVENTS_PARTITIONS,
-            config: history.clone(),
-        },
-        TopicSpec { name: format!("{prefix}{CONFLICTS_TOPIC}"), partitions: 3, config: history },
-    ]
-}
 
 /// Runs `program -version`-style probes, mapping "not found" to a clear error.
 fn probe(program: &Path, arg: &str, what: &'static str, fix: &'static str) -> Result<String> {
@@ -331,40 +298,6 @@ fn format_args(cluster_id: &str) -> [String; 4] {
 /// A random KRaft cluster id: 16 random bytes in unpadded base64url, as Kafka's `Uuid` prints them.
 pub fn new_cluster_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
-}
-
-/// Creates `topics` on the broker at `bootstrap`; topics that already exist are left as they are.
-/// Retries until `timeout`, because a broker that just answered metadata may still be electing its
-/// controller.
-pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec], timeout: Duration) -> Result<()> {
-    let kafka_err = |detail: String| StackError::Kafka { bootstrap: bootstrap.to_owned(), detail };
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| kafka_err(e.to_string()))?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| {
-            t.config
-                .iter()
-                .fold(NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)), |nt, (k, v)| nt.set(k, v))
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let started = Instant::now();
-    loop {
-        let outcome = admin.create_topics(new_topics.iter(), &options).await;
-        let failure = match outcome {
-            Ok(results) => results.into_iter().find_map(|r| match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
-                Err((name, code)) => Some(format!("creating topic {name}: {code}")),
-            }),
-            Err(e) => Some(e.to_string()),
-        };
-        match failure {
-            None => return Ok(()),
-            Some(detail) if started.elapsed() > timeout => return Err(kafka_err(detail)),
-            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,16 +7,13 @@
 
 use crate::error::{Result, StackError};
 use crate::process::{self, Lifetime};
+use ledger_core::RegionId;
+use ledger_schema::ClaimError;
 use sqlx::Connection;
-use sqlx::migrate::Migrator;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-/// The regional schema, embedded so the launcher and the tests apply exactly the repository's
-/// migrations.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Role the services connect as.
 pub const USER: &str = "ledger";
@@ -256,30 +253,27 @@ impl PgServer {
         // A one-connection pool rather than a bare connection: the migrator's future is then `Send`,
         // so regions can be prepared on parallel tasks.
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.map_err(pg_err(&url))?;
-        MIGRATOR.run(&pool).await.map_err(|source| StackError::Migrate { url: url.clone(), source })?;
+        ledger_schema::MIGRATOR.run(&pool).await.map_err(|source| StackError::Migrate { url: url.clone(), source })?;
         pool.close().await;
         Ok(())
     }
 
     /// Records which region the regional database belongs to, refusing a database of another region.
-    pub async fn claim_region(&self, database: &str, region: &str) -> Result<()> {
+    pub async fn claim_region(&self, database: &str, region: &RegionId) -> Result<()> {
         let url = self.url(database);
-        let pg_err = |source| StackError::Postgres { url: url.clone(), source };
-        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(pg_err)?;
-        sqlx::query("INSERT INTO region_identity (region) VALUES ($1) ON CONFLICT (singleton) DO NOTHING")
-            .bind(region)
-            .execute(&mut conn)
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
             .await
-            .map_err(pg_err)?;
-        let owner: String =
-            sqlx::query_scalar("SELECT region FROM region_identity").fetch_one(&mut conn).await.map_err(pg_err)?;
-        let _ = conn.close().await;
-        if owner != region {
-            return Err(StackError::CorruptState {
+            .map_err(|source| StackError::Postgres { url: url.clone(), source })?;
+        let claimed = ledger_schema::claim_region(&pool, region).await;
+        pool.close().await;
+        claimed.map_err(|e| match e {
+            ClaimError::Db(source) => StackError::Postgres { url, source },
+            ClaimError::WrongRegion { expected, found } => StackError::CorruptState {
                 path: self.data_dir.clone(),
-                detail: format!("its database belongs to region {owner}, not {region}"),
-            });
-        }
-        Ok(())
+                detail: format!("its database belongs to region {found}, not {expected}"),
+            },
+        })
     }
 }

@@ -211,12 +211,13 @@ impl Stack {
                 let pg = self.pg(region);
                 pg.wait_ready(pid).await?;
                 pg.prepare_database(postgres::DATABASE).await?;
-                pg.claim_region(postgres::DATABASE, region.name.as_str()).await
+                pg.claim_region(postgres::DATABASE, &region.name).await
             }
             Component::Kafka => {
                 let broker = self.kafka(region);
                 broker.wait_ready(pid).await?;
-                kafka::create_topics(&broker.bootstrap(), &kafka::region_topics(""), TOPICS_TIMEOUT).await
+                let topics = ledger_schema::region_topics("");
+                Ok(ledger_schema::create_topics(&broker.bootstrap(), &topics, TOPICS_TIMEOUT).await?)
             }
             Component::Node => self.node(region, api_key).wait_ready(pid).await,
             Component::Replicator => self.replicator(region).wait_ready(pid).await,
@@ -552,8 +553,9 @@ async fn kafka_answers(bootstrap: &str) -> std::result::Result<(), String> {
         let consumer: BaseConsumer =
             ClientConfig::new().set("bootstrap.servers", &bootstrap).create().map_err(|e| e.to_string())?;
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        let events = metadata.topics().iter().any(|t| t.name() == kafka::EVENTS_TOPIC && t.error().is_none());
-        if events { Ok(()) } else { Err(format!("topic {} missing", kafka::EVENTS_TOPIC)) }
+        let topic = ledger_schema::events_topic("");
+        let events = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none());
+        if events { Ok(()) } else { Err(format!("topic {topic} missing")) }
     })
     .await
     .map_err(|e| e.to_string())?

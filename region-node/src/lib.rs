@@ -23,15 +23,11 @@ pub mod write;
 use crate::config::NodeConfig;
 use ledger_core::RegionId;
 use rdkafka::ClientConfig;
-use sqlx::migrate::Migrator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// The regional schema.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +41,9 @@ pub enum StartError {
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The database belongs to another region.
-    #[error("the database belongs to region {found}, not {expected}")]
-    WrongRegion {
-        /// The region configured.
-        expected: String,
-        /// The region the database records.
-        found: String,
-    },
+    /// The database belongs to another region, or could not be claimed.
+    #[error(transparent)]
+    Claim(#[from] ledger_schema::ClaimError),
     /// Kafka client creation failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -102,8 +93,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     // Install the metrics recorder before anything records: a recorder installed later loses those.
     telemetry::prometheus();
     let pool = pool_options(cfg.db_pool_max).connect(&cfg.database_url).await?;
-    MIGRATOR.run(&pool).await?;
-    claim_region(&pool, &region).await?;
+    ledger_schema::MIGRATOR.run(&pool).await?;
+    ledger_schema::claim_region(&pool, &region).await?;
     if !cfg.bootstrap_api_key.is_empty() {
         api::auth_ensure_key(&pool, "bootstrap", &cfg.bootstrap_api_key, &["read", "write"]).await?;
     }
@@ -121,7 +112,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     let background = CancellationToken::new();
     let (writer, committer) = write::start(region.clone(), &cfg)?;
     let mut tasks = vec![committer.abort_handle()];
-    let topic = format!("{}ledger.events", cfg.topic_prefix);
+    let topic = ledger_schema::events_topic(&cfg.topic_prefix);
     // The background tasks are supervised: restarted when they end early, their state in /readyz.
     let supervised = supervise::Tasks::default();
     let publisher = cfg.run_publisher.then(|| {
@@ -158,7 +149,11 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         let rcfg = remote::RemoteConfig {
             region: region.clone(),
             bootstrap: cfg.kafka_bootstrap.clone(),
-            topics: cfg.peers.iter().map(|peer| format!("{}{peer}.ledger.events", cfg.topic_prefix)).collect(),
+            topics: cfg
+                .peers
+                .iter()
+                .map(|peer| ledger_schema::mirrored_events_topic(&cfg.topic_prefix, peer))
+                .collect(),
             group: format!("{}ledger-apply-{}", cfg.topic_prefix, region),
             batch_max: cfg.consume_batch_max,
         };
@@ -266,17 +261,4 @@ fn pool_options(connections_max: u32) -> sqlx::postgres::PgPoolOptions {
         // broken since its last use fails its statement instead, which every caller already
         // treats as retryable.
         .test_before_acquire(false)
-}
-
-/// Records this region in a fresh database, or refuses a database of another region.
-async fn claim_region(pool: &sqlx::PgPool, region: &RegionId) -> Result<(), StartError> {
-    sqlx::query("INSERT INTO region_identity (region) VALUES ($1) ON CONFLICT (singleton) DO NOTHING")
-        .bind(region.as_str())
-        .execute(pool)
-        .await?;
-    let found: String = sqlx::query_scalar("SELECT region FROM region_identity").fetch_one(pool).await?;
-    if found != region.as_str() {
-        return Err(StartError::WrongRegion { expected: region.to_string(), found });
-    }
-    Ok(())
 }

@@ -18,9 +18,8 @@ async fn node_with_origin() -> TestNode {
     let region = testkit::regions(1)[0].clone();
     let prefix = testkit::unique_prefix();
     region.create_topics(&prefix).await;
-    let mirrored =
-        ledgerctl::kafka::TopicSpec { name: format!("{prefix}{ORIGIN}.ledger.events"), partitions: 20, config: vec![] };
-    ledgerctl::kafka::create_topics(region.kafka_bootstrap(), &[mirrored], Duration::from_secs(60)).await.unwrap();
+    let mirrored = ledger_schema::mirror_topics(&prefix, ORIGIN);
+    ledger_schema::create_topics(region.kafka_bootstrap(), &mirrored, Duration::from_secs(60)).await.unwrap();
     common::start_on(region, prefix, |cfg| cfg.peers = vec![ORIGIN.to_owned()]).await
 }
 
@@ -29,7 +28,7 @@ fn producer(node: &TestNode) -> FutureProducer {
 }
 
 async fn send(node: &TestNode, producer: &FutureProducer, key: &str, payload: &[u8]) {
-    let topic = format!("{}{ORIGIN}.ledger.events", node.prefix);
+    let topic = ledger_schema::mirrored_events_topic(&node.prefix, ORIGIN);
     producer
         .send(FutureRecord::to(&topic).key(key).payload(payload), Duration::from_secs(10))
         .await
@@ -47,7 +46,7 @@ async fn send_event(node: &TestNode, producer: &FutureProducer, event: &Value) {
 
 /// Sends many events without waiting for each, then waits for every delivery.
 async fn send_all(node: &TestNode, producer: &FutureProducer, events: &[&Value]) {
-    let topic = format!("{}{ORIGIN}.ledger.events", node.prefix);
+    let topic = ledger_schema::mirrored_events_topic(&node.prefix, ORIGIN);
     let mut deliveries = Vec::new();
     for event in events {
         let (key, payload) = (key_of(event), serde_json::to_vec(event).unwrap());

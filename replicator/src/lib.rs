@@ -1,5 +1,7 @@
 //! The replicator: mirrors each region's committed events into the other regions' Kafka.
 //!
+//! Topic names, partition counts and settings are `ledger_schema`'s.
+//!
 //! Topology: one replicator process per *target* region. It runs one pair task per source
 //! region, reading the source's own `ledger.events` (read_committed) and writing
 //! `<source>.ledger.events` on the target cluster (MirrorMaker 2's naming). It never reads a
@@ -24,19 +26,6 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// The region's own event topic.
-pub const EVENTS_TOPIC: &str = "ledger.events";
-/// Heartbeats topic on every source cluster.
-pub const HEARTBEATS_TOPIC: &str = "heartbeats";
-/// Offsets topics on every target cluster: `replicator.offsets.<source>`.
-pub const OFFSETS_TOPIC: &str = "replicator.offsets";
-
-/// Name of the topic on a target cluster that holds events mirrored from `source`, following
-/// MirrorMaker 2's default replication policy (`<source>.<topic>`).
-pub fn mirrored_topic(source: &str, topic: &str) -> String {
-    format!("{source}.{topic}")
-}
 
 /// A source region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,14 +144,4 @@ pub async fn start(cfg: ReplicatorConfig) -> Result<Replicator, StartError> {
         tasks.push(tokio::spawn(pair::run(pair, shutdown.clone())));
     }
     Ok(Replicator { shutdown, tasks, metrics_addr })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mirrored_topics_follow_mirrormaker_naming() {
-        assert_eq!(mirrored_topic("us-east", EVENTS_TOPIC), "us-east.ledger.events");
-    }
 }

@@ -1,14 +1,11 @@
 //! One (source → target) pair: consume the source's events and heartbeats, produce them to the
 //! target together with the next source offsets, in one Kafka transaction per batch.
 
-use crate::{EVENTS_TOPIC, HEARTBEATS_TOPIC, OFFSETS_TOPIC, Source, mirrored_topic};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use crate::Source;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before restarting a pair after a failure.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
-/// Partitions of mirrored event topics: the same as the source's, so a record keeps its partition.
-const EVENTS_PARTITIONS: i32 = 20;
+/// How long creating the pair's topics may take: no retry within one attempt, as a failing pair
+/// restarts after `RETRY_BACKOFF` anyway (and notices a shutdown in between).
+const TOPICS_TIMEOUT: Duration = Duration::ZERO;
 /// How often the lag in events is measured.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
@@ -48,15 +46,11 @@ impl Pair {
         self.metrics.register_gauge(&metrics::Key::from_parts(name, labels), &LAG_METADATA).set(value);
     }
 
-    fn topic(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
     /// This pair's offsets topic on the target. One per pair, so nobody else writes to it: once
     /// `init_transactions` has fenced the previous incarnation, reading it to the end terminates
     /// (a topic shared with a busy pair kept moving its end forward while it was being read).
     fn offsets_topic(&self) -> String {
-        self.topic(&format!("{OFFSETS_TOPIC}.{}", self.source.region))
+        ledger_schema::replicator_offsets_topic(&self.prefix, &self.source.region)
     }
 
     fn offset_key(&self, topic: &str, partition: i32) -> String {
@@ -68,6 +62,8 @@ impl Pair {
 enum PairError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Topics(#[from] ledger_schema::TopicsError),
     #[error("{0}")]
     Other(String),
 }
@@ -91,32 +87,6 @@ pub(crate) async fn run(pair: Pair, shutdown: CancellationToken) {
             _ = tokio::time::sleep(RETRY_BACKOFF) => {}
         }
     }
-}
-
-/// A topic to create: name, partitions, topic settings.
-type TopicSpec<'a> = (String, i32, &'a [(&'a str, &'a str)]);
-
-fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) -> Result<(), PairError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions, config)| {
-            config.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v))
-        })
-        .collect();
-    // Both bounds matter: the request timeout otherwise defaults to a minute per attempt.
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
-    let results = futures_lite_block_on(admin.create_topics(new.iter(), &options))?;
-    for r in results {
-        if let Err((name, code)) = r
-            && code != RDKafkaErrorCode::TopicAlreadyExists
-        {
-            return Err(PairError::Other(format!("creating {name}: {code}")));
-        }
-    }
-    Ok(())
 }
 
 /// Runs a future to completion on this (blocking) thread.
@@ -169,16 +139,10 @@ fn load_offsets(pair: &Pair) -> Result<HashMap<(String, i32), i64>, PairError> {
 
 fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
     let (src, dst) = (&pair.source.region, &pair.target.region);
-    let history: &[(&str, &str)] = &[("retention.ms", "-1"), ("retention.bytes", "-1")];
-    create_topics(
-        &pair.target.bootstrap,
-        &[
-            (pair.topic(&mirrored_topic(src, EVENTS_TOPIC)), EVENTS_PARTITIONS, history),
-            (pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC)), 1, &[]),
-            (pair.offsets_topic(), 1, &[("cleanup.policy", "compact")]),
-        ],
-    )?;
-    create_topics(&pair.source.bootstrap, &[(pair.topic(HEARTBEATS_TOPIC), 1, &[])])?;
+    let (target_topics, source_topics) =
+        (ledger_schema::mirror_topics(&pair.prefix, src), ledger_schema::source_topics(&pair.prefix));
+    futures_lite_block_on(ledger_schema::create_topics(&pair.target.bootstrap, &target_topics, TOPICS_TIMEOUT))?;
+    futures_lite_block_on(ledger_schema::create_topics(&pair.source.bootstrap, &source_topics, TOPICS_TIMEOUT))?;
     tracing::info!(source = %src, target = %dst, "pair topics ready");
 
     let producer: FutureProducer = ClientConfig::new()
@@ -206,7 +170,8 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
         // notices it sooner (the default waits up to 500 ms per hop).
         .set("fetch.wait.max.ms", "50")
         .create()?;
-    let (events, heartbeats) = (pair.topic(EVENTS_TOPIC), pair.topic(HEARTBEATS_TOPIC));
+    let (events, heartbeats) =
+        (ledger_schema::events_topic(&pair.prefix), ledger_schema::heartbeats_topic(&pair.prefix));
     let mut tpl = TopicPartitionList::new();
     for topic in [&events, &heartbeats] {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -223,8 +188,8 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
     tracing::info!(source = %src, target = %dst, "pair mirroring");
 
     let (mut last_beat, mut last_lag) = (Instant::now() - pair.heartbeat, Instant::now() - LAG_EVERY);
-    let mirrored_events = pair.topic(&mirrored_topic(src, EVENTS_TOPIC));
-    let mirrored_beats = pair.topic(&mirrored_topic(src, HEARTBEATS_TOPIC));
+    let mirrored_events = ledger_schema::mirrored_events_topic(&pair.prefix, src);
+    let mirrored_beats = ledger_schema::mirrored_heartbeats_topic(&pair.prefix, src);
     let offsets_topic = pair.offsets_topic();
     while !shutdown.is_cancelled() {
         if last_beat.elapsed() >= pair.heartbeat {

@@ -49,7 +49,7 @@ fn kill_9_mid_stream_mirrors_everything_exactly_once() {
         .create()
         .unwrap();
     producer.init_transactions(Duration::from_secs(30)).unwrap();
-    let topic = format!("{prefix}ledger.events");
+    let topic = ledger_schema::events_topic(&prefix);
     let mut sent = 0;
     let mut produce = |n: usize, origin: &str| {
         producer.begin_transaction().unwrap();
@@ -81,7 +81,7 @@ fn kill_9_mid_stream_mirrors_everything_exactly_once() {
     produce(1, "elsewhere");
     let expected = sent - 1;
 
-    let mirrored = format!("{prefix}{}.ledger.events", source.name());
+    let mirrored = ledger_schema::mirrored_events_topic(&prefix, source.name());
     let deadline = Instant::now() + Duration::from_secs(90);
     let records = loop {
         let records = read_all(target.kafka_bootstrap(), &mirrored, "read_committed", Duration::from_secs(20));

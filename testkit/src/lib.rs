@@ -151,7 +151,8 @@ impl Region {
             port: self.pg_port,
             log: Default::default(),
         };
-        let (db, region) = (name.clone(), self.name.clone());
+        let region = ledger_core::RegionId::new(self.name.clone()).expect("a valid region name");
+        let db = name.clone();
         on_private_runtime(async move {
             server.prepare_database(&db).await?;
             server.claim_region(&db, &region).await
@@ -168,9 +169,9 @@ impl Region {
 
     /// Creates the region's topics under `prefix` (see [`unique_prefix`]).
     pub async fn create_topics(&self, prefix: &str) {
-        let (bootstrap, topics) = (self.kafka_bootstrap.clone(), ledgerctl::kafka::region_topics(prefix));
+        let (bootstrap, topics) = (self.kafka_bootstrap.clone(), ledger_schema::region_topics(prefix));
         on_private_runtime(async move {
-            ledgerctl::kafka::create_topics(&bootstrap, &topics, std::time::Duration::from_secs(60)).await
+            ledger_schema::create_topics(&bootstrap, &topics, std::time::Duration::from_secs(60)).await
         })
         .unwrap_or_else(|e| panic!("creating topics with prefix {prefix}: {e}"));
     }

@@ -12,7 +12,7 @@ fn killed_broker_comes_back_with_its_committed_data() {
     let region = &testkit::regions(1)[0];
     let prefix = testkit::unique_prefix();
     tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
-    let topic = format!("{prefix}ledger.events");
+    let topic = ledger_schema::events_topic(&prefix);
     {
         let producer = transactional_producer(region.kafka_bootstrap(), &format!("{prefix}tx"));
         producer.begin_transaction().unwrap();

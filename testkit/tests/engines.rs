@@ -22,7 +22,7 @@ fn read_committed_sees_exactly_the_committed_transaction() {
     let region = &testkit::regions(1)[0];
     let prefix = testkit::unique_prefix();
     tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
-    let topic = format!("{prefix}ledger.events");
+    let topic = ledger_schema::events_topic(&prefix);
     let producer = transactional_producer(region.kafka_bootstrap(), &format!("{prefix}tx"));
 
     producer.begin_transaction().expect("begin");
@@ -54,7 +54,7 @@ fn idempotent_producer_delivers_each_record_once_in_order() {
     let region = &testkit::regions(1)[0];
     let prefix = testkit::unique_prefix();
     tokio::runtime::Runtime::new().unwrap().block_on(region.create_topics(&prefix));
-    let topic = format!("{prefix}ledger.events");
+    let topic = ledger_schema::events_topic(&prefix);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", region.kafka_bootstrap())
         .set("enable.idempotence", "true")
@@ -84,7 +84,7 @@ async fn migrations_apply_and_postgres_round_trips() {
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    let embedded: Vec<i64> = ledgerctl::postgres::MIGRATOR.iter().map(|m| m.version).collect();
+    let embedded: Vec<i64> = ledger_schema::MIGRATOR.iter().map(|m| m.version).collect();
     assert!(!embedded.is_empty());
     assert_eq!(applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(), embedded);
     assert!(applied.iter().all(|(_, ok)| *ok));
@@ -111,4 +111,21 @@ async fn each_test_gets_its_own_database() {
     let in_b: bool =
         sqlx::query_scalar("SELECT to_regclass('only_in_a') IS NOT NULL").fetch_one(&b.pool).await.unwrap();
     assert!(!in_b);
+}
+
+/// A database claimed by one region is refused to another, and claiming it again for its own
+/// region is a no-op (what a node does at every start).
+#[tokio::test]
+async fn a_database_of_another_region_is_refused() {
+    let region = &testkit::regions(1)[0];
+    let db = region.fresh_database().await;
+    let own = ledger_core::RegionId::new(region.name()).unwrap();
+    ledger_schema::claim_region(&db.pool, &own).await.unwrap();
+    let other = ledger_core::RegionId::new(format!("not-{}", region.name())).unwrap();
+    match ledger_schema::claim_region(&db.pool, &other).await {
+        Err(ledger_schema::ClaimError::WrongRegion { expected, found }) => {
+            assert_eq!((expected, found), (other.to_string(), region.name().to_owned()));
+        }
+        outcome => panic!("claiming another region's database: {outcome:?}"),
+    }
 }

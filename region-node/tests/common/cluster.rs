@@ -44,18 +44,12 @@ impl Cluster {
         let names: Vec<String> = regions.iter().map(|r| r.name().to_owned()).collect();
         for region in &regions {
             region.create_topics(&prefix).await;
-            let mirrored: Vec<ledgerctl::kafka::TopicSpec> = names
+            let mirrored: Vec<ledger_schema::TopicSpec> = names
                 .iter()
                 .filter(|n| *n != region.name())
-                .map(|n| ledgerctl::kafka::TopicSpec {
-                    name: format!("{prefix}{n}.ledger.events"),
-                    partitions: 20,
-                    config: vec![],
-                })
+                .flat_map(|n| ledger_schema::mirror_topics(&prefix, n))
                 .collect();
-            ledgerctl::kafka::create_topics(region.kafka_bootstrap(), &mirrored, Duration::from_secs(60))
-                .await
-                .unwrap();
+            ledger_schema::create_topics(region.kafka_bootstrap(), &mirrored, Duration::from_secs(60)).await.unwrap();
         }
         let mut nodes = Vec::new();
         // One client's API key, provisioned in every region as a tenant's would be: idempotency

@@ -76,7 +76,7 @@ pub async fn start_on(region: testkit::Region, prefix: String, tune: impl FnOnce
 
 impl TestNode {
     pub fn topic(&self) -> String {
-        format!("{}ledger.events", self.prefix)
+        ledger_schema::events_topic(&self.prefix)
     }
 
     pub async fn send(
