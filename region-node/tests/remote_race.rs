@@ -24,9 +24,9 @@ async fn a_remote_opening_racing_a_local_one_never_overwrites_the_local_vector()
     let region = testkit::regions(1)[0].clone();
     let prefix = testkit::unique_prefix();
     region.create_topics(&prefix).await;
-    let topic = format!("{prefix}{ORIGIN}.ledger.events");
-    let spec = ledgerctl::kafka::TopicSpec { name: topic.clone(), partitions: 20, config: vec![] };
-    ledgerctl::kafka::create_topics(region.kafka_bootstrap(), &[spec], Duration::from_secs(60)).await.unwrap();
+    let topic = ledger_schema::mirrored_events_topic(&prefix, ORIGIN);
+    let mirrored = ledger_schema::mirror_topics(&prefix, ORIGIN);
+    ledger_schema::create_topics(region.kafka_bootstrap(), &mirrored, Duration::from_secs(60)).await.unwrap();
     let node = common::start_on(region, prefix, |cfg| cfg.peers = vec![ORIGIN.to_owned()]).await;
     node.open("world", "USD", true).await;
 
