@@ -105,7 +105,16 @@ async fn kill_9_under_load_loses_no_acknowledged_transfer() {
             (acked, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill once the load has been committing for a while (not after a fixed time).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers").fetch_one(&db.pool).await.unwrap();
+        if committed >= 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the load never got going: {committed} transfers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.child.kill().unwrap(); // SIGKILL
     node.child.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
