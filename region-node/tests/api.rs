@@ -644,3 +644,20 @@ async fn amounts_and_balances_stay_within_their_bounds() {
     assert_ledger_consistent(&node.db.pool).await;
     node.stop().await;
 }
+
+/// `GET /v1/conflicts` refuses what it cannot page by: a limit above the page bound, an unknown
+/// kind or status, a time that is not RFC 3339, a cursor that is not one; an empty region pages
+/// to nothing.
+#[tokio::test]
+async fn the_conflicts_list_refuses_bad_paging_and_filters() {
+    let node = common::start(|_| {}).await;
+    for query in ["limit=1001", "limit=0", "kind=bogus", "status=closed", "since=yesterday", "after=-1", "page=2"] {
+        let r = node.get(&format!("/v1/conflicts?{query}")).await;
+        assert_eq!((r.status, r.problem()), (400, "invalid-query"), "{query}: {}", r.body);
+    }
+    let r = node.get("/v1/conflicts?limit=1000&kind=overdraft&status=open&since=2026-01-01T00:00:00Z").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["conflicts"], serde_json::json!([]));
+    assert_eq!(r.body["next"], Value::Null);
+    node.stop().await;
+}
