@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod outbox;
 pub mod problem;
 pub mod remote;
+pub mod storage;
 pub mod supervise;
 pub mod telemetry;
 mod views;

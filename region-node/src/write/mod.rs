@@ -9,6 +9,7 @@ mod timer;
 
 use crate::config::NodeConfig;
 use crate::problem::Problem;
+use crate::storage::{AccountRow, StorageError};
 use ledger_core::{AccountId, AccountSpec, Amount, Currency, RegionId};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -16,8 +17,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-
-pub use batch::{ACCOUNT_COLUMNS, AccountRow, OUTBOX_CHANNEL, rfc3339, transfer_json};
 
 /// Open an account (idempotent on identical attributes).
 #[derive(Debug, Clone)]
@@ -265,6 +264,7 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
             None => match PgConnection::connect_with(&options).await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    let e = StorageError::from(e);
                     for reply in replies {
                         let _ = reply.send(Err(db_problem(&e)));
                     }
@@ -333,7 +333,7 @@ async fn plan(
     // while remembering what was read), and an account forgotten must never look absent.
     let (mut states, missing) = lock(remembered).known(accounts);
     if !missing.is_empty() {
-        let loaded = match batch::load_accounts(conn, &missing).await {
+        let loaded = match crate::storage::accounts::load(conn, &missing).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::warn!(error = %e, "reading accounts to plan a batch failed");
@@ -352,7 +352,7 @@ async fn plan(
     if batch.refuses_a_keyed_command(commands) { None } else { Some(batch) }
 }
 
-type Committed = (Vec<Result<Outcome, Problem>>, Vec<batch::AccountRow>);
+type Committed = (Vec<Result<Outcome, Problem>>, Vec<AccountRow>);
 
 /// Commits a batch: a planned one in one statement, the others (and planned ones that find an
 /// account changed) reading and locking first. Returns each command's reply and the accounts as
@@ -362,7 +362,7 @@ async fn commit(
     region: &RegionId,
     commands: &[Command],
     planned: Option<batch::Batch>,
-) -> (Result<Committed, sqlx::Error>, bool) {
+) -> (Result<Committed, StorageError>, bool) {
     metrics::histogram!(crate::telemetry::metric::BATCH_SIZE).record(commands.len() as f64);
     let started = Instant::now();
     let span = tracing::info_span!("db.transaction", db.system = "postgresql", batch_size = commands.len());
@@ -374,9 +374,9 @@ async fn commit(
                         metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned").increment(1);
                         return Ok(batch.into_committed());
                     }
-                    Err(e) if is_broken(&e) => return Err(e),
+                    Err(e) if e.is_unavailable() => return Err(e),
                     Err(e) => {
-                        if !batch::is_transient(&e) {
+                        if !e.is_conflict() {
                             tracing::warn!(error = %e, "a planned batch failed; running it again reading its accounts");
                         }
                         metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned-retried")
@@ -392,7 +392,7 @@ async fn commit(
     )
     .await;
     metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    let healthy = !matches!(&outcome, Err(e) if is_broken(e));
+    let healthy = !matches!(&outcome, Err(e) if e.is_unavailable());
     (outcome, healthy)
 }
 
@@ -403,7 +403,7 @@ async fn answer(
     region: &RegionId,
     commands: Vec<Command>,
     replies: Vec<Reply>,
-    results: Result<Vec<Result<Outcome, Problem>>, sqlx::Error>,
+    results: Result<Vec<Result<Outcome, Problem>>, StorageError>,
     mut healthy: bool,
 ) {
     match results {
@@ -421,7 +421,7 @@ async fn answer(
                             batch.results.into_iter().next().unwrap_or_else(|| Err(Problem::internal("no result")))
                         }
                         Err(e) => {
-                            healthy = !is_broken(&e);
+                            healthy = !e.is_unavailable();
                             Err(db_problem(&e))
                         }
                     }
@@ -450,7 +450,7 @@ fn lock(remembered: &Mutex<Remembered>) -> std::sync::MutexGuard<'_, Remembered>
 /// batch planned against it commits only if every account it read is still so (see
 /// `batch::run_planned`), so a wrong entry costs a retry, never a wrong balance or refusal.
 struct Remembered {
-    accounts: HashMap<AccountId, batch::AccountRow>,
+    accounts: HashMap<AccountId, AccountRow>,
     accounts_max: usize,
     in_flight: std::collections::HashSet<AccountId>,
     /// Woken whenever a batch in flight ends.
@@ -472,7 +472,7 @@ impl Remembered {
     }
 
     /// The batch touching `accounts` ended, leaving them as `after` (`None`: unknown, it failed).
-    fn end(&mut self, accounts: &[AccountId], after: Option<&[batch::AccountRow]>) {
+    fn end(&mut self, accounts: &[AccountId], after: Option<&[AccountRow]>) {
         for id in accounts {
             self.in_flight.remove(id);
             self.accounts.remove(id);
@@ -482,7 +482,7 @@ impl Remembered {
     }
 
     /// The remembered state of each of `accounts`, and those not remembered (to be read).
-    fn known(&self, accounts: &[AccountId]) -> (HashMap<AccountId, batch::AccountRow>, Vec<AccountId>) {
+    fn known(&self, accounts: &[AccountId]) -> (HashMap<AccountId, AccountRow>, Vec<AccountId>) {
         let mut states = HashMap::with_capacity(accounts.len());
         let mut missing = Vec::new();
         for id in accounts {
@@ -496,7 +496,7 @@ impl Remembered {
         (states, missing)
     }
 
-    fn remember(&mut self, states: impl IntoIterator<Item = batch::AccountRow>) {
+    fn remember(&mut self, states: impl IntoIterator<Item = AccountRow>) {
         for account in states {
             // Bounded memory: when full, start over (every account is read again once). Only a
             // cache: a batch plans against the states it took from here or read itself (`plan`),
@@ -509,18 +509,12 @@ impl Remembered {
     }
 }
 
-/// The connection cannot be trusted after these: a statement may have been cut short mid-message.
-fn is_broken(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_))
-}
-
-fn db_problem(e: &sqlx::Error) -> Problem {
+fn db_problem(e: &StorageError) -> Problem {
     tracing::error!(error = %e, "command failed in the database");
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            Problem::unavailable("the database is unreachable; retry with the same Idempotency-Key")
-        }
-        _ => Problem::internal("the command was not applied; retry with the same Idempotency-Key"),
+    if e.is_unavailable() {
+        Problem::unavailable("the database is unreachable; retry with the same Idempotency-Key")
+    } else {
+        Problem::internal("the command was not applied; retry with the same Idempotency-Key")
     }
 }
 
