@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod body;
+mod command;
 mod conflicts;
 mod health;
 mod replication;

@@ -1,12 +1,10 @@
 //! One group commit: every command of a batch applied in memory against the locked accounts, then
 //! written with one statement ([`crate::storage::batch`]), in one PostgreSQL transaction.
 
-use super::{Command, OpenAccount, Outcome, Transfer};
-use crate::problem::Problem;
+use super::{Command, CommandError, OpenAccount, Outcome, Transfer};
 use crate::storage::batch::{Commit, Writes};
 use crate::storage::{AccountRow, StorageError, rfc3339, transfer_json};
 use chrono::{DateTime, Utc};
-use ledger_core::posting::PostingError;
 use ledger_core::{AccountId, AccountState, EventPayload, LedgerEvent, RegionId};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -76,7 +74,7 @@ pub(super) struct Batch {
     keys: HashMap<String, (String, Value)>,
     writes: Writes,
     /// Each command's reply, in command order.
-    pub results: Vec<Result<Outcome, Problem>>,
+    pub results: Vec<Result<Outcome, CommandError>>,
 }
 
 impl Batch {
@@ -120,7 +118,7 @@ impl Batch {
     }
 
     /// Each command's reply, and every account the batch touched as it leaves them.
-    pub(super) fn into_committed(self) -> (Vec<Result<Outcome, Problem>>, Vec<AccountRow>) {
+    pub(super) fn into_committed(self) -> (Vec<Result<Outcome, CommandError>>, Vec<AccountRow>) {
         (self.results, self.accounts.into_values().collect())
     }
 }
@@ -167,12 +165,12 @@ impl Batch {
         rfc3339(&self.now)
     }
 
-    fn open(&mut self, cmd: &OpenAccount) -> Result<Outcome, Problem> {
+    fn open(&mut self, cmd: &OpenAccount) -> Result<Outcome, CommandError> {
         if let Some(existing) = self.accounts.get(&cmd.spec.id) {
             return if existing.state.spec == cmd.spec {
                 Ok(Outcome::Opened { account: existing.clone(), created: false })
             } else {
-                Err(Problem::account_exists(cmd.spec.id.as_str()))
+                Err(CommandError::AccountExists(cmd.spec.id.clone()))
             };
         }
         let mut state = AccountState::opened(cmd.spec.clone());
@@ -191,22 +189,22 @@ impl Batch {
         Ok(Outcome::Opened { account: row, created: true })
     }
 
-    fn transfer(&mut self, cmd: &Transfer) -> Result<Outcome, Problem> {
+    fn transfer(&mut self, cmd: &Transfer) -> Result<Outcome, CommandError> {
         if let Some((hash, body)) = cmd.idempotency_key.as_ref().and_then(|key| self.keys.get(key)) {
             return if *hash == cmd.request_hash {
                 Ok(Outcome::Transferred { body: body.clone(), replayed: true })
             } else {
-                Err(Problem::idempotency_key_reused())
+                Err(CommandError::IdempotencyKeyReused)
             };
         }
         if cmd.from == cmd.to {
-            return Err(Problem::same_account());
+            return Err(CommandError::SameAccount);
         }
         let mut from =
-            self.accounts.get(&cmd.from).ok_or_else(|| Problem::account_not_found(cmd.from.as_str()))?.clone();
-        let mut to = self.accounts.get(&cmd.to).ok_or_else(|| Problem::account_not_found(cmd.to.as_str()))?.clone();
+            self.accounts.get(&cmd.from).ok_or_else(|| CommandError::AccountNotFound(cmd.from.clone()))?.clone();
+        let mut to = self.accounts.get(&cmd.to).ok_or_else(|| CommandError::AccountNotFound(cmd.to.clone()))?.clone();
         ledger_core::post_transfer(&mut from.state, &mut to.state, cmd.amount, cmd.currency, &self.region)
-            .map_err(posting_problem)?;
+            .map_err(CommandError::Posting)?;
         from.updated_at = self.now;
         to.updated_at = self.now;
 
@@ -296,16 +294,5 @@ impl Batch {
             w.ob_key.push(account.to_string());
         }
         w.ev_payload.push(payload);
-    }
-}
-
-fn posting_problem(e: PostingError) -> Problem {
-    match e {
-        PostingError::SameAccount => Problem::same_account(),
-        PostingError::CurrencyMismatch { .. } => Problem::currency_mismatch(e.to_string()),
-        PostingError::InsufficientFunds { .. } => Problem::insufficient_funds(e.to_string()),
-        PostingError::BalanceOutOfRange { .. } | PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
-        PostingError::UnknownAccount => Problem::account_not_found("?"),
-        PostingError::Frozen(id) => Problem::account_frozen(id.as_str()),
     }
 }

@@ -8,8 +8,8 @@ mod batch;
 mod timer;
 
 use crate::config::NodeConfig;
-use crate::problem::Problem;
 use crate::storage::{AccountRow, StorageError};
+use ledger_core::posting::PostingError;
 use ledger_core::{AccountId, AccountSpec, Amount, Currency, RegionId};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -78,7 +78,48 @@ pub enum Outcome {
     },
 }
 
-type Reply = oneshot::Sender<Result<Outcome, Problem>>;
+/// Why the committer did not apply a command. `api/` turns each into its problem response.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The transfer's postings are refused.
+    #[error("{0}")]
+    Posting(PostingError),
+    /// An account with this id exists with other attributes.
+    #[error("account {0} exists with other attributes")]
+    AccountExists(AccountId),
+    /// The idempotency key answers for another request.
+    #[error("the idempotency key was used with another request")]
+    IdempotencyKeyReused,
+    /// A transfer names an account that does not exist.
+    #[error("account {0} not found")]
+    AccountNotFound(AccountId),
+    /// A transfer from an account to itself.
+    #[error("a transfer between an account and itself")]
+    SameAccount,
+    /// The committer's queue is full.
+    #[error("the write queue is full")]
+    QueueFull,
+    /// The committer no longer takes commands.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The committer ended without answering.
+    #[error("the committer stopped before answering")]
+    CommitterStopped,
+    /// The database is unreachable ([`StorageError::Unavailable`]).
+    #[error("the database is unreachable")]
+    Unavailable,
+    /// The connection broke while the batch was retried command by command.
+    #[error("the database connection broke")]
+    ConnectionBroke,
+    /// The database failed the command otherwise ([`StorageError`] other than unavailable).
+    #[error("the command was not applied")]
+    NotApplied,
+    /// The committer lost the command's result (a bug).
+    #[error("no result")]
+    NoResult,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, CommandError>>;
 
 /// Handle to the committer; cheap to clone.
 #[derive(Clone)]
@@ -88,13 +129,13 @@ pub struct Writer {
 
 impl Writer {
     /// Queues `command` and waits for its commit.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, Problem> {
+    pub async fn submit(&self, command: Command) -> Result<Outcome, CommandError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx.try_send((command, reply_tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Problem::unavailable("the write queue is full; retry later"),
-            mpsc::error::TrySendError::Closed(_) => Problem::unavailable("the node is shutting down"),
+            mpsc::error::TrySendError::Full(_) => CommandError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => CommandError::ShuttingDown,
         })?;
-        reply_rx.await.map_err(|_| Problem::unavailable("the committer stopped before answering"))?
+        reply_rx.await.map_err(|_| CommandError::CommitterStopped)?
     }
 }
 
@@ -266,7 +307,7 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
                 Err(e) => {
                     let e = StorageError::from(e);
                     for reply in replies {
-                        let _ = reply.send(Err(db_problem(&e)));
+                        let _ = reply.send(Err(storage_failure(&e)));
                     }
                     lock(&remembered).end(&accounts, None);
                     let _ = idle_tx.try_send(None);
@@ -352,7 +393,7 @@ async fn plan(
     if batch.refuses_a_keyed_command(commands) { None } else { Some(batch) }
 }
 
-type Committed = (Vec<Result<Outcome, Problem>>, Vec<AccountRow>);
+type Committed = (Vec<Result<Outcome, CommandError>>, Vec<AccountRow>);
 
 /// Commits a batch: a planned one in one statement, the others (and planned ones that find an
 /// account changed) reading and locking first. Returns each command's reply and the accounts as
@@ -403,7 +444,7 @@ async fn answer(
     region: &RegionId,
     commands: Vec<Command>,
     replies: Vec<Reply>,
-    results: Result<Vec<Result<Outcome, Problem>>, StorageError>,
+    results: Result<Vec<Result<Outcome, CommandError>>, StorageError>,
     mut healthy: bool,
 ) {
     match results {
@@ -417,23 +458,21 @@ async fn answer(
             for (command, reply) in commands.into_iter().zip(replies) {
                 let result = if healthy {
                     match batch::run_with_retry(conn, region, std::slice::from_ref(&command)).await {
-                        Ok(batch) => {
-                            batch.results.into_iter().next().unwrap_or_else(|| Err(Problem::internal("no result")))
-                        }
+                        Ok(batch) => batch.results.into_iter().next().unwrap_or(Err(CommandError::NoResult)),
                         Err(e) => {
                             healthy = !e.is_unavailable();
-                            Err(db_problem(&e))
+                            Err(storage_failure(&e))
                         }
                     }
                 } else {
-                    Err(Problem::unavailable("the database connection broke; retry with the same Idempotency-Key"))
+                    Err(CommandError::ConnectionBroke)
                 };
                 let _ = reply.send(result);
             }
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(db_problem(&e)));
+                let _ = reply.send(Err(storage_failure(&e)));
             }
         }
     }
@@ -509,13 +548,10 @@ impl Remembered {
     }
 }
 
-fn db_problem(e: &StorageError) -> Problem {
+/// A command the database failed: unavailable (retry later) or not applied.
+fn storage_failure(e: &StorageError) -> CommandError {
     tracing::error!(error = %e, "command failed in the database");
-    if e.is_unavailable() {
-        Problem::unavailable("the database is unreachable; retry with the same Idempotency-Key")
-    } else {
-        Problem::internal("the command was not applied; retry with the same Idempotency-Key")
-    }
+    if e.is_unavailable() { CommandError::Unavailable } else { CommandError::NotApplied }
 }
 
 #[cfg(test)]
