@@ -13,7 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod idempotency;
 pub mod outbox;
-pub mod problem;
+pub use api::problem;
 pub mod remote;
 pub mod storage;
 pub mod supervise;

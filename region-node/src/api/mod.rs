@@ -7,6 +7,7 @@ mod body;
 mod command;
 mod conflicts;
 mod health;
+pub mod problem;
 mod replication;
 mod transfers;
 
