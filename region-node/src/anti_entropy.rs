@@ -79,6 +79,12 @@ pub enum RepairError {
     Db(#[from] sqlx::Error),
 }
 
+impl From<crate::storage::StorageError> for RepairError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        Self::Db(e.into_source())
+    }
+}
+
 /// One page as the route returns it.
 #[derive(Debug, Deserialize)]
 struct Page {

@@ -135,7 +135,7 @@ async fn lead(
     lock: &mut sqlx::PgConnection,
 ) -> Result<(), PublishError> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(crate::write::OUTBOX_CHANNEL).await?;
+    listener.listen(crate::storage::OUTBOX_CHANNEL).await?;
     let producer = producer(cfg)?;
     let p = producer.clone();
     blocking(move || p.init_transactions(KAFKA_CALL_TIMEOUT)).await?;

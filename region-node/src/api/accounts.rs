@@ -4,8 +4,8 @@
 use super::body::JsonBody;
 use super::{AppState, read_problem, with_timeout};
 use crate::problem::Problem;
-use crate::write::{ACCOUNT_COLUMNS, rfc3339};
-use crate::write::{AccountRow, Command, OpenAccount, Outcome};
+use crate::storage::{ACCOUNT_COLUMNS, AccountRow, rfc3339};
+use crate::write::{Command, OpenAccount, Outcome};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};

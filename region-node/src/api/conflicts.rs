@@ -124,8 +124,8 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
                 "event_count": r.get::<i64, _>("event_count"),
                 "joint_vector": r.get::<Option<Value>, _>("joint_vector"),
                 "joint_balance": r.get::<Option<i64>, _>("joint_balance"),
-                "detected_at": crate::write::rfc3339(&r.get("detected_at")),
-                "updated_at": crate::write::rfc3339(&r.get("updated_at")),
+                "detected_at": crate::storage::rfc3339(&r.get("detected_at")),
+                "updated_at": crate::storage::rfc3339(&r.get("updated_at")),
                 "status": r.get::<String, _>("status"),
             })
         })

@@ -4,8 +4,10 @@
 mod accounts;
 mod auth;
 mod body;
+mod command;
 mod conflicts;
 mod health;
+pub mod problem;
 mod replication;
 mod transfers;
 

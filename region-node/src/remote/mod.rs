@@ -5,16 +5,15 @@
 //! Events are applied in rounds, each one transaction shaped load → decide → store: one read of
 //! what the round needs, its accounts locked in id order like the write path ([`load`]); one pure
 //! decision, [`ledger_core::apply::ApplyState::deliver`], the function the replica model's property
-//! tests drive; one bulk write ([`store`]). An event that cannot apply yet is held in
+//! tests drive; one bulk write ([`store`]). Both live in [`crate::storage`]. An event that cannot apply yet is held in
 //! `pending_events` with the one event it waits for; applying that event wakes exactly it (the
 //! next round takes the events waiting on what the last one applied), so nothing rescans what is
 //! held. An event that can never apply (unreadable, a balance out of range, refused by the
 //! database) becomes a dead letter with its reason and blocks nothing else. Offsets are committed
 //! only after the records' round committed.
 
-mod load;
-mod store;
-
+use crate::storage::StorageError;
+use crate::storage::{remote_load as load, remote_store as store};
 use ledger_core::LedgerEvent;
 use ledger_core::apply::{Fate, WaitKey};
 use ledger_core::{AccountId, RegionId};
@@ -75,7 +74,7 @@ impl Held {
     }
 
     /// A held event as `HELD_COLUMNS` read it.
-    fn from_row(row: &sqlx::postgres::PgRow) -> Option<Self> {
+    pub(crate) fn from_row(row: &sqlx::postgres::PgRow) -> Option<Self> {
         use sqlx::Row;
         let mut held = Self::parse(row.get("payload"))
             .map_err(|e| tracing::error!(error = %e, "a held event is unreadable"))
@@ -194,7 +193,7 @@ pub async fn run(
 async fn until_ok<F, Fut>(shutdown: &CancellationToken, mut step: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<(), StorageError>>,
 {
     loop {
         match step().await {
@@ -222,23 +221,21 @@ enum Failure {
     Refused,
 }
 
-fn failure(e: &sqlx::Error) -> Failure {
-    match e.as_database_error().and_then(|d| d.code()) {
-        Some(code) if matches!(code.as_ref(), "40001" | "40P01" | "23505") => Failure::Transient,
+fn failure(e: &StorageError) -> Failure {
+    match e {
+        StorageError::Conflict(_) => Failure::Transient,
         // Only what the data can cause (a data exception, a constraint) makes a dead letter;
         // anything else (a syntax error, a missing column, resources) is ours or the database's,
         // and is retried rather than charged to the events.
-        Some(code) if code.starts_with("22") || code.starts_with("23") => Failure::Refused,
-        Some(_) => Failure::Unavailable,
-        None if matches!(e, sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => Failure::Refused,
-        None => Failure::Unavailable,
+        StorageError::Refused(_) => Failure::Refused,
+        StorageError::Unavailable(_) | StorageError::Internal(_) => Failure::Unavailable,
     }
 }
 
 /// Decides and applies `seeds` (with held events waiting on their accounts); returns the events
 /// applied, as the keys events held elsewhere may wait on. A round the database refuses is run
 /// again event by event, so that only the event it refuses becomes a dead letter.
-pub(crate) async fn apply(pool: &PgPool, region: &RegionId, seeds: Vec<Held>) -> Result<Vec<WaitKey>, sqlx::Error> {
+pub(crate) async fn apply(pool: &PgPool, region: &RegionId, seeds: Vec<Held>) -> Result<Vec<WaitKey>, StorageError> {
     if seeds.is_empty() {
         return Ok(Vec::new());
     }
@@ -280,7 +277,7 @@ pub(crate) async fn apply(pool: &PgPool, region: &RegionId, seeds: Vec<Held>) ->
 }
 
 /// One transaction: load, decide, store.
-async fn round(pool: &PgPool, region: &RegionId, seeds: &[Held], expand: bool) -> Result<Vec<WaitKey>, sqlx::Error> {
+async fn round(pool: &PgPool, region: &RegionId, seeds: &[Held], expand: bool) -> Result<Vec<WaitKey>, StorageError> {
     let mut tx = pool.begin().await?;
     let mut events = seeds.to_vec();
     if expand && events.len() < ROUND_EVENTS_MAX {
@@ -315,7 +312,7 @@ async fn round(pool: &PgPool, region: &RegionId, seeds: &[Held], expand: bool) -
 }
 
 /// Applies the held events waiting on `keys`, and those they wake in turn.
-pub(crate) async fn wake(pool: &PgPool, region: &RegionId, keys: Vec<WaitKey>) -> Result<(), sqlx::Error> {
+pub(crate) async fn wake(pool: &PgPool, region: &RegionId, keys: Vec<WaitKey>) -> Result<(), StorageError> {
     let mut keys: BTreeSet<WaitKey> = keys.into_iter().collect();
     while !keys.is_empty() {
         let (mut a, mut r, mut c) = (Vec::new(), Vec::new(), Vec::new());
@@ -353,7 +350,7 @@ pub(crate) async fn wake(pool: &PgPool, region: &RegionId, keys: Vec<WaitKey>) -
 
 /// Decides the held events whose awaited event is applied (or that never had one recorded), and
 /// updates the held-event gauges.
-pub(crate) async fn sweep(pool: &PgPool, region: &RegionId) -> Result<(), sqlx::Error> {
+pub(crate) async fn sweep(pool: &PgPool, region: &RegionId) -> Result<(), StorageError> {
     loop {
         let sql = format!(
             "SELECT {HELD_COLUMNS} FROM pending_events p
@@ -380,7 +377,7 @@ pub(crate) async fn sweep(pool: &PgPool, region: &RegionId) -> Result<(), sqlx::
 }
 
 /// Sets aside an event the database refuses, so that it blocks nothing else.
-async fn dead_letter(pool: &PgPool, held: &Held, reason: &str) -> Result<(), sqlx::Error> {
+async fn dead_letter(pool: &PgPool, held: &Held, reason: &str) -> Result<(), StorageError> {
     tracing::error!(event_id = %held.event.event_id, %reason, "a replicated event cannot be applied: dead letter");
     metrics::counter!(crate::telemetry::metric::DEAD_LETTERS).increment(1);
     let mut tx = pool.begin().await?;
@@ -395,11 +392,11 @@ async fn dead_letter(pool: &PgPool, held: &Held, reason: &str) -> Result<(), sql
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM pending_events WHERE event_id = $1").bind(held.event.event_id).execute(&mut *tx).await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// Records that are not ledger events at all.
-async fn dead_letter_records(pool: &PgPool, records: &[(String, Option<Vec<u8>>, String)]) -> Result<(), sqlx::Error> {
+async fn dead_letter_records(pool: &PgPool, records: &[(String, Option<Vec<u8>>, String)]) -> Result<(), StorageError> {
     for (source, payload, reason) in records {
         tracing::error!(%source, %reason, "an unreadable replicated record: dead letter");
         metrics::counter!(crate::telemetry::metric::DEAD_LETTERS).increment(1);

@@ -8,7 +8,8 @@ mod batch;
 mod timer;
 
 use crate::config::NodeConfig;
-use crate::problem::Problem;
+use crate::storage::{AccountRow, StorageError};
+use ledger_core::posting::PostingError;
 use ledger_core::{AccountId, AccountSpec, Amount, Currency, RegionId};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -16,8 +17,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-
-pub use batch::{ACCOUNT_COLUMNS, AccountRow, OUTBOX_CHANNEL, rfc3339, transfer_json};
 
 /// Open an account (idempotent on identical attributes).
 #[derive(Debug, Clone)]
@@ -79,7 +78,48 @@ pub enum Outcome {
     },
 }
 
-type Reply = oneshot::Sender<Result<Outcome, Problem>>;
+/// Why the committer did not apply a command. `api/` turns each into its problem response.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The transfer's postings are refused.
+    #[error("{0}")]
+    Posting(PostingError),
+    /// An account with this id exists with other attributes.
+    #[error("account {0} exists with other attributes")]
+    AccountExists(AccountId),
+    /// The idempotency key answers for another request.
+    #[error("the idempotency key was used with another request")]
+    IdempotencyKeyReused,
+    /// A transfer names an account that does not exist.
+    #[error("account {0} not found")]
+    AccountNotFound(AccountId),
+    /// A transfer from an account to itself.
+    #[error("a transfer between an account and itself")]
+    SameAccount,
+    /// The committer's queue is full.
+    #[error("the write queue is full")]
+    QueueFull,
+    /// The committer no longer takes commands.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The committer ended without answering.
+    #[error("the committer stopped before answering")]
+    CommitterStopped,
+    /// The database is unreachable ([`StorageError::Unavailable`]).
+    #[error("the database is unreachable")]
+    Unavailable,
+    /// The connection broke while the batch was retried command by command.
+    #[error("the database connection broke")]
+    ConnectionBroke,
+    /// The database failed the command otherwise ([`StorageError`] other than unavailable).
+    #[error("the command was not applied")]
+    NotApplied,
+    /// The committer lost the command's result (a bug).
+    #[error("no result")]
+    NoResult,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, CommandError>>;
 
 /// Handle to the committer; cheap to clone.
 #[derive(Clone)]
@@ -89,13 +129,13 @@ pub struct Writer {
 
 impl Writer {
     /// Queues `command` and waits for its commit.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, Problem> {
+    pub async fn submit(&self, command: Command) -> Result<Outcome, CommandError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx.try_send((command, reply_tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Problem::unavailable("the write queue is full; retry later"),
-            mpsc::error::TrySendError::Closed(_) => Problem::unavailable("the node is shutting down"),
+            mpsc::error::TrySendError::Full(_) => CommandError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => CommandError::ShuttingDown,
         })?;
-        reply_rx.await.map_err(|_| Problem::unavailable("the committer stopped before answering"))?
+        reply_rx.await.map_err(|_| CommandError::CommitterStopped)?
     }
 }
 
@@ -265,8 +305,9 @@ async fn run(options: PgConnectOptions, region: RegionId, limits: Limits, mut rx
             None => match PgConnection::connect_with(&options).await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    let e = StorageError::from(e);
                     for reply in replies {
-                        let _ = reply.send(Err(db_problem(&e)));
+                        let _ = reply.send(Err(storage_failure(&e)));
                     }
                     lock(&remembered).end(&accounts, None);
                     let _ = idle_tx.try_send(None);
@@ -333,7 +374,7 @@ async fn plan(
     // while remembering what was read), and an account forgotten must never look absent.
     let (mut states, missing) = lock(remembered).known(accounts);
     if !missing.is_empty() {
-        let loaded = match batch::load_accounts(conn, &missing).await {
+        let loaded = match crate::storage::accounts::load(conn, &missing).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::warn!(error = %e, "reading accounts to plan a batch failed");
@@ -352,7 +393,7 @@ async fn plan(
     if batch.refuses_a_keyed_command(commands) { None } else { Some(batch) }
 }
 
-type Committed = (Vec<Result<Outcome, Problem>>, Vec<batch::AccountRow>);
+type Committed = (Vec<Result<Outcome, CommandError>>, Vec<AccountRow>);
 
 /// Commits a batch: a planned one in one statement, the others (and planned ones that find an
 /// account changed) reading and locking first. Returns each command's reply and the accounts as
@@ -362,7 +403,7 @@ async fn commit(
     region: &RegionId,
     commands: &[Command],
     planned: Option<batch::Batch>,
-) -> (Result<Committed, sqlx::Error>, bool) {
+) -> (Result<Committed, StorageError>, bool) {
     metrics::histogram!(crate::telemetry::metric::BATCH_SIZE).record(commands.len() as f64);
     let started = Instant::now();
     let span = tracing::info_span!("db.transaction", db.system = "postgresql", batch_size = commands.len());
@@ -374,9 +415,9 @@ async fn commit(
                         metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned").increment(1);
                         return Ok(batch.into_committed());
                     }
-                    Err(e) if is_broken(&e) => return Err(e),
+                    Err(e) if e.is_unavailable() => return Err(e),
                     Err(e) => {
-                        if !batch::is_transient(&e) {
+                        if !e.is_conflict() {
                             tracing::warn!(error = %e, "a planned batch failed; running it again reading its accounts");
                         }
                         metrics::counter!(crate::telemetry::metric::COMMIT_PATH, "path" => "planned-retried")
@@ -392,7 +433,7 @@ async fn commit(
     )
     .await;
     metrics::histogram!(crate::telemetry::metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    let healthy = !matches!(&outcome, Err(e) if is_broken(e));
+    let healthy = !matches!(&outcome, Err(e) if e.is_unavailable());
     (outcome, healthy)
 }
 
@@ -403,7 +444,7 @@ async fn answer(
     region: &RegionId,
     commands: Vec<Command>,
     replies: Vec<Reply>,
-    results: Result<Vec<Result<Outcome, Problem>>, sqlx::Error>,
+    results: Result<Vec<Result<Outcome, CommandError>>, StorageError>,
     mut healthy: bool,
 ) {
     match results {
@@ -417,23 +458,21 @@ async fn answer(
             for (command, reply) in commands.into_iter().zip(replies) {
                 let result = if healthy {
                     match batch::run_with_retry(conn, region, std::slice::from_ref(&command)).await {
-                        Ok(batch) => {
-                            batch.results.into_iter().next().unwrap_or_else(|| Err(Problem::internal("no result")))
-                        }
+                        Ok(batch) => batch.results.into_iter().next().unwrap_or(Err(CommandError::NoResult)),
                         Err(e) => {
-                            healthy = !is_broken(&e);
-                            Err(db_problem(&e))
+                            healthy = !e.is_unavailable();
+                            Err(storage_failure(&e))
                         }
                     }
                 } else {
-                    Err(Problem::unavailable("the database connection broke; retry with the same Idempotency-Key"))
+                    Err(CommandError::ConnectionBroke)
                 };
                 let _ = reply.send(result);
             }
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(db_problem(&e)));
+                let _ = reply.send(Err(storage_failure(&e)));
             }
         }
     }
@@ -450,7 +489,7 @@ fn lock(remembered: &Mutex<Remembered>) -> std::sync::MutexGuard<'_, Remembered>
 /// batch planned against it commits only if every account it read is still so (see
 /// `batch::run_planned`), so a wrong entry costs a retry, never a wrong balance or refusal.
 struct Remembered {
-    accounts: HashMap<AccountId, batch::AccountRow>,
+    accounts: HashMap<AccountId, AccountRow>,
     accounts_max: usize,
     in_flight: std::collections::HashSet<AccountId>,
     /// Woken whenever a batch in flight ends.
@@ -472,7 +511,7 @@ impl Remembered {
     }
 
     /// The batch touching `accounts` ended, leaving them as `after` (`None`: unknown, it failed).
-    fn end(&mut self, accounts: &[AccountId], after: Option<&[batch::AccountRow]>) {
+    fn end(&mut self, accounts: &[AccountId], after: Option<&[AccountRow]>) {
         for id in accounts {
             self.in_flight.remove(id);
             self.accounts.remove(id);
@@ -482,7 +521,7 @@ impl Remembered {
     }
 
     /// The remembered state of each of `accounts`, and those not remembered (to be read).
-    fn known(&self, accounts: &[AccountId]) -> (HashMap<AccountId, batch::AccountRow>, Vec<AccountId>) {
+    fn known(&self, accounts: &[AccountId]) -> (HashMap<AccountId, AccountRow>, Vec<AccountId>) {
         let mut states = HashMap::with_capacity(accounts.len());
         let mut missing = Vec::new();
         for id in accounts {
@@ -496,7 +535,7 @@ impl Remembered {
         (states, missing)
     }
 
-    fn remember(&mut self, states: impl IntoIterator<Item = batch::AccountRow>) {
+    fn remember(&mut self, states: impl IntoIterator<Item = AccountRow>) {
         for account in states {
             // Bounded memory: when full, start over (every account is read again once). Only a
             // cache: a batch plans against the states it took from here or read itself (`plan`),
@@ -509,19 +548,10 @@ impl Remembered {
     }
 }
 
-/// The connection cannot be trusted after these: a statement may have been cut short mid-message.
-fn is_broken(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_))
-}
-
-fn db_problem(e: &sqlx::Error) -> Problem {
+/// A command the database failed: unavailable (retry later) or not applied.
+fn storage_failure(e: &StorageError) -> CommandError {
     tracing::error!(error = %e, "command failed in the database");
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            Problem::unavailable("the database is unreachable; retry with the same Idempotency-Key")
-        }
-        _ => Problem::internal("the command was not applied; retry with the same Idempotency-Key"),
-    }
+    if e.is_unavailable() { CommandError::Unavailable } else { CommandError::NotApplied }
 }
 
 #[cfg(test)]

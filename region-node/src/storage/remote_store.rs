@@ -3,10 +3,10 @@
 //! per-account events, idempotency records, read models, conflicts (and their outbox records), the
 //! held events and the dead letters.
 
-use super::Held;
-use super::load::Loaded;
+use super::remote_load::Loaded;
+use super::{AccountRow, OUTBOX_CHANNEL, StorageError, transfer_json};
+use crate::remote::Held;
 use crate::views::{RecordChange, ViewChange};
-use crate::write::{AccountRow, OUTBOX_CHANNEL, transfer_json};
 use chrono::{DateTime, Utc};
 use ledger_core::apply::{ApplyState, Episode, Fate};
 use ledger_core::replication::{AccountEvent, Conflict, ConflictKind};
@@ -16,14 +16,14 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Writes the round. `before` are the accounts as loaded (locked); `state` is after deciding.
-pub(super) async fn store(
+pub(crate) async fn store(
     tx: &mut Transaction<'_, Postgres>,
     region: &RegionId,
     events: &[Held],
     fates: &[Fate],
     state: &ApplyState,
     loaded: &Loaded,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StorageError> {
     let now = Utc::now();
     let before = &loaded.before;
     let applied: Vec<(&Held, &ledger_core::apply::Applied)> = events

@@ -1,8 +1,8 @@
 //! Load: one read of everything a round of remote events needs to be decided, its accounts locked
 //! in id order (as the write path locks them, so the two never deadlock).
 
-use super::Held;
-use crate::write::{ACCOUNT_COLUMNS, AccountRow};
+use super::{ACCOUNT_COLUMNS, AccountRow, StorageError};
+use crate::remote::Held;
 use ledger_core::apply::{ApplyState, Episode, KeyUses};
 use ledger_core::replication::{AccountEvent, ConflictKind, key_conflict_id};
 use ledger_core::{AccountId, EventPayload, RegionId, VersionVector};
@@ -11,7 +11,7 @@ use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What the round read: the state to decide on, and the accounts as they were.
-pub(super) struct Loaded {
+pub(crate) struct Loaded {
     pub state: ApplyState,
     /// The accounts that existed (and are locked), as read.
     pub before: HashMap<AccountId, AccountRow>,
@@ -23,7 +23,7 @@ pub(super) struct Loaded {
 
 /// One event a conflict names, as stored in `conflicts.events`.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct Side {
+pub(crate) struct Side {
     pub event_id: uuid::Uuid,
     pub region: RegionId,
     pub vector: VersionVector,
@@ -34,16 +34,16 @@ const ACCOUNT_EVENT_COLUMNS: &str = "ae.account_id, ae.origin_region, ae.counter
 
 /// Held events waiting on the round's accounts, the one needing the smallest count first: a chain of events
 /// on one account (held behind one missing event) is then decided in one round.
-pub(super) async fn waiting_on(
+pub(crate) async fn waiting_on(
     conn: &mut PgConnection,
     accounts: &[String],
     except: &[uuid::Uuid],
     limit: usize,
-) -> Result<Vec<Held>, sqlx::Error> {
+) -> Result<Vec<Held>, StorageError> {
     let sql = format!(
         "SELECT {} FROM pending_events p WHERE p.wait_account = ANY($1) AND p.event_id <> ALL($2)
          ORDER BY p.wait_needs, p.seq LIMIT $3",
-        super::HELD_COLUMNS
+        crate::remote::HELD_COLUMNS
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(accounts)
@@ -55,7 +55,7 @@ pub(super) async fn waiting_on(
 }
 
 /// Reads and locks what deciding `events` needs.
-pub(super) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loaded, sqlx::Error> {
+pub(crate) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loaded, StorageError> {
     let mut ids: Vec<&str> = events.iter().flat_map(|h| h.event.accounts()).map(AccountId::as_str).collect();
     ids.sort_unstable();
     ids.dedup();

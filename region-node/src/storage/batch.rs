@@ -1,0 +1,219 @@
+//! The committer's statements: the read that locks a batch's accounts (in id order, so two batches
+//! or two nodes touching the same accounts wait for each other and never deadlock) with the
+//! idempotency records of its keys, and the one statement that writes a batch.
+
+use super::{AccountRow, OUTBOX_CHANNEL, StorageError};
+use chrono::{DateTime, Utc};
+use ledger_core::{AccountId, RegionId};
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+use std::collections::HashMap;
+
+/// What the batch will write, column by column, for bulk `UNNEST` inserts.
+#[derive(Default)]
+pub(crate) struct Writes {
+    pub new_accounts: Vec<AccountId>,
+    pub ev_id: Vec<uuid::Uuid>,
+    pub ev_aggregate: Vec<String>,
+    pub ev_type: Vec<String>,
+    pub ev_payload: Vec<Value>,
+    pub ev_vectors: Vec<Value>,
+    pub ev_traceparent: Vec<Option<String>>,
+    pub tr_id: Vec<uuid::Uuid>,
+    pub tr_event: Vec<uuid::Uuid>,
+    pub tr_from: Vec<String>,
+    pub tr_to: Vec<String>,
+    pub tr_amount: Vec<i64>,
+    pub tr_currency: Vec<String>,
+    pub tr_metadata: Vec<Value>,
+    pub tr_key: Vec<Option<String>>,
+    pub tr_from_vector: Vec<Value>,
+    pub tr_to_vector: Vec<Value>,
+    pub en_account: Vec<String>,
+    pub en_seq: Vec<i64>,
+    pub en_transfer: Vec<uuid::Uuid>,
+    pub en_amount: Vec<i64>,
+    pub en_balance: Vec<i64>,
+    pub ob_event: Vec<uuid::Uuid>,
+    pub ob_key: Vec<String>,
+    pub ae_account: Vec<String>,
+    pub ae_counter: Vec<i64>,
+    pub ae_event: Vec<uuid::Uuid>,
+    pub ae_vector: Vec<Value>,
+    pub ae_posting: Vec<i64>,
+    pub ae_opened: Vec<Option<Value>>,
+    pub ae_key: Vec<Option<String>>,
+    pub ik_key: Vec<String>,
+    pub ik_hash: Vec<String>,
+    pub ik_body: Vec<Value>,
+}
+
+/// What one batch commits: the accounts it opens as it leaves them, and each existing account it
+/// read as planned against and as it leaves it.
+pub(crate) struct Commit<'b> {
+    /// The batch's time.
+    pub now: DateTime<Utc>,
+    /// This region.
+    pub region: &'b RegionId,
+    /// Accounts opened, with their final state.
+    pub new: Vec<&'b AccountRow>,
+    /// Accounts read: (as planned against, as the batch leaves them).
+    pub read: Vec<(&'b AccountRow, &'b AccountRow)>,
+    /// Every other row.
+    pub writes: &'b Writes,
+}
+
+/// A batch's accounts, locked in id order, and the idempotency records (request hash, response
+/// body) of its keys: one round trip.
+pub(crate) async fn read_locked(
+    conn: &mut PgConnection,
+    ids: &[&str],
+    keys: &[&str],
+) -> Result<(HashMap<AccountId, AccountRow>, HashMap<String, (String, Value)>), StorageError> {
+    let mut accounts = HashMap::with_capacity(ids.len());
+    let mut records = HashMap::new();
+    for row in sqlx::query(READ_SQL).bind(ids).bind(keys).fetch_all(&mut *conn).await? {
+        match row.try_get::<Option<String>, _>("key")? {
+            Some(key) => {
+                records.insert(key, (row.try_get("request_hash")?, row.try_get("response_body")?));
+            }
+            None => {
+                let account = AccountRow::from_row(&row)?;
+                accounts.insert(account.state.spec.id.clone(), account);
+            }
+        }
+    }
+    Ok((accounts, records))
+}
+
+/// Writes everything in one statement: one round trip whatever the batch holds. Data-modifying
+/// CTEs all run to completion; new accounts are inserted with their final state, so the UPDATE
+/// (which cannot see them in the same statement) never needs to touch them. Every other
+/// account the batch read is updated only if it is still as planned against, and the statement
+/// fails if one is not (see migration 0006): a reply the batch gives, a refusal included, holds
+/// at its commit.
+pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Commit<'_>) -> Result<(), StorageError> {
+    let (w, new, read) = (batch.writes, &batch.new, &batch.read);
+    sqlx::query(WRITE_SQL)
+        .bind(batch.now)
+        .bind(batch.region.as_str())
+        .bind(OUTBOX_CHANNEL)
+        .bind(new.iter().map(|a| a.state.spec.id.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.state.spec.currency.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.state.spec.allow_negative).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.state.balance).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| Value::Object(a.state.spec.metadata.clone())).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| json!(a.state.version)).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.state.entry_seq).collect::<Vec<_>>())
+        .bind(&w.ev_id)
+        .bind(&w.ev_aggregate)
+        .bind(&w.ev_type)
+        .bind(&w.ev_payload)
+        .bind(&w.ev_vectors)
+        .bind(&w.ev_traceparent)
+        .bind(&w.tr_id)
+        .bind(&w.tr_event)
+        .bind(&w.tr_from)
+        .bind(&w.tr_to)
+        .bind(&w.tr_amount)
+        .bind(&w.tr_currency)
+        .bind(&w.tr_metadata)
+        .bind(&w.tr_key)
+        .bind(&w.tr_from_vector)
+        .bind(&w.tr_to_vector)
+        .bind(&w.en_account)
+        .bind(&w.en_seq)
+        .bind(&w.en_transfer)
+        .bind(&w.en_amount)
+        .bind(&w.en_balance)
+        .bind(&w.ik_key)
+        .bind(&w.ik_hash)
+        .bind(&w.ik_body)
+        .bind(read.iter().map(|(a, _)| a.state.spec.id.as_str()).collect::<Vec<_>>())
+        .bind(read.iter().map(|(_, a)| a.state.balance).collect::<Vec<_>>())
+        .bind(read.iter().map(|(_, a)| json!(a.state.version)).collect::<Vec<_>>())
+        .bind(read.iter().map(|(_, a)| a.state.entry_seq).collect::<Vec<_>>())
+        .bind(&w.ae_account)
+        .bind(&w.ae_counter)
+        .bind(&w.ae_event)
+        .bind(&w.ae_vector)
+        .bind(&w.ae_posting)
+        .bind(&w.ae_opened)
+        .bind(&w.ae_key)
+        .bind(&w.ob_event)
+        .bind(&w.ob_key)
+        .bind(read.iter().map(|(a, _)| a.state.balance).collect::<Vec<_>>())
+        .bind(read.iter().map(|(a, _)| json!(a.state.version)).collect::<Vec<_>>())
+        .bind(read.iter().map(|(a, _)| a.state.entry_seq).collect::<Vec<_>>())
+        .bind(read.iter().map(|(a, b)| a.state.entry_seq != b.state.entry_seq).collect::<Vec<_>>())
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+/// The batch's accounts, locked in id order (the order every writer locks in, so batches never
+/// deadlock: a CTE with a locking clause is never inlined, and its rows are locked as its sort emits
+/// them), followed by the idempotency records of its keys (`key` not null). The second SELECT has
+/// one NULL per account column.
+const READ_SQL: &str = concat!(
+    "WITH locked AS (SELECT ",
+    account_columns!(),
+    " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+SELECT *, NULL::text AS key, NULL::text AS request_hash, NULL::jsonb AS response_body FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
+FROM idempotency_keys WHERE key = ANY($2)"
+);
+
+/// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
+/// column; `$48`–`$51` the accounts read as planned against, and whether the batch changed each.
+/// The batch's one outbox row lists its records in batch order, and NOTIFY is delivered only when
+/// the transaction commits.
+const WRITE_SQL: &str = "
+WITH new_accounts AS (
+    INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
+    SELECT id, currency, allow_negative, balance, metadata, vv, seq, $1, $1
+    FROM UNNEST($4::text[], $5::text[], $6::bool[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::int8[])
+      AS u(id, currency, allow_negative, balance, metadata, vv, seq)
+), events AS (
+    INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at, traceparent)
+    SELECT id, agg, typ, payload, vv, $2, $1, tp
+    FROM UNNEST($11::uuid[], $12::text[], $13::text[], $14::jsonb[], $15::jsonb[], $16::text[])
+      WITH ORDINALITY AS u(id, agg, typ, payload, vv, tp, ord)
+    ORDER BY ord
+), new_transfers AS (
+    INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
+                           from_vector, to_vector, origin_region, created_at)
+    SELECT *, $2, $1 FROM UNNEST($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::int8[], $22::text[],
+                                 $23::jsonb[], $24::text[], $25::jsonb[], $26::jsonb[])
+), new_entries AS (
+    INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+    SELECT *, $1 FROM UNNEST($27::text[], $28::int8[], $29::uuid[], $30::int8[], $31::int8[])
+), new_keys AS (
+    INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
+    SELECT k, h, 201, b, $1 FROM UNNEST($32::text[], $33::text[], $34::jsonb[]) AS u(k, h, b)
+), locked AS (
+    SELECT id FROM accounts WHERE id = ANY($35::text[]) ORDER BY id FOR UPDATE
+), read_accounts AS (
+    -- The uncorrelated subquery is a one-time filter, run before the first row is updated: every
+    -- row is locked in id order first. (Joining `locked` instead rescanned it for each row.)
+    UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq,
+                          updated_at = CASE WHEN u.changed THEN $1 ELSE a.updated_at END
+    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $48::int8[], $49::jsonb[], $50::int8[], $51::bool[])
+      AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed)
+    WHERE (SELECT count(*) FROM locked) >= 0 AND a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
+    RETURNING 1
+), new_account_events AS (
+    INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
+    SELECT a, $2, c, e, v, p, o, k
+    FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[])
+      AS u(a, c, e, v, p, o, k)
+), new_outbox AS (
+    -- One row for the whole batch: its records' events and keys, in batch order (migration 0008).
+    INSERT INTO outbox (record_events, record_keys, created_at)
+    SELECT $46::uuid[], $47::text[], $1 WHERE cardinality($46::uuid[]) > 0
+    RETURNING id
+)
+-- The payload tells the publisher where the new rows start (see outbox.rs).
+SELECT pg_notify($3, COALESCE((SELECT min(id) FROM new_outbox)::text, '')) FROM (SELECT count(*) AS n FROM read_accounts) r
+WHERE ledger_assert_accounts_as_planned(r.n, cardinality($35::text[]))";
