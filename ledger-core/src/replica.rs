@@ -115,9 +115,14 @@ impl Replica {
     }
 
     fn record(&mut self, conflicts: Vec<Conflict>) {
-        // A key's conflict grows with each execution: the latest record replaces the earlier one.
+        // A key's conflict grows with each execution: the later record replaces the earlier one.
         for conflict in conflicts {
-            self.conflicts.insert(conflict.conflict_id, conflict);
+            match self.conflicts.get(&conflict.conflict_id) {
+                Some(known) if !conflict.supersedes(known) => {}
+                _ => {
+                    self.conflicts.insert(conflict.conflict_id, conflict);
+                }
+            }
         }
     }
 

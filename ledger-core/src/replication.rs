@@ -220,6 +220,15 @@ impl Conflict {
     }
 }
 
+impl Conflict {
+    /// Whether `self` is a later record of the same conflict than `other`: a key's conflict only
+    /// grows as executions arrive. Fates come back in the order events were given, not applied,
+    /// so the later record is told by its content, never by the order it is seen in.
+    pub fn supersedes(&self, other: &Conflict) -> bool {
+        self.sides.len() >= other.sides.len()
+    }
+}
+
 /// Deterministic choice between two openings of one account id: the opening from the region that
 /// sorts first, then the smaller event id, wins everywhere, so attributes converge.
 pub fn winning_opening<'a>(a: &'a AccountEvent, b: &'a AccountEvent) -> &'a AccountEvent {

@@ -431,13 +431,20 @@ async fn write_conflicts(
     state: &ApplyState,
     loaded: &Loaded,
 ) -> Result<(), sqlx::Error> {
-    let mut records: BTreeMap<uuid::Uuid, Record> = BTreeMap::new();
+    // A key's conflict grows: of its records in this round, the later one is written.
+    let mut latest: BTreeMap<uuid::Uuid, (&Conflict, uuid::Uuid)> = BTreeMap::new();
     for (held, a) in applied {
         for c in &a.conflicts {
-            // A key's conflict grows: the last one written wins.
-            records.insert(c.conflict_id, Record::of_conflict(c, held.event.event_id));
+            match latest.get(&c.conflict_id) {
+                Some((known, _)) if !c.supersedes(known) => {}
+                _ => {
+                    latest.insert(c.conflict_id, (c, held.event.event_id));
+                }
+            }
         }
     }
+    let mut records: BTreeMap<uuid::Uuid, Record> =
+        latest.into_iter().map(|(id, (c, by))| (id, Record::of_conflict(c, by))).collect();
     for (id, e) in &state.episodes {
         match loaded.episodes.get(id) {
             Some(before) if before == e => {}
