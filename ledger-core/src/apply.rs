@@ -137,12 +137,12 @@ impl ApplyState {
     /// Decides every event's fate, applying to `self` those that apply, in causal order whatever
     /// the order given: an event that becomes deliverable because another one applied is applied
     /// in the same call. Returns one fate per event, in the order given.
-    pub fn deliver(&mut self, events: &[LedgerEvent]) -> Vec<Fate> {
+    pub fn deliver<E: std::borrow::Borrow<LedgerEvent>>(&mut self, events: &[E]) -> Vec<Fate> {
         let mut fates: Vec<Option<Fate>> = vec![None; events.len()];
         let mut waiting: HashMap<WaitKey, Vec<usize>> = HashMap::new();
         let mut queue: VecDeque<usize> = (0..events.len()).collect();
         while let Some(i) = queue.pop_front() {
-            let event = &events[i];
+            let event: &LedgerEvent = events[i].borrow();
             if self.applied.contains(&event.event_id) {
                 fates[i] = Some(Fate::AlreadyApplied);
                 continue;

@@ -216,3 +216,31 @@ async fn hostile_records_become_dead_letters_and_never_stop_the_region() {
     common::assert_ledger_consistent(&node.db.pool).await;
     node.stop().await;
 }
+
+/// The sweep: a held event whose awaited event is already applied (its wake-up was missed, as
+/// when a second applier of the region applied that event meanwhile) is applied within a sweep
+/// period, without any new record arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_event_whose_wake_up_was_missed_is_applied_by_the_sweep() {
+    let node = node_with_origin().await;
+    let producer = producer(&node);
+    send_event(&node, &producer, &opening("world", true)).await;
+    send_event(&node, &producer, &opening("acc", false)).await;
+    wait_count(&node, "SELECT count(*) FROM accounts WHERE id IN ('world', 'acc')", 2, Duration::from_secs(60)).await;
+    // Held as if it had been waiting for the opening of `world`, which is applied already.
+    let missed = transfer("world", "acc", 42, 2);
+    sqlx::query(
+        "INSERT INTO pending_events (event_id, origin_region, payload, wait_account, wait_region, wait_counter, wait_needs)
+         VALUES ($1::text::uuid, $2, $3, 'world', $2, 1, 1)",
+    )
+    .bind(missed["event_id"].as_str().unwrap())
+    .bind(ORIGIN)
+    .bind(&missed)
+    .execute(&node.db.pool)
+    .await
+    .unwrap();
+    wait_count(&node, "SELECT count(*) FROM pending_events", 0, Duration::from_secs(30)).await;
+    assert_eq!(node.balance("acc").await, 42);
+    common::assert_ledger_consistent(&node.db.pool).await;
+    node.stop().await;
+}

@@ -76,20 +76,11 @@ pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -
 }
 
 fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), Problem> {
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "after" | "limit")) {
-        return Err(Problem::invalid_query(format!("unknown parameter {unknown:?}; use after and limit")));
-    }
-    let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, Problem> {
-        match query.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| Problem::invalid_query(format!("{name} must be an integer from {min} to {max}"))),
-        }
-    };
-    Ok((number("after", 0, 0, i64::MAX)?, number("limit", PAGE_DEFAULT, 1, PAGE_MAX)?))
+    super::query::only(query, &["after", "limit"])?;
+    Ok((
+        super::query::integer(query, "after", 0, 0, i64::MAX)?,
+        super::query::integer(query, "limit", PAGE_DEFAULT, 1, PAGE_MAX)?,
+    ))
 }
 
 pub(super) async fn entries(

@@ -30,21 +30,15 @@ fn time(query: &HashMap<String, String>, name: &str) -> Result<Option<chrono::Da
 }
 
 pub(super) async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
-    if let Some(unknown) = query.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
-        return Problem::invalid_query(format!("unknown parameter {unknown:?}; use {}", PARAMETERS.join(", ")))
-            .into_response();
-    }
-    let limit = match query.get("limit").map(|l| l.parse::<i64>()) {
-        None => PAGE_DEFAULT,
-        Some(Ok(n)) if (1..=PAGE_MAX).contains(&n) => n,
-        Some(_) => {
-            return Problem::invalid_query(format!("limit must be an integer from 1 to {PAGE_MAX}")).into_response();
-        }
-    };
-    let after = match query.get("after").map(|a| a.parse::<i64>()) {
-        None => 0,
-        Some(Ok(n)) if n >= 0 => n,
-        Some(_) => return Problem::invalid_query("after must be a cursor returned as next").into_response(),
+    let checked = super::query::only(&query, &PARAMETERS).and_then(|()| {
+        Ok((
+            super::query::integer(&query, "limit", PAGE_DEFAULT, 1, PAGE_MAX)?,
+            super::query::integer(&query, "after", 0, 0, i64::MAX)?,
+        ))
+    });
+    let (limit, after) = match checked {
+        Ok(page) => page,
+        Err(p) => return p.into_response(),
     };
     if let Some(kind) = query.get("kind")
         && !["overdraft", "duplicate-intent", "account-definition", "concurrent-benign"].contains(&kind.as_str())

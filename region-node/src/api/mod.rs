@@ -8,6 +8,7 @@ mod command;
 mod conflicts;
 mod health;
 pub mod problem;
+mod query;
 mod replication;
 mod transfers;
 

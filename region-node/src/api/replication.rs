@@ -31,22 +31,14 @@ struct Page {
 
 /// Parses the query; every refusal is `invalid-query`.
 fn page(query: &HashMap<String, String>) -> Result<Page, Problem> {
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "origin" | "after" | "limit")) {
-        return Err(Problem::invalid_query(format!("unknown parameter {unknown:?}; use origin, after and limit")));
-    }
+    super::query::only(query, &["origin", "after", "limit"])?;
     let origin = query.get("origin").ok_or_else(|| Problem::invalid_query("origin is required"))?;
     let origin = RegionId::new(origin.as_str()).map_err(|e| Problem::invalid_query(format!("origin: {e}")))?;
-    let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, Problem> {
-        match query.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| Problem::invalid_query(format!("{name} must be an integer from {min} to {max}"))),
-        }
-    };
-    Ok(Page { origin, after: number("after", 0, 0, i64::MAX)?, limit: number("limit", PAGE_MAX, 1, PAGE_MAX)? })
+    Ok(Page {
+        origin,
+        after: super::query::integer(query, "after", 0, 0, i64::MAX)?,
+        limit: super::query::integer(query, "limit", PAGE_MAX, 1, PAGE_MAX)?,
+    })
 }
 
 pub(super) async fn events(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {

@@ -65,6 +65,12 @@ pub(crate) struct Held {
     pub stored_wait: Option<WaitKey>,
 }
 
+impl std::borrow::Borrow<LedgerEvent> for Held {
+    fn borrow(&self) -> &LedgerEvent {
+        &self.event
+    }
+}
+
 impl Held {
     pub(crate) fn parse(raw: Value) -> Result<Self, String> {
         match serde_json::from_value::<LedgerEvent>(raw.clone()) {
@@ -73,26 +79,30 @@ impl Held {
         }
     }
 
-    /// A held event as `HELD_COLUMNS` read it.
-    pub(crate) fn from_row(row: &sqlx::postgres::PgRow) -> Option<Self> {
+    /// Held events as `HELD_COLUMNS` read them; one whose payload or wait key no longer reads is
+    /// logged and left where it is.
+    pub(crate) fn from_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Self>, sqlx::Error> {
         use sqlx::Row;
-        let mut held = Self::parse(row.get("payload"))
-            .map_err(|e| tracing::error!(error = %e, "a held event is unreadable"))
-            .ok()?;
-        let key: (Option<String>, Option<String>, Option<i64>) =
-            (row.get("wait_account"), row.get("wait_region"), row.get("wait_counter"));
-        if let (Some(account), Some(region), Some(counter)) = key {
-            held.stored_wait = Some(WaitKey {
-                account: AccountId::new(account).ok()?,
-                region: RegionId::new(region).ok()?,
-                counter: counter as u64,
-            });
+        let mut held = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Ok(mut h) = Self::parse(row.try_get("payload")?)
+                .map_err(|e| tracing::error!(error = %e, "a held event is unreadable"))
+            else {
+                continue;
+            };
+            let key: (Option<String>, Option<String>, Option<i64>) =
+                (row.try_get("wait_account")?, row.try_get("wait_region")?, row.try_get("wait_counter")?);
+            if let (Some(account), Some(region), Some(counter)) = key {
+                let (Ok(account), Ok(region)) = (AccountId::new(account), RegionId::new(region)) else { continue };
+                h.stored_wait = Some(WaitKey { account, region, counter: counter as u64 });
+            }
+            held.push(h);
         }
-        Some(held)
+        Ok(held)
     }
 }
 
-/// The columns of a held event [`Held::from_row`] reads, from `pending_events p`.
+/// The columns of a held event [`Held::from_rows`] reads, from `pending_events p`.
 pub(crate) const HELD_COLUMNS: &str = "p.payload, p.wait_account, p.wait_region, p.wait_counter";
 
 /// Runs until `shutdown`.
@@ -287,10 +297,11 @@ async fn round(pool: &PgPool, region: &RegionId, seeds: &[Held], expand: bool) -
         let accounts: Vec<String> = accounts.into_iter().collect();
         events.extend(load::waiting_on(&mut tx, &accounts, &except, ROUND_EVENTS_MAX - events.len()).await?);
     }
-    let loaded = load::load(&mut tx, &events).await?;
-    let mut state = loaded.state.clone();
-    let decided: Vec<LedgerEvent> = events.iter().map(|h| h.event.clone()).collect();
-    let fates = state.deliver(&decided);
+    let mut loaded = load::load(&mut tx, &events).await?;
+    // Decided in place: what the store compares against (accounts, episodes, labels as read) is
+    // kept apart in `loaded`.
+    let mut state = std::mem::take(&mut loaded.state);
+    let fates = state.deliver(&events);
     // Between the read and the write: where another writer may open an account this round opens.
     fail::fail_point!("remote-apply-before-store");
     store::store(&mut tx, region, &events, &fates, &state, &loaded).await?;
@@ -339,7 +350,7 @@ pub(crate) async fn wake(pool: &PgPool, region: &RegionId, keys: Vec<WaitKey>) -
         // A full page may leave events waiting on these keys: look again. Those decided now wait
         // on something else (or are gone), so each look makes progress.
         let full = rows.len() == ROUND_EVENTS_MAX;
-        let next = apply(pool, region, rows.iter().filter_map(Held::from_row).collect()).await?;
+        let next = apply(pool, region, Held::from_rows(&rows)?).await?;
         if !full {
             keys.clear();
         }
@@ -363,7 +374,7 @@ pub(crate) async fn sweep(pool: &PgPool, region: &RegionId) -> Result<(), Storag
         if rows.is_empty() {
             break;
         }
-        let keys = apply(pool, region, rows.iter().filter_map(Held::from_row).collect()).await?;
+        let keys = apply(pool, region, Held::from_rows(&rows)?).await?;
         wake(pool, region, keys).await?;
     }
     let (held, oldest): (i64, f64) = sqlx::query_as(

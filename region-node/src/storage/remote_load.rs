@@ -51,7 +51,7 @@ pub(crate) async fn waiting_on(
         .bind(limit as i64)
         .fetch_all(&mut *conn)
         .await?;
-    Ok(rows.iter().filter_map(Held::from_row).collect())
+    Ok(Held::from_rows(&rows)?)
 }
 
 /// Reads and locks what deciding `events` needs.
