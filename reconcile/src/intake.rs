@@ -1,0 +1,220 @@
+//! Intake: every region's `ledger.conflicts` (read_committed; the offset is committed only after
+//! the report is stored, and storing is idempotent, so a crash or lost offsets replay reports
+//! without doubling a case), a periodic backfill from every region's `GET /v1/conflicts` (what a
+//! topic's retention dropped, or a service started late), and enrichment: the transfers each case
+//! names, fetched from a region that saw it.
+
+use crate::regions::{Answer, Regions};
+use crate::store::{self, Detected};
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Transfers fetched per case: an episode on a hot account can name hundreds; the case page shows
+/// the first ones and says how many there are.
+pub const BRANCHES_MAX: usize = 100;
+/// Cases enriched per pass.
+const ENRICH_BATCH: i64 = 20;
+/// Pages of `GET /v1/conflicts` read per region while looking for one conflict.
+const LOOKUP_PAGES_MAX: usize = 50;
+
+/// Stores one record of a region's `ledger.conflicts`, by its `event-type` header.
+pub async fn store_record(pool: &PgPool, region: &str, event_type: &str, payload: &Value) -> Result<(), sqlx::Error> {
+    match event_type {
+        "conflict.superseded" => {
+            let (Some(old), Some(new)) = (
+                payload["conflict_id"].as_str().and_then(|s| s.parse().ok()),
+                payload["superseded_by"].as_str().and_then(|s| s.parse().ok()),
+            ) else {
+                tracing::warn!(%payload, "a superseded record without ids; skipped");
+                return Ok(());
+            };
+            store::record_superseded(pool, old, new, region).await
+        }
+        "conflict.resolved" => {
+            if let Some(id) = payload["conflict_id"].as_str().and_then(|s| s.parse().ok()) {
+                store::record_region_status(pool, id, region, "resolved").await?;
+            }
+            Ok(())
+        }
+        _ => match Detected::parse(payload, region) {
+            Some(d) => store::record_detected(pool, &d).await,
+            None => {
+                tracing::warn!(%payload, "not a conflict record; skipped");
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Consumes one region's conflicts until cancelled.
+pub async fn consume(
+    pool: PgPool,
+    region: String,
+    bootstrap: String,
+    topic: String,
+    group: String,
+    stop: CancellationToken,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%region, error = %e, "conflicts consumer");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let event_type = message
+            .headers()
+            .and_then(|h| {
+                use rdkafka::message::Headers;
+                h.iter()
+                    .find(|h| h.key == "event-type")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_else(|| "conflict.detected".into());
+        let payload: Value = message.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or(Value::Null);
+        // Stored before the offset moves; a failure retries the same record.
+        loop {
+            match store_record(&pool, &region, &event_type, &payload).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(%region, error = %e, "storing a conflict report; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+        fail::fail_point!("reconcile-intake-before-commit");
+        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+            tracing::warn!(%region, error = %e, "offset commit (the report may be read again, harmlessly)");
+        }
+    }
+}
+
+/// One backfill pass over every region: pages of `GET /v1/conflicts` after the stored cursor.
+pub async fn backfill_once(pool: &PgPool, regions: &Regions, page: u32) -> Result<usize, sqlx::Error> {
+    let mut stored = 0;
+    for endpoint in &regions.endpoints {
+        let mut after: i64 = sqlx::query_scalar("SELECT after FROM backfill_cursors WHERE region = $1")
+            .bind(&endpoint.name)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0);
+        loop {
+            let answer = regions.get(endpoint, &format!("/v1/conflicts?after={after}&limit={page}")).await;
+            let Answer::Ok(_, body) = answer else {
+                tracing::debug!(region = %endpoint.name, ?answer, "backfill: region unavailable");
+                break;
+            };
+            for c in body["conflicts"].as_array().into_iter().flatten() {
+                if let Some(d) = Detected::parse(c, &endpoint.name) {
+                    store::record_detected(pool, &d).await?;
+                    stored += 1;
+                }
+            }
+            // A partial last page names no cursor: the next pass reads it again (idempotently).
+            let Some(next) = body["next"].as_str().and_then(|n| n.parse::<i64>().ok()) else { break };
+            after = next;
+            sqlx::query(
+                "INSERT INTO backfill_cursors (region, after) VALUES ($1, $2)
+                 ON CONFLICT (region) DO UPDATE SET after = GREATEST(backfill_cursors.after, $2)",
+            )
+            .bind(&endpoint.name)
+            .bind(after)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(stored)
+}
+
+/// Finds a conflict's full record in a region (an episode's members are listed only there).
+async fn lookup(regions: &Regions, region: &str, id: uuid::Uuid, kind: &str, account: &str) -> Option<Value> {
+    let endpoint = regions.endpoint(region)?;
+    let mut after = 0i64;
+    for _ in 0..LOOKUP_PAGES_MAX {
+        let path = format!("/v1/conflicts?kind={kind}&account={}&after={after}&limit=1000", encode(account));
+        let Answer::Ok(_, body) = regions.get(endpoint, &path).await else { return None };
+        if let Some(found) = body["conflicts"].as_array()?.iter().find(|c| c["conflict_id"] == json!(id)) {
+            return Some(found.clone());
+        }
+        after = body["next"].as_str()?.parse().ok()?;
+    }
+    None
+}
+
+/// Percent-encodes a query value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Fetches the branches of cases that lack them. Returns how many were filled.
+pub async fn enrich_once(pool: &PgPool, regions: &Regions) -> Result<usize, sqlx::Error> {
+    let mut filled = 0;
+    for (id, kind, account, seen_in) in store::cases_to_enrich(pool, ENRICH_BATCH).await? {
+        for region in &seen_in {
+            let Some(conflict) = lookup(regions, region, id, &kind, &account).await else { continue };
+            let Some(endpoint) = regions.endpoint(region) else { continue };
+            let events: Vec<Value> = conflict["events"].as_array().cloned().unwrap_or_default();
+            let mut branches = Vec::new();
+            let mut complete = true;
+            for e in events.iter().take(BRANCHES_MAX) {
+                let Some(event_id) = e["event_id"].as_str() else { continue };
+                match regions.get(endpoint, &format!("/v1/transfers/{event_id}")).await {
+                    Answer::Ok(_, mut t) => {
+                        t["region"] = e["region"].clone();
+                        t["vector"] = e["vector"].clone();
+                        branches.push(t);
+                    }
+                    Answer::Refused(404, _) => branches.push(json!({
+                        "id": event_id, "kind": "opening", "region": e["region"], "vector": e["vector"],
+                    })),
+                    _ => complete = false,
+                }
+            }
+            if !complete {
+                continue;
+            }
+            let amounts: Vec<i64> = branches.iter().filter_map(|b| b["amount"].as_i64()).collect();
+            let at_risk = match kind.as_str() {
+                // Every execution of a key but one moved money the client meant to move once.
+                "duplicate-intent" => amounts.iter().skip(1).fold(0i64, |acc, a| acc.saturating_add(*a)),
+                _ => 0,
+            };
+            let branches = json!({"events": events.len(), "shown": branches.len(), "transfers": branches});
+            store::set_branches(pool, id, &Value::Array(events), &branches["transfers"], at_risk).await?;
+            filled += 1;
+            break;
+        }
+    }
+    Ok(filled)
+}
