@@ -74,6 +74,12 @@ pub struct NodeConfig {
     /// The API key presented to peers. It is also accepted here with the `replication` scope only:
     /// the regions of one deployment share it.
     pub replication_api_key: String,
+    /// The reconcile service's API key, created at start-up if absent with the `read`, `write` and
+    /// `reconcile` scopes: it reads conflicts and transfers, posts compensating transfers, and is
+    /// the only key that reaches `POST /v1/conflicts/{id}/resolve`. It must be the same in every
+    /// region, as idempotency keys are scoped to the API key: a compensating transfer retried in
+    /// another region then replays there instead of running twice. Empty (the default): none.
+    pub reconcile_api_key: String,
     /// How often the repair task pulls from each peer.
     pub anti_entropy_interval_ms: u64,
     /// `GET /v1/replication/events` returns only events stored here longer ago than this: a row
@@ -121,6 +127,7 @@ impl Default for NodeConfig {
             peers: Vec::new(),
             peer_urls: BTreeMap::new(),
             replication_api_key: String::new(),
+            reconcile_api_key: String::new(),
             // A lost event is repaired within seconds; an idle pull is one indexed query per peer.
             anti_entropy_interval_ms: 5_000,
             // `stored_at` is its transaction's start: what counts is how long a transaction

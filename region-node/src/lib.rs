@@ -103,6 +103,9 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     if !cfg.replication_api_key.is_empty() {
         api::auth_ensure_key(&pool, "replication", &cfg.replication_api_key, &["replication"]).await?;
     }
+    if !cfg.reconcile_api_key.is_empty() {
+        api::auth_ensure_key(&pool, "reconcile", &cfg.reconcile_api_key, &["read", "write", "reconcile"]).await?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { addr: cfg.http_addr.clone(), source })?;

@@ -1,5 +1,5 @@
 //! API keys: `Authorization: Bearer <key>`. Keys are stored as SHA-256 hashes with their scopes
-//! (read, write, replication); a key is looked up once and cached briefly, so authentication costs no database
+//! (read, write, replication, reconcile); a key is looked up once and cached briefly, so authentication costs no database
 //! round trip on the hot path while a revocation still takes effect within the cache lifetime.
 
 use super::{AppState, scope_for};
@@ -27,6 +27,10 @@ pub enum Scope {
     /// `/v1/replication/*` only: other regions pulling this region's events (anti-entropy). Read
     /// and write keys do not reach it, and it reaches nothing else.
     Replication,
+    /// `POST /v1/conflicts/{id}/resolve` only: the reconcile service marking a conflict resolved
+    /// in this region. Read and write keys do not reach it; the reconcile service's key
+    /// (`reconcile_api_key`) also has read and write.
+    Reconcile,
 }
 
 impl Scope {
@@ -35,6 +39,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Write => "write",
             Scope::Replication => "replication",
+            Scope::Reconcile => "reconcile",
         }
     }
 }

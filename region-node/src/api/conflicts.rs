@@ -1,12 +1,18 @@
 //! `GET /v1/conflicts`: the conflicts this region detected while applying other regions' events,
 //! a page at a time (`after` is the `next` cursor of the previous page), filtered by kind,
-//! account, status and detection time.
+//! account, status and detection time. `POST /v1/conflicts/{id}/resolve` (the `reconcile` scope
+//! only): finance's resolution, applied in this region (see `storage::resolve`).
 
-use super::{AppState, read_problem};
+use super::body::JsonBody;
+use super::{AppState, read_problem, with_timeout};
 use crate::problem::Problem;
+use crate::storage::StorageError;
+use crate::storage::resolve::{Definition, Resolution, ResolveError};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use ledger_core::Currency;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
@@ -56,7 +62,7 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
     };
     let rows = sqlx::query(
         "SELECT seq, conflict_id, kind, account_id, events, event_count, joint_vector, joint_balance, detected_at,
-                updated_at, status
+                updated_at, status, resolved_at, resolution
          FROM conflicts
          WHERE seq > $1 AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR account_id = $3)
            AND ($4::text IS NULL OR status = $4) AND ($5::timestamptz IS NULL OR detected_at >= $5)
@@ -121,8 +127,87 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
                 "detected_at": crate::storage::rfc3339(&r.get("detected_at")),
                 "updated_at": crate::storage::rfc3339(&r.get("updated_at")),
                 "status": r.get::<String, _>("status"),
+                "resolved_at": r.get::<Option<chrono::DateTime<chrono::Utc>>, _>("resolved_at").as_ref().map(crate::storage::rfc3339),
+                "resolution": r.get::<Option<Value>, _>("resolution"),
             })
         })
         .collect();
     Json(json!({ "region": state.region, "conflicts": conflicts, "next": next })).into_response()
+}
+
+/// Longest reconcile case id, in characters.
+const CASE_CHARS_MAX: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResolveBody {
+    case: String,
+    #[serde(default)]
+    definition: Option<DefinitionBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefinitionBody {
+    currency: String,
+    allow_negative: bool,
+}
+
+fn resolution(body: ResolveBody) -> Result<Resolution, Problem> {
+    let chars = body.case.chars().count();
+    if !(1..=CASE_CHARS_MAX).contains(&chars) {
+        return Err(Problem::invalid_field(format!("case must be 1 to {CASE_CHARS_MAX} characters, got {chars}")));
+    }
+    let definition = body
+        .definition
+        .map(|d| {
+            Currency::new(&d.currency)
+                .map(|currency| Definition { currency, allow_negative: d.allow_negative })
+                .map_err(|e| Problem::invalid_currency(e.to_string()))
+        })
+        .transpose()?;
+    Ok(Resolution { case: body.case, definition })
+}
+
+/// Resolves a conflict in this region: the reconcile service calls every region with the same body.
+pub(super) async fn resolve(state: State<AppState>, Path(id): Path<String>, body: JsonBody<ResolveBody>) -> Response {
+    let resolution = match resolution(body.value) {
+        Ok(resolution) => resolution,
+        Err(p) => return p.into_response(),
+    };
+    // An id that is not a UUID names no conflict.
+    let Ok(conflict_id) = id.parse::<uuid::Uuid>() else {
+        return Problem::conflict_not_found(&id).into_response();
+    };
+    let (pool, region) = (state.pool.clone(), state.region.clone());
+    with_timeout(&state, async move {
+        crate::storage::resolve::resolve(&pool, &region, conflict_id, &resolution)
+            .await
+            .map(|resolved| Json(resolved.to_json()))
+            .map_err(|e| resolve_problem(&id, e))
+    })
+    .await
+}
+
+fn resolve_problem(id: &str, e: ResolveError) -> Problem {
+    match e {
+        ResolveError::NotFound(_) => Problem::conflict_not_found(id),
+        ResolveError::DefinitionNotAllowed(_) => Problem::invalid_field(e.to_string()),
+        ResolveError::DefinitionRequired => Problem::missing_field(format!("definition: {e}")),
+        ResolveError::AlreadyResolved(_) => Problem::conflict_already_resolved(e.to_string()),
+        ResolveError::DefinitionNotOffered(_) => Problem::definition_not_offered(e.to_string()),
+        ResolveError::OutOfRange(_) => Problem::balance_overflow(e.to_string()),
+        ResolveError::Busy => Problem::unavailable(format!("{e}; retry")),
+        ResolveError::Storage(e) => {
+            tracing::error!(error = %e, conflict_id = id, "resolving a conflict failed");
+            match e {
+                StorageError::Unavailable(_) | StorageError::Conflict(_) => {
+                    Problem::unavailable("the database is unavailable; retry")
+                }
+                StorageError::Refused(_) | StorageError::Internal(_) => {
+                    Problem::internal("the conflict was not resolved")
+                }
+            }
+        }
+    }
 }

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
         .route("/v1/conflicts", get(conflicts::list))
+        .route("/v1/conflicts/{id}/resolve", post(conflicts::resolve))
         .route("/v1/replication/events", get(replication::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
@@ -105,11 +106,13 @@ async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// The scope a request needs: replication for `/v1/replication/`, else reads for safe methods and
-/// writes for everything else.
+/// The scope a request needs: replication for `/v1/replication/`, reconcile for
+/// `/v1/conflicts/{id}/resolve`, else reads for safe methods and writes for everything else.
 fn scope_for(method: &Method, path: &str) -> Scope {
     if path.starts_with("/v1/replication/") {
         Scope::Replication
+    } else if path.starts_with("/v1/conflicts/") && path.ends_with("/resolve") {
+        Scope::Reconcile
     } else if matches!(*method, Method::GET | Method::HEAD) {
         Scope::Read
     } else {

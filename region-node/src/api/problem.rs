@@ -165,6 +165,23 @@ impl Problem {
     pub fn forbidden(scope: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Missing scope", format!("this API key lacks the {scope} scope"))
     }
+    /// A conflict this region does not hold (it may not have detected it yet: retry later).
+    pub fn conflict_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no conflict {id:?} in this region (it may not have detected it yet)"),
+        )
+    }
+    /// The conflict was resolved here with another resolution.
+    pub fn conflict_already_resolved(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict-already-resolved", "Conflict already resolved", detail)
+    }
+    /// The definition is none of the openings the account-definition conflict names.
+    pub fn definition_not_offered(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "definition-not-offered", "Definition not offered", detail)
+    }
     /// No such route.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource")

@@ -147,6 +147,9 @@ pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Comm
         .bind(read.iter().map(|(a, _)| json!(a.state.version)).collect::<Vec<_>>())
         .bind(read.iter().map(|(a, _)| a.state.entry_seq).collect::<Vec<_>>())
         .bind(read.iter().map(|(a, b)| a.state.entry_seq != b.state.entry_seq).collect::<Vec<_>>())
+        .bind(read.iter().map(|(a, _)| a.state.spec.currency.as_str()).collect::<Vec<_>>())
+        .bind(read.iter().map(|(a, _)| a.state.spec.allow_negative).collect::<Vec<_>>())
+        .bind(read.iter().map(|(a, _)| a.state.frozen).collect::<Vec<_>>())
         .execute(executor)
         .await?;
     Ok(())
@@ -166,7 +169,11 @@ FROM idempotency_keys WHERE key = ANY($2)"
 );
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
-/// column; `$48`–`$51` the accounts read as planned against, and whether the batch changed each.
+/// column; `$48`–`$51` and `$52`–`$54` the accounts read as planned against, and whether the batch
+/// changed each. The definition and the frozen flag are compared too: resolving an
+/// account-definition conflict (`storage/resolve.rs`) changes them, and may leave balance, entry
+/// count and vector as they were, so a batch planned against a remembered frozen flag or currency
+/// would otherwise commit a stale refusal, or a transfer in the wrong currency.
 /// The batch's one outbox row lists its records in batch order, and NOTIFY is delivered only when
 /// the transaction commits.
 const WRITE_SQL: &str = "
@@ -199,9 +206,11 @@ WITH new_accounts AS (
     -- row is locked in id order first. (Joining `locked` instead rescanned it for each row.)
     UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq,
                           updated_at = CASE WHEN u.changed THEN $1 ELSE a.updated_at END
-    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $48::int8[], $49::jsonb[], $50::int8[], $51::bool[])
-      AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed)
+    FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $48::int8[], $49::jsonb[], $50::int8[], $51::bool[],
+                $52::text[], $53::bool[], $54::bool[])
+      AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed, old_currency, old_allow_negative, old_frozen)
     WHERE (SELECT count(*) FROM locked) >= 0 AND a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
+      AND a.currency = u.old_currency AND a.allow_negative = u.old_allow_negative AND a.frozen = u.old_frozen
     RETURNING 1
 ), new_account_events AS (
     INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)

@@ -6,6 +6,7 @@
 //! - [`accounts`]: the account row, its columns, and the unlocked read the committer plans against.
 //! - [`batch`]: the committer's locked read and its one write statement.
 //! - [`remote_load`], [`remote_store`]: remote apply's one read and one write per round.
+//! - [`resolve`]: a conflict resolved in this region (and an account-definition's account redefined).
 //! - [`error`]: the one classification of database errors, [`StorageError`].
 
 /// The columns [`AccountRow::from_row`] reads, as a macro so constant queries can `concat!` them.
@@ -21,6 +22,7 @@ pub(crate) mod batch;
 pub mod error;
 pub(crate) mod remote_load;
 pub(crate) mod remote_store;
+pub mod resolve;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger_core::{AccountId, VersionVector};

@@ -366,7 +366,8 @@ pub(crate) struct Record {
     pub joint_balance: Option<i64>,
     /// The event that revealed or last changed it.
     pub revealed_by: uuid::Uuid,
-    /// Published on `ledger.conflicts`: new here, or its kind changed.
+    /// Published on `ledger.conflicts`: new here, its kind changed, or it was resolved here and
+    /// has changed since (it is open again).
     pub publish: bool,
 }
 
@@ -407,7 +408,8 @@ impl Record {
     }
 }
 
-/// The conflict as published on `ledger.conflicts`.
+/// The conflict as published on `ledger.conflicts` (`conflict.detected`: new, changed kind, or
+/// open again after it was resolved here).
 pub fn conflict_json(r: &Record, detected_by: &RegionId) -> Value {
     json!({
         "conflict_id": r.conflict_id,
@@ -417,13 +419,16 @@ pub fn conflict_json(r: &Record, detected_by: &RegionId) -> Value {
         "event_count": r.event_count,
         "joint_vector": r.joint_vector,
         "joint_balance": r.joint_balance,
+        "status": "open",
         "detected_by": detected_by,
     })
 }
 
 /// The round's conflicts: episodes merged away are deleted and their members relabelled, events
 /// whose episode changed are relabelled, and every new or changed record is written. Records new
-/// here (or whose kind changed) get a `ledger.conflicts` outbox record.
+/// here (or whose kind changed) get a `ledger.conflicts` outbox record. A record resolved here
+/// whose event count or kind changes is open again (its resolution cleared) and is published
+/// again as `conflict.detected`: finance resolved what it saw, not what arrived since.
 async fn write_conflicts(
     tx: &mut PgConnection,
     region: &RegionId,
@@ -504,24 +509,22 @@ async fn write_conflicts(
     if records.is_empty() && gone.is_empty() {
         return Ok(());
     }
-    let records: Vec<Record> = records.into_values().collect();
-    sqlx::query(
-        "INSERT INTO conflicts (conflict_id, kind, account_id, events, event_count, first_event, joint_vector, joint_balance)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::uuid[], $7::jsonb[], $8::int8[])
-         ON CONFLICT (conflict_id) DO UPDATE SET kind = EXCLUDED.kind, account_id = EXCLUDED.account_id,
-             events = EXCLUDED.events, event_count = EXCLUDED.event_count, first_event = EXCLUDED.first_event,
-             joint_vector = EXCLUDED.joint_vector, joint_balance = EXCLUDED.joint_balance, updated_at = now()",
-    )
-    .bind(records.iter().map(|r| r.conflict_id).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.events.clone()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.event_count).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.first_event).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.joint_vector.clone()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.joint_balance).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    let mut records: Vec<Record> = records.into_values().collect();
+    let reopened: Vec<uuid::Uuid> = sqlx::query_scalar(UPSERT_CONFLICTS_SQL)
+        .bind(records.iter().map(|r| r.conflict_id).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.events.clone()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.event_count).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.first_event).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.joint_vector.clone()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.joint_balance).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    for r in records.iter_mut().filter(|r| reopened.contains(&r.conflict_id)) {
+        tracing::warn!(conflict_id = %r.conflict_id, kind = r.kind.as_str(), "a resolved conflict changed: open again");
+        r.publish = true;
+    }
     let mut o = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in records.iter().filter(|r| r.publish) {
         tracing::warn!(conflict_id = %r.conflict_id, kind = r.kind.as_str(), account = %r.account, "conflict detected");
@@ -559,6 +562,36 @@ async fn write_conflicts(
     .await?;
     Ok(())
 }
+
+/// Writes the round's conflict records (`$1`–`$8`, one array per column) and returns the ids of
+/// those that were resolved here and are open again: their event count or kind changed. The rows
+/// are locked (in id order) before the upsert runs (the uncorrelated subquery is a one-time
+/// filter), so the values compared are the ones replaced, even when a resolution commits
+/// meanwhile.
+const UPSERT_CONFLICTS_SQL: &str = "
+WITH u AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::uuid[], $7::jsonb[], $8::int8[])
+      AS u(conflict_id, kind, account_id, events, event_count, first_event, joint_vector, joint_balance)
+), old AS (
+    SELECT conflict_id, kind, event_count, status FROM conflicts WHERE conflict_id = ANY($1)
+    ORDER BY conflict_id FOR UPDATE
+), upserted AS (
+    INSERT INTO conflicts (conflict_id, kind, account_id, events, event_count, first_event, joint_vector, joint_balance)
+    SELECT * FROM u WHERE (SELECT count(*) FROM old) >= 0
+    ON CONFLICT (conflict_id) DO UPDATE SET kind = EXCLUDED.kind, account_id = EXCLUDED.account_id,
+        events = EXCLUDED.events, event_count = EXCLUDED.event_count, first_event = EXCLUDED.first_event,
+        joint_vector = EXCLUDED.joint_vector, joint_balance = EXCLUDED.joint_balance, updated_at = now(),
+        status = CASE WHEN conflicts.event_count <> EXCLUDED.event_count OR conflicts.kind <> EXCLUDED.kind
+                      THEN 'open' ELSE conflicts.status END,
+        resolved_at = CASE WHEN conflicts.event_count <> EXCLUDED.event_count OR conflicts.kind <> EXCLUDED.kind
+                           THEN NULL ELSE conflicts.resolved_at END,
+        resolution = CASE WHEN conflicts.event_count <> EXCLUDED.event_count OR conflicts.kind <> EXCLUDED.kind
+                          THEN NULL ELSE conflicts.resolution END
+    RETURNING 1
+)
+SELECT o.conflict_id FROM old o JOIN u USING (conflict_id)
+WHERE o.status = 'resolved' AND (o.event_count <> u.event_count OR o.kind <> u.kind)
+  AND (SELECT count(*) FROM upserted) >= 0";
 
 /// Held events: those decided (applied, known, dead) leave; those still waiting are stored with the
 /// event they wait for.

@@ -14,15 +14,31 @@ pub struct Cluster {
     /// The key every node presents to its peers and accepts with the `replication` scope (set
     /// even when the nodes are not given each other's URLs).
     pub replication_key: String,
+    /// The reconcile service's key (read, write and reconcile scopes), the same in every region.
+    pub reconcile_key: String,
 }
 
 fn replicator_config(regions: &[testkit::Region], target: usize, prefix: &str) -> ReplicatorConfig {
+    let all: Vec<usize> = (0..regions.len()).collect();
+    replicator_config_from(regions, target, &all, prefix)
+}
+
+/// Replication into `target` from `sources` only (indexes into `regions`).
+fn replicator_config_from(
+    regions: &[testkit::Region],
+    target: usize,
+    sources: &[usize],
+    prefix: &str,
+) -> ReplicatorConfig {
     ReplicatorConfig {
         target_region: regions[target].name().to_owned(),
         target_bootstrap: regions[target].kafka_bootstrap().to_owned(),
-        sources: regions
+        sources: sources
             .iter()
-            .map(|r| Source { region: r.name().to_owned(), bootstrap: r.kafka_bootstrap().to_owned() })
+            .map(|&i| Source {
+                region: regions[i].name().to_owned(),
+                bootstrap: regions[i].kafka_bootstrap().to_owned(),
+            })
             .collect(),
         topic_prefix: prefix.to_owned(),
         metrics_addr: "127.0.0.1:0".into(),
@@ -56,6 +72,7 @@ impl Cluster {
         // keys are scoped to it, so a retry in another region meets its own key there.
         let write_key = format!("test-write-{}", uuid::Uuid::new_v4());
         let replication_key = format!("test-replication-{}", uuid::Uuid::new_v4());
+        let reconcile_key = format!("test-reconcile-{}", uuid::Uuid::new_v4());
         // Each node's port is chosen before any starts, so that each can be given the others' URLs.
         let mut ports: Vec<Option<std::net::TcpListener>> =
             regions.iter().map(|_| peer_urls.then(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap())).collect();
@@ -74,6 +91,7 @@ impl Cluster {
                 cfg.peers = peers;
                 cfg.bootstrap_api_key = write_key.clone();
                 cfg.replication_api_key = replication_key.clone();
+                cfg.reconcile_api_key = reconcile_key.clone();
                 cfg.peer_urls = peer_urls;
                 if let Some(addr) = addr {
                     cfg.http_addr = addr;
@@ -82,7 +100,7 @@ impl Cluster {
             };
             nodes.push(start_on(region.clone(), prefix.clone(), tune).await);
         }
-        let mut cluster = Cluster { nodes, replicators: Vec::new(), regions, prefix, replication_key };
+        let mut cluster = Cluster { nodes, replicators: Vec::new(), regions, prefix, replication_key, reconcile_key };
         cluster.resume().await;
         cluster
     }
@@ -102,6 +120,17 @@ impl Cluster {
             let cfg = replicator_config(&self.regions, target, &self.prefix);
             self.replicators.push(Some(replicator::start(cfg).await.unwrap()));
         }
+    }
+
+    /// Replication into `target` from `sources` only (replication into `target` must be paused):
+    /// a partial partition. `resume` later replaces it with replication from every region.
+    pub async fn resume_from(&mut self, target: usize, sources: &[usize]) {
+        if self.replicators.len() < self.regions.len() {
+            self.replicators.resize_with(self.regions.len(), || None);
+        }
+        assert!(self.replicators[target].is_none(), "replication into {target} is running");
+        let cfg = replicator_config_from(&self.regions, target, sources, &self.prefix);
+        self.replicators[target] = Some(replicator::start(cfg).await.unwrap());
     }
 
     /// Waits until every region holds the same events, with nothing held back.
