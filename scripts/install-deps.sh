@@ -15,6 +15,9 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 have_pkg zlib1g-dev || need+=(zlib1g-dev)
 command -v curl >/dev/null || need+=(curl ca-certificates)
+# The reconcile UI's browser test: Debian's Chromium, driven by playwright-core (npm) below.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2
@@ -33,4 +36,11 @@ if ! command -v cargo >/dev/null; then
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none >/dev/null
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+fi
+
+# playwright-core for the browser test, pinned by reconcile/ui-tests/package-lock.json; it drives
+# the system's Chromium and never downloads a browser of its own.
+if [ ! -d reconcile/ui-tests/node_modules/playwright-core ]; then
+  echo "install-deps: installing playwright-core" >&2
+  (cd reconcile/ui-tests && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

@@ -20,6 +20,8 @@ pub const DEFAULT_HTTP_PORT_BASE: u16 = 18080;
 pub const DEFAULT_KAFKA_HEAP_MB: u32 = 512;
 /// Most regions one local stack runs; each costs a JVM and a PostgreSQL server.
 pub const REGIONS_MAX: usize = 8;
+/// The reconcile service listens this far above the first region's HTTP port (18090 by default).
+pub const RECONCILE_PORT_OFFSET: u16 = 10;
 
 /// One region's ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,10 @@ pub struct StackConfig {
     pub node_bin: PathBuf,
     /// The `replicator` binary.
     pub replicator_bin: PathBuf,
+    /// The `reconcile` binary.
+    pub reconcile_bin: PathBuf,
+    /// The reconcile service's HTTP port (the first region's HTTP port + 10 by default).
+    pub reconcile_port: u16,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -116,6 +122,10 @@ impl StackConfig {
             kafka_heap_mb: DEFAULT_KAFKA_HEAP_MB,
             node_bin: crate::node::default_bin(),
             replicator_bin: crate::node::default_replicator_bin(),
+            reconcile_bin: crate::reconcile::default_bin(),
+            reconcile_port: http_port_base
+                .checked_add(RECONCILE_PORT_OFFSET)
+                .ok_or_else(|| StackError::Config("http port base too high".into()))?,
         })
     }
 

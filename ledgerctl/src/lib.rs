@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod node;
 pub mod postgres;
 pub mod process;
+pub mod reconcile;
 pub mod stack;
 
 pub use config::{RegionSpec, StackConfig};

@@ -58,6 +58,9 @@ struct Opts {
     /// The replicator binary (default: next to ledgerctl).
     #[arg(long, env = "LEDGER_REPLICATOR_BIN", global = true)]
     replicator_bin: Option<PathBuf>,
+    /// The reconcile binary (default: next to ledgerctl).
+    #[arg(long, env = "LEDGER_RECONCILE_BIN", global = true)]
+    reconcile_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +96,21 @@ enum Cmd {
     Status,
     /// Open-loop constant-rate transfer load against one region; writes the result as JSON.
     Bench(ledgerctl::bench::BenchArgs),
+    /// The reconcile service's audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute the SHA-256 chain; exit 1 naming the first entry that does not match.
+    Verify {
+        /// The reconcile database (default: the running stack's, from env.json).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 impl Opts {
@@ -118,6 +136,9 @@ impl Opts {
         }
         if let Some(bin) = &self.replicator_bin {
             cfg.replicator_bin = bin.clone();
+        }
+        if let Some(bin) = &self.reconcile_bin {
+            cfg.reconcile_bin = bin.clone();
         }
         Ok(cfg)
     }
@@ -150,6 +171,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(key) = &manifest.api_key {
                 println!("api key: {key}");
+            }
+            if let Some(url) = &manifest.reconcile_url {
+                let staff: Vec<String> =
+                    manifest.reconcile_users.iter().map(|s| format!("{} ({})", s.username, s.role)).collect();
+                println!("reconcile  {url}  staff: {} (passwords and tokens in env.json)", staff.join(", "));
             }
             println!("manifest: {}", manifest_path.display());
             Ok(ExitCode::SUCCESS)
@@ -200,6 +226,28 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Cmd::Audit { command: AuditCmd::Verify { database_url } } => {
+            let url = match database_url {
+                Some(url) => url,
+                None => ledgerctl::Manifest::load(&manifest_path)?.and_then(|m| m.reconcile_database_url).ok_or_else(
+                    || {
+                        ledgerctl::StackError::Config(
+                            "no reconcile database: run `ledgerctl up` or pass --database-url".into(),
+                        )
+                    },
+                )?,
+            };
+            match ledgerctl::reconcile::verify_audit(&url).await? {
+                reconcile::audit::Verdict::Intact(n) => {
+                    println!("audit trail intact: {n} entries");
+                    Ok(ExitCode::SUCCESS)
+                }
+                reconcile::audit::Verdict::Broken { seq, why } => {
+                    println!("audit trail broken at entry {seq}: {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Cmd::Status => {
             let health = stack.status().await?;
             if health.is_empty() {
@@ -211,7 +259,14 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 let state = if h.healthy { "healthy".to_owned() } else { format!("UNHEALTHY: {}", h.detail) };
                 println!("{:<10} {:<9} {:<22} pid {:<8} {state}", h.region, h.component.name(), h.endpoint, pid);
             }
-            Ok(if health.iter().all(|h| h.healthy) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let mut healthy = health.iter().all(|h| h.healthy);
+            if let Some((url, pid, ok)) = stack.reconcile_status().await? {
+                let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /healthz" };
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "reconcile", url, pid);
+                healthy &= ok;
+            }
+            Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

@@ -16,6 +16,31 @@ pub struct Manifest {
     pub api_key: Option<String>,
     /// The state folder this manifest describes.
     pub state_dir: PathBuf,
+    /// The reconcile service's web UI and API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_url: Option<String>,
+    /// The development staff of the reconcile service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconcile_users: Vec<StaffEntry>,
+    /// The reconcile service's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_database_url: Option<String>,
+    /// The reconcile service's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_pid: Option<u32>,
+}
+
+/// A development staff member of the reconcile service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaffEntry {
+    /// Login name.
+    pub username: String,
+    /// Password (development only: written here so tests and people can log in).
+    pub password: String,
+    /// viewer, resolver, approver or admin.
+    pub role: String,
+    /// An API token with the same role.
+    pub token: String,
 }
 
 /// One region's endpoints and processes.

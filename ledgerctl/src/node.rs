@@ -34,6 +34,8 @@ pub struct NodeProcess {
     pub peer_urls: Vec<(String, String)>,
     /// The key the nodes present to each other; each node accepts it with the replication scope.
     pub replication_key: String,
+    /// The reconcile service's key (read, write and reconcile scopes), the same in every region.
+    pub reconcile_key: String,
     /// Node output.
     pub log: PathBuf,
 }
@@ -70,14 +72,15 @@ impl NodeProcess {
     /// Writes the node's configuration file.
     pub fn write_config(&self) -> Result<()> {
         let mut toml = format!(
-            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\n",
+            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\nreconcile_api_key = {:?}\n",
             self.region,
             self.http_port,
             self.database_url,
             self.kafka_bootstrap,
             self.api_key,
             self.peers,
-            self.replication_key
+            self.replication_key,
+            self.reconcile_key
         );
         toml.push_str("\n[peer_urls]\n");
         for (region, url) in &self.peer_urls {
@@ -110,7 +113,7 @@ impl NodeProcess {
 
 /// Polls `GET path` until it answers 200, failing early if `pid` (identified by `marker`) dies or
 /// after [`READY_TIMEOUT`]: the readiness wait of every service of ours.
-async fn wait_until_serving(
+pub(crate) async fn wait_until_serving(
     port: u16,
     path: &'static str,
     pid: u32,

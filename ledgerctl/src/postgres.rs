@@ -229,6 +229,22 @@ impl PgServer {
 
     /// Creates `database` unless it exists, then applies the regional migrations to it.
     pub async fn prepare_database(&self, database: &str) -> Result<()> {
+        self.create_database(database).await?;
+        let url = self.url(database);
+        // A one-connection pool rather than a bare connection: the migrator's future is then `Send`,
+        // so regions can be prepared on parallel tasks.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .map_err(|source| StackError::Postgres { url: url.clone(), source })?;
+        ledger_schema::MIGRATOR.run(&pool).await.map_err(|source| StackError::Migrate { url: url.clone(), source })?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// Creates `database` unless it exists.
+    pub async fn create_database(&self, database: &str) -> Result<()> {
         let admin_url = self.url("postgres");
         let pg_err = |url: &str| {
             let url = url.to_owned();
@@ -249,12 +265,6 @@ impl PgServer {
                 .map_err(pg_err(&admin_url))?;
         }
         let _ = admin.close().await;
-        let url = self.url(database);
-        // A one-connection pool rather than a bare connection: the migrator's future is then `Send`,
-        // so regions can be prepared on parallel tasks.
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.map_err(pg_err(&url))?;
-        ledger_schema::MIGRATOR.run(&pool).await.map_err(|source| StackError::Migrate { url: url.clone(), source })?;
-        pool.close().await;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use crate::manifest::{Manifest, Pids, RegionEntry};
 use crate::node::{NodeProcess, ReplicatorProcess};
 use crate::postgres::{self, PgServer};
 use crate::process::{self, Lifetime};
+use crate::reconcile::ReconcileProcess;
 use ledger_core::RegionId;
 use nix::sys::signal::Signal;
 use std::time::Duration;
@@ -142,6 +143,7 @@ impl Stack {
                 .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port)))
                 .collect(),
             replication_key: format!("{api_key}_replication"),
+            reconcile_key: reconcile_key(api_key),
             log: dir.join("node.log"),
             dir,
         }
@@ -313,7 +315,48 @@ impl Stack {
             }
         }
         manifest.save(&cfg.manifest_path())?;
+        self.up_reconcile(&mut manifest, started, &api_key).await?;
         Ok(manifest)
+    }
+
+    fn reconcile(&self, api_key: &str) -> ReconcileProcess {
+        let first = &self.cfg.regions[0];
+        ReconcileProcess {
+            bin: self.cfg.reconcile_bin.clone(),
+            dir: self.cfg.state_dir.join("reconcile"),
+            port: self.cfg.reconcile_port,
+            database_url: self.pg(first).url(crate::reconcile::DATABASE),
+            regions: self
+                .cfg
+                .regions
+                .iter()
+                .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port), self.kafka(r).bootstrap()))
+                .collect(),
+            node_key: reconcile_key(api_key),
+            log: self.cfg.state_dir.join("reconcile").join("reconcile.log"),
+        }
+    }
+
+    /// The reconcile service: its database on the first region's instance, its development staff,
+    /// its process (kept if running).
+    async fn up_reconcile(&self, manifest: &mut Manifest, started: &mut Vec<Started>, api_key: &str) -> Result<()> {
+        let service = self.reconcile(api_key);
+        ReconcileProcess::check_binary(&service.bin)?;
+        self.pg(&self.cfg.regions[0]).create_database(crate::reconcile::DATABASE).await?;
+        manifest.reconcile_users = crate::reconcile::prepare(&service.database_url, &manifest.reconcile_users).await?;
+        manifest.reconcile_database_url = Some(service.database_url.clone());
+        manifest.reconcile_url = Some(format!("http://127.0.0.1:{}", service.port));
+        let marker = service.marker();
+        let alive = manifest.reconcile_pid.filter(|p| process::is_ours_and_alive(*p, &marker));
+        if alive.is_none() {
+            process::ensure_port_free(service.port, "the reconcile service")?;
+            let pid = service.start(Lifetime::Detached)?.id();
+            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            manifest.reconcile_pid = Some(pid);
+            manifest.save(&self.cfg.manifest_path())?;
+            service.wait_ready(pid).await?;
+        }
+        manifest.save(&self.cfg.manifest_path())
     }
 
     async fn wait_all(&self, waits: Vec<(RegionSpec, Component, u32)>, api_key: &str) -> Result<()> {
@@ -349,6 +392,9 @@ impl Stack {
                         *slot = None;
                     }
                 }
+            }
+            if manifest.reconcile_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
+                manifest.reconcile_pid = None;
             }
             let _ = manifest.save(&self.cfg.manifest_path());
         }
@@ -433,6 +479,13 @@ impl Stack {
             Err(e) => return Err(e),
         };
         if let Some(manifest) = manifest {
+            // The reconcile service first: it calls the nodes.
+            if let Some(pid) = manifest.reconcile_pid {
+                let marker = self.reconcile("").marker();
+                if process::stop(pid, &marker, Signal::SIGTERM, STOP_GRACE) {
+                    stopped.push(format!("reconcile (pid {pid})"));
+                }
+            }
             let phases = [&[Component::Replicator, Component::Node][..], &[Component::Kafka, Component::Postgres][..]];
             for phase in phases {
                 let mut handles = Vec::new();
@@ -505,6 +558,22 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// The reconcile service's health: `None` when the manifest records none.
+    pub async fn reconcile_status(&self) -> Result<Option<(String, Option<u32>, bool)>> {
+        let Some(manifest) = Manifest::load(&self.cfg.manifest_path())? else { return Ok(None) };
+        let Some(url) = manifest.reconcile_url.clone() else { return Ok(None) };
+        let marker = self.reconcile("").marker();
+        let alive = manifest.reconcile_pid.is_some_and(|p| process::is_ours_and_alive(p, &marker));
+        let port = self.cfg.reconcile_port;
+        let answers = alive
+            && tokio::task::spawn_blocking(move || crate::node::http_status(port, "/healthz") == Some(200))
+                .await
+                .unwrap_or(false);
+        Ok(Some((url, manifest.reconcile_pid, answers)))
+    }
+}
+
 /// The ports a component listens on, with what they are for.
 fn ports(region: &RegionSpec, component: Component) -> Vec<(u16, &'static str)> {
     match component {
@@ -529,6 +598,12 @@ fn spec_of(entry: &RegionEntry) -> Result<RegionSpec> {
         kafka_controller_port: entry.kafka_controller_port,
         http_port: entry.http_port,
     })
+}
+
+/// The nodes' key for the reconcile service (`read`, `write` and `reconcile` scopes), derived from
+/// the development key like the replication key.
+pub fn reconcile_key(api_key: &str) -> String {
+    format!("{api_key}_reconcile")
 }
 
 /// A development API key: 256 random bits. The nodes' replication key is derived from it

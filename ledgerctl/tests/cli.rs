@@ -35,7 +35,7 @@ impl Env {
                     && port_free(kafka_base + 10 * i + 1)
                     && port_free(http_base + i)
                     && port_free(http_base + 100 + i)
-            });
+            }) && port_free(http_base + 10);
             if all_free {
                 let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
                 return Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base };
@@ -150,10 +150,22 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let running = env.our_processes();
     assert!(pids.iter().all(|p| running.contains(p)), "every recorded pid runs: {pids:?} in {running:?}");
 
+    // The reconcile service, its development staff, and the audit chain check.
+    let reconcile_url = manifest["reconcile_url"].as_str().expect("reconcile_url");
+    let users = manifest["reconcile_users"].as_array().expect("reconcile_users");
+    let roles: Vec<&str> = users.iter().map(|u| u["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["resolver", "approver"]);
+    for u in users {
+        assert!(u["password"].as_str().unwrap().len() >= 12 && u["username"].is_string());
+        assert_eq!(get_status(reconcile_url, "/api/cases", u["token"].as_str().unwrap()), 200, "{u}");
+    }
+    assert_eq!(get_status(reconcile_url, "/api/cases", "rct_wrong"), 401);
+    audit_verify_names_the_edited_entry(&env, &manifest);
+
     let status = env.run(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status: {text}");
-    assert_eq!(text.matches("healthy").count(), 8, "{text}");
+    assert_eq!(text.matches("healthy").count(), 9, "every region's four parts and reconcile: {text}");
     assert!(!text.contains("UNHEALTHY"), "{text}");
 
     // One node killed and started again, by pid, while the rest keep running.
@@ -174,11 +186,14 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     // A second `up` keeps the running processes and starts nothing new.
     let again = env.run(&["up"]);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(read_manifest(&env)["regions"], manifest["regions"]);
+    let after = read_manifest(&env);
+    assert_eq!(after["regions"], manifest["regions"]);
+    assert_eq!(after["reconcile_pid"], manifest["reconcile_pid"], "reconcile kept running");
+    assert_eq!(after["reconcile_users"], manifest["reconcile_users"], "the same staff, passwords and tokens");
 
     let down = env.run(&["down"]);
     assert!(down.status.success());
-    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 8);
+    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 9);
     assert_eq!(env.our_processes(), Vec::<u32>::new(), "down leaves no process of ours");
     assert!(!env.run(&["status"]).status.success(), "status fails when nothing runs");
 }
@@ -249,4 +264,42 @@ fn a_part_that_fails_to_start_rolls_back_everything_started() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
     assert!(manifest["regions"][0]["pids"]["postgres"].is_null(), "the manifest forgets what was stopped");
+}
+
+/// `ledgerctl audit verify` passes on an intact trail and names the first entry edited behind the
+/// append-only trigger's back.
+fn audit_verify_names_the_edited_entry(env: &Env, manifest: &serde_json::Value) {
+    let ok = env.run(&["audit", "verify"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+    let url = manifest["reconcile_database_url"].as_str().unwrap().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = runtime.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        let mut seqs = Vec::new();
+        for reason in ["one", "two", "three"] {
+            let mut tx = pool.begin().await.unwrap();
+            let record = reconcile::audit::Record {
+                actor: "cli-test",
+                action: "test.entry",
+                reason: Some(reason),
+                ..Default::default()
+            };
+            seqs.push(reconcile::audit::append(&mut tx, record).await.unwrap());
+            tx.commit().await.unwrap();
+        }
+        seqs[0]
+    });
+    let ok = env.run(&["audit", "verify"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    let edited = first + 1;
+    runtime.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        sqlx::query("ALTER TABLE audit DISABLE TRIGGER audit_append_only").execute(&pool).await.unwrap();
+        sqlx::query("UPDATE audit SET reason = 'TWO' WHERE seq = $1").bind(edited).execute(&pool).await.unwrap();
+    });
+    let broken = env.run(&["audit", "verify"]);
+    assert!(!broken.status.success());
+    let text = String::from_utf8_lossy(&broken.stdout);
+    assert!(text.contains(&format!("broken at entry {edited}")), "{text}");
 }

@@ -79,6 +79,7 @@ pub async fn execute(pool: &PgPool, regions: &Regions, w: &Work) -> Result<Progr
         });
         match regions.post(endpoint, "/v1/transfers", &body, Some(&idempotency_key(w.proposal_id))).await {
             Answer::Ok(_, transfer) => {
+                fail::fail_point!("reconcile-posted-before-store");
                 store::posted(pool, &w, &transfer).await?;
                 w.transfer = Some(transfer);
             }

@@ -177,41 +177,43 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Fetches the branches of cases that lack them. Returns how many were filled.
+/// One branch of a case from a described conflict event: a transfer (id, accounts, amount) or an
+/// opening (the definition it proposed), with the region that accepted it and its vector.
+pub fn branch(e: &Value) -> Value {
+    let mut b = json!({"event_id": e["event_id"], "region": e["region"], "vector": e["vector"]});
+    if let Value::Object(t) = &e["transfer"] {
+        b["kind"] = json!("transfer");
+        for (k, v) in t {
+            b[if k == "occurred_at" { "created_at" } else { k.as_str() }] = v.clone();
+        }
+    } else if let Value::Object(o) = &e["opening"] {
+        b["kind"] = json!("opening");
+        b["id"] = e["event_id"].clone();
+        b["currency"] = o.get("currency").cloned().unwrap_or(Value::Null);
+        b["allow_negative"] = o.get("allow_negative").cloned().unwrap_or(Value::Null);
+        b["created_at"] = o.get("occurred_at").cloned().unwrap_or(Value::Null);
+    } else {
+        b["id"] = e["event_id"].clone();
+    }
+    b
+}
+
+/// Fetches the branches of cases that lack them: the conflict as a region that saw it lists it,
+/// each event described. Returns how many cases were filled.
 pub async fn enrich_once(pool: &PgPool, regions: &Regions) -> Result<usize, sqlx::Error> {
     let mut filled = 0;
     for (id, kind, account, seen_in) in store::cases_to_enrich(pool, ENRICH_BATCH).await? {
         for region in &seen_in {
             let Some(conflict) = lookup(regions, region, id, &kind, &account).await else { continue };
-            let Some(endpoint) = regions.endpoint(region) else { continue };
             let events: Vec<Value> = conflict["events"].as_array().cloned().unwrap_or_default();
-            let mut branches = Vec::new();
-            let mut complete = true;
-            for e in events.iter().take(BRANCHES_MAX) {
-                let Some(event_id) = e["event_id"].as_str() else { continue };
-                match regions.get(endpoint, &format!("/v1/transfers/{event_id}")).await {
-                    Answer::Ok(_, mut t) => {
-                        t["region"] = e["region"].clone();
-                        t["vector"] = e["vector"].clone();
-                        branches.push(t);
-                    }
-                    Answer::Refused(404, _) => branches.push(json!({
-                        "id": event_id, "kind": "opening", "region": e["region"], "vector": e["vector"],
-                    })),
-                    _ => complete = false,
-                }
-            }
-            if !complete {
-                continue;
-            }
+            let branches: Vec<Value> = events.iter().take(BRANCHES_MAX).map(branch).collect();
             let amounts: Vec<i64> = branches.iter().filter_map(|b| b["amount"].as_i64()).collect();
             let at_risk = match kind.as_str() {
                 // Every execution of a key but one moved money the client meant to move once.
                 "duplicate-intent" => amounts.iter().skip(1).fold(0i64, |acc, a| acc.saturating_add(*a)),
                 _ => 0,
             };
-            let branches = json!({"events": events.len(), "shown": branches.len(), "transfers": branches});
-            store::set_branches(pool, id, &Value::Array(events), &branches["transfers"], at_risk).await?;
+            store::set_branches(pool, id, &Value::Array(events), &Value::Array(branches), at_risk).await?;
             filled += 1;
             break;
         }

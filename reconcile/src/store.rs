@@ -73,6 +73,13 @@ fn overdraft_at_risk(kind: &str, content: &Value) -> i64 {
     }
 }
 
+fn event_ids(content: &Value) -> Vec<&str> {
+    let mut ids: Vec<&str> =
+        content["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Serializes everything done to one case across transactions and processes.
 async fn lock_case(tx: &mut PgConnection, id: uuid::Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))").bind(id).execute(&mut *tx).await?;
@@ -126,11 +133,18 @@ pub async fn record_detected(pool: &PgPool, d: &Detected) -> Result<(), sqlx::Er
             let (kind, state, conflict): (String, String, Value) =
                 (row.try_get("kind")?, row.try_get("state")?, row.try_get("conflict")?);
             let state = CaseState::parse(&state).unwrap_or(CaseState::Open);
-            let changed = kind != d.kind
-                || conflict["event_count"] != d.content["event_count"]
-                || conflict["joint_balance"] != d.content["joint_balance"]
-                || (d.content["events"].as_array().is_some_and(|e| !e.is_empty())
-                    && conflict["events"] != d.content["events"]);
+            // An episode only grows, so a report naming fewer events than the case holds comes from a
+            // region that has not applied them all yet: it is stale, and only its sighting counts
+            // (otherwise the case would flap between benign and overdraft while regions converge).
+            // Events are compared by id: a Kafka record names them, GET /v1/conflicts also says
+            // what each did.
+            let count = |c: &Value| c["event_count"].as_i64().unwrap_or(0);
+            let listed = event_ids(&d.content);
+            let changed = count(&d.content) > count(&conflict)
+                || (count(&d.content) == count(&conflict)
+                    && (kind != d.kind
+                        || conflict["joint_balance"] != d.content["joint_balance"]
+                        || (!listed.is_empty() && listed != event_ids(&conflict))));
             if changed {
                 let next = case::reported_again(state, benign);
                 // Only what regions publish is kept: an episode's members come from GET
@@ -142,7 +156,7 @@ pub async fn record_detected(pool: &PgPool, d: &Detected) -> Result<(), sqlx::Er
                 sqlx::query(
                     "UPDATE cases SET kind = $2, state = $3, conflict = $4, branches = NULL,
                          amount_at_risk = GREATEST(amount_at_risk, $5), updated_at = now(),
-                         closed_reason = CASE WHEN $3 = 'closed' THEN $6 ELSE closed_reason END
+                         closed_reason = CASE WHEN $3 = 'closed' THEN $6 END
                      WHERE id = $1",
                 )
                 .bind(d.conflict_id)
@@ -533,14 +547,15 @@ fn plan(kind: &str, branches: Option<&Value>, r: &Resolution) -> Result<(Value, 
                     "the case's transfers are still being fetched from the regions; retry shortly",
                 ));
             };
-            let Some(t) =
-                branches.iter().find(|b| b["id"].as_str() == Some(&event_id.to_string()) && b["amount"].is_i64())
-            else {
+            // Named by its transfer id or its event id.
+            let wanted = event_id.to_string();
+            let named = |b: &&Value| [&b["id"], &b["event_id"]].iter().any(|v| v.as_str() == Some(wanted.as_str()));
+            let Some(t) = branches.iter().find(|b| named(b) && b["amount"].is_i64()) else {
                 return Err(unfit(&format!("transfer {event_id} is not one of this case's transfers")));
             };
             let amount = t["amount"].as_i64().unwrap_or(0);
             Ok((
-                json!({"event_id": event_id, "from": t["to"], "to": t["from"], "amount": amount, "currency": t["currency"]}),
+                json!({"event_id": t["event_id"], "transfer_id": t["id"], "from": t["to"], "to": t["from"], "amount": amount, "currency": t["currency"]}),
                 amount,
             ))
         }

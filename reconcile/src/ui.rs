@@ -377,7 +377,8 @@ async fn render_case(
             dt { "Kind" } dd { (s(&c["kind"])) }
             dt { "Account" } dd { (s(&c["accounts"][0])) }
             dt { "Amount at risk (minor units)" } dd { (s(&c["amount_at_risk"])) }
-            dt { "Joint balance over the concurrent past" } dd { (s(&c["conflict"]["joint_balance"])) }
+            @if let Some(before) = balance_before(&c, &branches) { dt { "Balance before the concurrent updates" } dd id="balance-before" { (before) } }
+            dt { "Balance after them all (their joint past)" } dd id="balance-after" { (s(&c["conflict"]["joint_balance"])) }
             dt { "Events" } dd { (s(&c["conflict"]["event_count"])) }
             dt { "Seen in" } dd { (c["regions"].as_array().map(|r| r.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
             dt { "Opened" } dd { (s(&c["opened_at"])) }
@@ -394,7 +395,7 @@ async fn render_case(
                 tr { th { "what" } @for b in &branches { td { @if b["kind"] == "opening" { "account opening" } @else { (s(&b["amount"])) " " (s(&b["currency"])) ": " (s(&b["from"])) " → " (s(&b["to"])) } } } }
                 tr { th { "at" } @for b in &branches { td { (s(&b["created_at"])) } } }
                 tr { th { "version vector" } @for b in &branches { td { code { (s(&b["vector"])) } } } }
-                tr { th { "balance before → after (this account, in its region)" } @for b in &branches { td { (balance_change(b, &s(&c["accounts"][0]))) } } }
+                tr { th { "change to the account" } @for b in &branches { td { (balance_change(b, &s(&c["accounts"][0]))) } } }
             }
         }
         h2 { "Timeline" }
@@ -471,6 +472,24 @@ async fn render_case(
         (trail_table(c["audit"].as_array().map(Vec::as_slice).unwrap_or(&[])))
     };
     Ok((status, layout("Case", Some(p), body)).into_response())
+}
+
+/// The account's balance before an episode: its joint balance less every member's posting, when
+/// every member is listed.
+fn balance_before(c: &Value, branches: &[Value]) -> Option<i64> {
+    let joint = c["conflict"]["joint_balance"].as_i64()?;
+    if branches.is_empty() || branches.len() as i64 != c["conflict"]["event_count"].as_i64()? {
+        return None;
+    }
+    let account = c["accounts"][0].as_str()?;
+    branches.iter().try_fold(joint, |acc, b| {
+        let amount = b["amount"].as_i64()?;
+        match (b["from"].as_str(), b["to"].as_str()) {
+            (Some(from), _) if from == account => acc.checked_add(amount),
+            (_, Some(to)) if to == account => acc.checked_sub(amount),
+            _ => Some(acc),
+        }
+    })
 }
 
 fn balance_change(b: &Value, account: &str) -> String {

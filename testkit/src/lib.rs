@@ -167,6 +167,22 @@ impl Region {
         TestDb { url, name, pool }
     }
 
+    /// A new, empty database for a service with a schema of its own (the reconcile service's), as
+    /// a URL.
+    pub fn empty_database(&self) -> String {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let server = ledgerctl::postgres::PgServer {
+            bin_dir: Default::default(),
+            data_dir: Default::default(),
+            port: self.pg_port,
+            log: Default::default(),
+        };
+        let db = name.clone();
+        on_private_runtime(async move { server.create_database(&db).await })
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        self.postgres_url(&name)
+    }
+
     /// Creates the region's topics under `prefix` (see [`unique_prefix`]).
     pub async fn create_topics(&self, prefix: &str) {
         let (bootstrap, topics) = (self.kafka_bootstrap.clone(), ledger_schema::region_topics(prefix));

@@ -111,11 +111,20 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
         }
     }
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.get::<i64, _>("seq").to_string())).flatten();
-    let conflicts: Vec<Value> = rows
+    let mut events: Vec<Value> = rows
         .iter()
         .map(|r| {
+            members.remove(&r.get::<uuid::Uuid, _>("conflict_id")).map(Value::from).unwrap_or_else(|| r.get("events"))
+        })
+        .collect();
+    if let Err(e) = describe_events(&state.pool, &mut events).await {
+        return read_problem(e).into_response();
+    }
+    let conflicts: Vec<Value> = rows
+        .iter()
+        .zip(events)
+        .map(|(r, events)| {
             let id: uuid::Uuid = r.get("conflict_id");
-            let events = members.remove(&id).map(Value::from).unwrap_or_else(|| r.get("events"));
             json!({
                 "conflict_id": id,
                 "kind": r.get::<String, _>("kind"),
@@ -133,6 +142,52 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
         })
         .collect();
     Json(json!({ "region": state.region, "conflicts": conflicts, "next": next })).into_response()
+}
+
+/// Adds to every named event what it did, from the stored event: a transfer's `transfer` (its id,
+/// accounts, amount, currency and time: what finance needs to reverse it, the id being the one
+/// `GET /v1/transfers/{id}` knows) or an opening's `opening` (the definition it proposed). Every
+/// region stores the same events, so the answer is the same wherever it is asked.
+async fn describe_events(pool: &sqlx::PgPool, events: &mut [Value]) -> Result<(), sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = events
+        .iter()
+        .flat_map(|list| list.as_array().into_iter().flatten())
+        .filter_map(|e| e["event_id"].as_str().and_then(|id| id.parse().ok()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query("SELECT event_id, payload, occurred_at FROM ledger_events WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+    let mut found: HashMap<String, Value> = HashMap::new();
+    for row in rows {
+        let (id, stored): (uuid::Uuid, Value) = (row.try_get("event_id")?, row.try_get("payload")?);
+        // The column holds the whole event as received; its fact is under `payload`.
+        let payload = if stored["payload"].is_object() { &stored["payload"] } else { &stored };
+        let at = crate::storage::rfc3339(&row.try_get("occurred_at")?);
+        let described = match payload["type"].as_str() {
+            Some("transfer_posted") => json!({"transfer": {
+                "id": payload["transfer_id"], "from": payload["from"], "to": payload["to"],
+                "amount": payload["amount"], "currency": payload["currency"], "occurred_at": at,
+            }}),
+            Some("account_opened") => json!({"opening": {
+                "currency": payload["account"]["currency"], "allow_negative": payload["account"]["allow_negative"],
+                "occurred_at": at,
+            }}),
+            _ => continue,
+        };
+        found.insert(id.to_string(), described);
+    }
+    for e in events.iter_mut().flat_map(|list| list.as_array_mut().into_iter().flatten()) {
+        if let Some(Value::Object(d)) = e["event_id"].as_str().and_then(|id| found.get(id)).cloned()
+            && let Value::Object(target) = e
+        {
+            target.extend(d);
+        }
+    }
+    Ok(())
 }
 
 /// Longest reconcile case id, in characters.
