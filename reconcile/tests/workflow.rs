@@ -18,6 +18,10 @@ async fn service(regions: &Regions) -> (reconcile::Running, Api, Staff, String) 
     (running, api, staff, db)
 }
 
+async fn scrape(api: &Api) -> String {
+    api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap()
+}
+
 fn ids(cases: &[Value]) -> Vec<String> {
     cases.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
 }
@@ -65,6 +69,10 @@ async fn a_three_region_overdraft_is_one_case_resolved_in_every_region_with_a_ve
     let branch_regions: std::collections::BTreeSet<&str> =
         case["branches"].as_array().unwrap().iter().map(|b| b["region"].as_str().unwrap()).collect();
     assert_eq!(branch_regions.len(), 3, "one branch per region: {case}");
+
+    let metrics = scrape(&api).await;
+    assert!(metrics.contains("reconcile_cases_open{kind=\"overdraft\"} 1"), "{metrics}");
+    assert!(metrics.contains("reconcile_case_resolution_seconds_count 0"), "{metrics}");
 
     // The resolver proposes reversing one debit; nobody can approve their own proposal.
     let resolver = staff.token("resolver");
@@ -114,6 +122,36 @@ async fn a_three_region_overdraft_is_one_case_resolved_in_every_region_with_a_ve
         let open_overdrafts = conflicts.iter().filter(|c| c["kind"] == "overdraft" && c["status"] == "open").count();
         assert_eq!(open_overdrafts, 0, "region {i}: no new conflict: {conflicts:?}");
     }
+    let metrics = scrape(&api).await;
+    assert!(metrics.contains("reconcile_cases_open{kind=\"overdraft\"} 0"), "{metrics}");
+    assert!(metrics.contains("reconcile_case_resolution_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("reconcile_case_open_oldest_age_seconds 0"), "{metrics}");
+    // Exports for auditors: the case with its state, the trail with each entry's hash.
+    let cases_csv = api
+        .http
+        .get(format!("{}/api/export/cases.csv", api.base))
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = cases_csv.lines().find(|l| l.starts_with(&case_id)).expect("the case is exported");
+    assert!(line.contains(",resolved,overdraft,acc,") && line.contains("ap-south eu-west us-east"), "{line}");
+    let trail_csv = api
+        .http
+        .get(format!("{}/api/export/audit.csv", api.base))
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(trail_csv.starts_with("seq,at,actor,action,case_id,proposal_id,reason,before,after,hash"));
+    assert!(trail_csv.lines().any(|l| l.contains("case.resolved") && l.contains(&case_id)), "{trail_csv}");
+
     // The trail tells the story, and the chain holds.
     let actions: Vec<&str> = done["audit"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     // Opened as soon as a region saw it, or first closed as benign while only two debits were
@@ -182,6 +220,7 @@ async fn definitions_rejections_failures_and_the_second_approver() {
     assert_eq!((r.status, r.body["case_state"].as_str()), (200, Some("open")), "{}", r.body);
     let case = api.get(&format!("/api/cases/{case_id}"), viewer).await.body;
     assert_eq!(case["proposals"][0]["rejection_reason"], "check with the customer first");
+    assert!(scrape(&api).await.contains("reconcile_proposals_rejected_total 1"));
     let frozen = regions.transfer(0, "world", "dual", 5).await;
     assert_eq!((frozen.status, frozen.problem()), (409, "account-frozen"), "still frozen");
 
