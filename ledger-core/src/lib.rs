@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod apply;
+pub mod canonical;
 pub mod currency;
 pub mod event;
 pub mod ids;

@@ -54,38 +54,7 @@ fn classify(e: &serde_json::Error) -> Problem {
 /// SHA-256 of the body in canonical form (object keys sorted at every level, no whitespace), so
 /// the same request sent with other key order or spacing is recognised as the same.
 pub fn canonical_hash(value: &Value) -> String {
-    fn write(value: &Value, out: &mut String) {
-        match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&map[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            scalar => out.push_str(&scalar.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(value, &mut out);
-    hex::encode(Sha256::digest(out.as_bytes()))
+    hex::encode(Sha256::digest(ledger_core::canonical::canonical_json(value).as_bytes()))
 }
 
 #[cfg(test)]
