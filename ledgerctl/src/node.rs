@@ -36,6 +36,8 @@ pub struct NodeProcess {
     pub replication_key: String,
     /// The reconcile service's key (read, write and reconcile scopes), the same in every region.
     pub reconcile_key: String,
+    /// The key signing `Ledger-Session` tokens, the same in every region.
+    pub session_secret: String,
     /// Node output.
     pub log: PathBuf,
 }
@@ -72,7 +74,7 @@ impl NodeProcess {
     /// Writes the node's configuration file.
     pub fn write_config(&self) -> Result<()> {
         let mut toml = format!(
-            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\nreconcile_api_key = {:?}\n",
+            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\nreconcile_api_key = {:?}\nsession_secret = {:?}\n",
             self.region,
             self.http_port,
             self.database_url,
@@ -80,7 +82,8 @@ impl NodeProcess {
             self.api_key,
             self.peers,
             self.replication_key,
-            self.reconcile_key
+            self.reconcile_key,
+            self.session_secret
         );
         toml.push_str("\n[peer_urls]\n");
         for (region, url) in &self.peer_urls {

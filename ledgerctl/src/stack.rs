@@ -144,6 +144,8 @@ impl Stack {
                 .collect(),
             replication_key: format!("{api_key}_replication"),
             reconcile_key: reconcile_key(api_key),
+            // Derived like the other keys: stable across `up` runs, so tokens survive a restart.
+            session_secret: format!("{api_key}_session"),
             log: dir.join("node.log"),
             dir,
         }

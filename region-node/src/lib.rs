@@ -177,10 +177,19 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
     tasks.extend(consumer.iter().map(JoinHandle::abort_handle));
 
+    let session_key = if cfg.session_secret.is_empty() {
+        tracing::warn!(
+            "no session_secret: Ledger-Session tokens are signed with a key of this process and hold only here"
+        );
+        rand::random::<[u8; 32]>().to_vec()
+    } else {
+        cfg.session_secret.as_bytes().to_vec()
+    };
     let state = api::AppState {
         pool: pool.clone(),
         writer,
         region,
+        session_key: Arc::new(session_key),
         cfg: Arc::new(cfg),
         keys: Arc::new(api::KeyCache::default()),
         kafka,

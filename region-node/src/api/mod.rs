@@ -10,6 +10,7 @@ mod health;
 pub mod problem;
 mod query;
 mod replication;
+pub mod session;
 mod transfers;
 
 pub use auth::{Caller, KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub kafka: Arc<rdkafka::consumer::BaseConsumer>,
     /// For `/readyz`: the supervised background tasks' states.
     pub tasks: crate::supervise::Tasks,
+    /// Signs and checks `Ledger-Session` tokens.
+    pub session_key: Arc<Vec<u8>>,
 }
 
 impl AppState {
@@ -69,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conflicts", get(conflicts::list))
         .route("/v1/conflicts/{id}/resolve", post(conflicts::resolve))
         .route("/v1/replication/events", get(replication::events))
+        // Inside authentication: an unauthenticated caller learns nothing from the wait.
+        .route_layer(middleware::from_fn_with_state(state.clone(), session::layer))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(v1)

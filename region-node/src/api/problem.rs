@@ -194,6 +194,14 @@ impl Problem {
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
     }
+    /// A `Ledger-Session` token that is malformed, altered or signed with another key.
+    pub fn invalid_session_token(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-session-token", "Invalid session token", detail)
+    }
+    /// This region has not yet applied what the session token names (answered with Retry-After).
+    pub fn session_not_caught_up(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "session-not-caught-up", "Session not caught up", detail)
+    }
     /// A fault of ours; the request may or may not have been applied only if it carried no
     /// idempotency key, so clients retry with the same key.
     pub fn internal(detail: impl Into<String>) -> Self {
