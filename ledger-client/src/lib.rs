@@ -1,0 +1,339 @@
+//! A typed async client of the ledger's region API, safe to retry.
+//!
+//! - Every transfer carries an `Idempotency-Key` (one is generated when the caller gives none), and
+//!   every retry of it carries the **same** key and body: a retry after a cut connection replays
+//!   the original instead of moving money twice.
+//! - Transport errors, timeouts, 5xx and 429 are retried with jittered exponential backoff, up to a
+//!   bound; a 4xx is the ledger's answer and is returned at once.
+//! - It follows one base URL (the geo-router) or a list of region URLs: a transport error moves to
+//!   the next one. A retry that lands in another region before the first attempt replicated there
+//!   executes again; the regions then record a `duplicate-intent` conflict for finance, never a
+//!   silent double (the same key in another region replays once the first attempt replicates).
+//! - It carries the `Ledger-Session` token the ledger hands back, so a client that fails over
+//!   never reads back in time (the region waits until it has applied what the token names).
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Where and how to call the ledger.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The router's URL, or region URLs in order of preference.
+    pub urls: Vec<String>,
+    /// The API key (read and write scopes).
+    pub api_key: String,
+    /// Sent as `X-Client-Region` (the router routes by it); `None` lets the router decide.
+    pub client_region: Option<String>,
+    /// Timeout of one attempt.
+    pub attempt_timeout: Duration,
+    /// Attempts of one call at most (the first included).
+    pub attempts_max: u32,
+    /// First backoff; each retry doubles it up to `backoff_max`, with full jitter.
+    pub backoff_min: Duration,
+    /// See `backoff_min`.
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `urls` and `api_key`: 5 s attempts, 8 attempts, backoff 50 ms to 2 s.
+    pub fn new(urls: Vec<String>, api_key: impl Into<String>) -> Self {
+        Self {
+            urls,
+            api_key: api_key.into(),
+            client_region: None,
+            attempt_timeout: Duration::from_secs(5),
+            attempts_max: 8,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The ledger answered with a problem (its `type` slug, e.g. `insufficient-funds`).
+    #[error("{status} {kind}: {detail}")]
+    Problem {
+        /// HTTP status.
+        status: u16,
+        /// The problem type's slug.
+        kind: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Every attempt failed to get an answer (the last reason). A transfer may or may not have
+    /// been applied: retry it with the same key.
+    #[error("no answer after {attempts} attempts: {last}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    /// Bad settings.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// An account as the ledger reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Its id.
+    pub id: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Balance in minor units.
+    pub balance: i64,
+    /// Whether the balance may go below zero.
+    pub allow_negative: bool,
+    /// Entries so far.
+    #[serde(default)]
+    pub entries: i64,
+    /// Frozen by an account-definition conflict.
+    #[serde(default)]
+    pub frozen: bool,
+    /// The account's version vector.
+    #[serde(default)]
+    pub version_vector: Value,
+}
+
+/// A transfer as the ledger reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Its id.
+    pub id: String,
+    /// Debited.
+    pub from: String,
+    /// Credited.
+    pub to: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Currency.
+    pub currency: String,
+    /// The region that accepted it.
+    pub origin_region: String,
+    /// The client's key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Client data.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// A transfer to make.
+#[derive(Debug, Clone, Default)]
+pub struct NewTransfer {
+    /// Debited.
+    pub from: String,
+    /// Credited.
+    pub to: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Both accounts' currency, checked by the ledger when given.
+    pub currency: Option<String>,
+    /// Client data.
+    pub metadata: Map<String, Value>,
+    /// The key; generated (a UUIDv7) when `None`.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a successful call returned, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered<T> {
+    /// The value.
+    pub value: T,
+    /// The region that served the answer (`Ledger-Region`, set by the router), if known.
+    pub region: Option<String>,
+    /// The answer replayed an earlier execution of the key.
+    pub replayed: bool,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// The idempotency key used.
+    pub idempotency_key: Option<String>,
+}
+
+/// The client. Cheap to share behind an `Arc`; the session token is shared by every call.
+pub struct Client {
+    http: reqwest::Client,
+    cfg: ClientConfig,
+    next_url: AtomicUsize,
+    session: Mutex<Option<String>>,
+}
+
+enum Attempt {
+    Done(u16, reqwest::header::HeaderMap, Value),
+    Retry(String),
+}
+
+impl Client {
+    /// A client for `cfg`.
+    pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
+        if cfg.urls.is_empty() {
+            return Err(Error::Config("at least one URL".into()));
+        }
+        if cfg.attempts_max == 0 {
+            return Err(Error::Config("attempts_max must be at least 1".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(cfg.attempt_timeout)
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self { http, cfg, next_url: AtomicUsize::new(0), session: Mutex::new(None) })
+    }
+
+    /// The session token the client carries (the last the ledger handed back).
+    pub fn session(&self) -> Option<String> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the session token (to hand a session to another client).
+    pub fn set_session(&self, token: Option<String>) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    fn url(&self) -> &str {
+        &self.cfg.urls[self.next_url.load(Ordering::Relaxed) % self.cfg.urls.len()]
+    }
+
+    fn fail_over(&self) {
+        if self.cfg.urls.len() > 1 {
+            self.next_url.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn attempt(&self, method: &reqwest::Method, path: &str, body: Option<&Value>, key: Option<&str>) -> Attempt {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.url())).bearer_auth(&self.cfg.api_key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(r) = &self.cfg.client_region {
+            req = req.header("X-Client-Region", r);
+        }
+        if let Some(s) = self.session() {
+            req = req.header("Ledger-Session", s);
+        }
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_over();
+                return Attempt::Retry(format!("{}: {e}", self.url()));
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            // The connection was cut mid-answer: the request may have been applied.
+            Err(e) => {
+                self.fail_over();
+                return Attempt::Retry(format!("answer cut: {e}"));
+            }
+        };
+        if status >= 500 || status == 429 || status == 408 {
+            return Attempt::Retry(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+        }
+        if let Some(t) = headers.get("ledger-session").and_then(|v| v.to_str().ok()) {
+            self.set_session(Some(t.to_owned()));
+        }
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Attempt::Done(status, headers, value)
+    }
+
+    /// One call with retries: the same method, path, body and key every time.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<String>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Value, u32), Error> {
+        let mut backoff = self.cfg.backoff_min;
+        let mut last = String::new();
+        for attempt in 1..=self.cfg.attempts_max {
+            match self.attempt(&method, path, body.as_ref(), key.as_deref()).await {
+                Attempt::Done(status, headers, value) if (200..300).contains(&status) => {
+                    return Ok((status, headers, value, attempt));
+                }
+                Attempt::Done(status, _, value) => {
+                    let kind = value["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("").to_owned();
+                    let detail = value["detail"].as_str().unwrap_or("").to_owned();
+                    return Err(Error::Problem { status, kind, detail });
+                }
+                Attempt::Retry(why) => {
+                    tracing::debug!(%why, attempt, "retrying with the same key");
+                    last = why;
+                }
+            }
+            if attempt < self.cfg.attempts_max {
+                let jittered = rand::rng().random_range(0..=backoff.as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(jittered)).await;
+                backoff = (backoff * 2).min(self.cfg.backoff_max);
+            }
+        }
+        Err(Error::Unavailable { attempts: self.cfg.attempts_max, last })
+    }
+
+    fn answered<T>(value: T, headers: &reqwest::header::HeaderMap, attempts: u32, key: Option<String>) -> Answered<T> {
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Answered {
+            value,
+            region: header("ledger-region"),
+            replayed: header("idempotent-replayed").as_deref() == Some("true"),
+            attempts,
+            idempotency_key: key,
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Error> {
+        serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// Opens an account (idempotent: the same id and body answer the same).
+    pub async fn open_account(
+        &self,
+        id: &str,
+        currency: &str,
+        allow_negative: bool,
+    ) -> Result<Answered<Account>, Error> {
+        let body = json!({"id": id, "currency": currency, "allow_negative": allow_negative});
+        let (_, headers, value, attempts) = self.call(reqwest::Method::POST, "/v1/accounts", Some(body), None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// Moves money, with the given key or a new one; every retry sends the same key and body.
+    pub async fn transfer(&self, t: NewTransfer) -> Result<Answered<Transfer>, Error> {
+        let key = t.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let mut body = json!({"from": t.from, "to": t.to, "amount": t.amount, "metadata": t.metadata});
+        if let Some(c) = &t.currency {
+            body["currency"] = json!(c);
+        }
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::POST, "/v1/transfers", Some(body), Some(key.clone())).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, Some(key)))
+    }
+
+    /// One account, as fresh as the session requires.
+    pub async fn account(&self, id: &str) -> Result<Answered<Account>, Error> {
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::GET, &format!("/v1/accounts/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// One transfer, as fresh as the session requires.
+    pub async fn get_transfer(&self, id: &str) -> Result<Answered<Transfer>, Error> {
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::GET, &format!("/v1/transfers/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+}
