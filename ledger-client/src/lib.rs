@@ -19,6 +19,35 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// One attempt of a call, as reported to [`ClientConfig::on_attempt`].
+#[derive(Debug, Clone)]
+pub struct AttemptEvent {
+    /// When it ended.
+    pub at: std::time::Instant,
+    /// The call's path.
+    pub path: String,
+    /// The attempt's number (1 for the first).
+    pub attempt: u32,
+    /// The call's idempotency key, if it has one.
+    pub idempotency_key: Option<String>,
+    /// The HTTP status, if an answer arrived.
+    pub status: Option<u16>,
+    /// The region that answered (`Ledger-Region`), if it said.
+    pub region: Option<String>,
+    /// Whether the call is retried after it.
+    pub retried: bool,
+}
+
+/// Observes every attempt (for drills and metrics); must not block.
+#[derive(Clone)]
+pub struct AttemptObserver(pub std::sync::Arc<dyn Fn(&AttemptEvent) + Send + Sync>);
+
+impl std::fmt::Debug for AttemptObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptObserver")
+    }
+}
+
 /// Where and how to call the ledger.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -36,6 +65,8 @@ pub struct ClientConfig {
     pub backoff_min: Duration,
     /// See `backoff_min`.
     pub backoff_max: Duration,
+    /// Told of every attempt.
+    pub on_attempt: Option<AttemptObserver>,
 }
 
 impl ClientConfig {
@@ -49,6 +80,7 @@ impl ClientConfig {
             attempts_max: 8,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            on_attempt: None,
         }
     }
 }
@@ -170,7 +202,7 @@ pub struct Client {
 
 enum Attempt {
     Done(u16, reqwest::header::HeaderMap, Value),
-    Retry(String),
+    Retry(String, Option<u16>, Option<String>),
 }
 
 impl Client {
@@ -226,8 +258,9 @@ impl Client {
         let response = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                let why = format!("{}: {e}", self.url());
                 self.fail_over();
-                return Attempt::Retry(format!("{}: {e}", self.url()));
+                return Attempt::Retry(why, None, None);
             }
         };
         let status = response.status().as_u16();
@@ -237,11 +270,12 @@ impl Client {
             // The connection was cut mid-answer: the request may have been applied.
             Err(e) => {
                 self.fail_over();
-                return Attempt::Retry(format!("answer cut: {e}"));
+                return Attempt::Retry(format!("answer cut: {e}"), Some(status), None);
             }
         };
         if status >= 500 || status == 429 || status == 408 {
-            return Attempt::Retry(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+            let region = headers.get("ledger-region").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            return Attempt::Retry(format!("{status}: {}", String::from_utf8_lossy(&bytes)), Some(status), region);
         }
         if let Some(t) = headers.get("ledger-session").and_then(|v| v.to_str().ok()) {
             self.set_session(Some(t.to_owned()));
@@ -261,7 +295,27 @@ impl Client {
         let mut backoff = self.cfg.backoff_min;
         let mut last = String::new();
         for attempt in 1..=self.cfg.attempts_max {
-            match self.attempt(&method, path, body.as_ref(), key.as_deref()).await {
+            let outcome = self.attempt(&method, path, body.as_ref(), key.as_deref()).await;
+            if let Some(observer) = &self.cfg.on_attempt {
+                let (status, region, retried) = match &outcome {
+                    Attempt::Done(status, headers, _) => (
+                        Some(*status),
+                        headers.get("ledger-region").and_then(|v| v.to_str().ok()).map(str::to_owned),
+                        false,
+                    ),
+                    Attempt::Retry(_, status, region) => (*status, region.clone(), attempt < self.cfg.attempts_max),
+                };
+                (observer.0)(&AttemptEvent {
+                    at: std::time::Instant::now(),
+                    path: path.to_owned(),
+                    attempt,
+                    idempotency_key: key.clone(),
+                    status,
+                    region,
+                    retried,
+                });
+            }
+            match outcome {
                 Attempt::Done(status, headers, value) if (200..300).contains(&status) => {
                     return Ok((status, headers, value, attempt));
                 }
@@ -270,7 +324,7 @@ impl Client {
                     let detail = value["detail"].as_str().unwrap_or("").to_owned();
                     return Err(Error::Problem { status, kind, detail });
                 }
-                Attempt::Retry(why) => {
+                Attempt::Retry(why, _, _) => {
                     tracing::debug!(%why, attempt, "retrying with the same key");
                     last = why;
                 }

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod kafka;
 pub mod manifest;

@@ -96,11 +96,23 @@ enum Cmd {
     Status,
     /// Open-loop constant-rate transfer load against one region; writes the result as JSON.
     Bench(ledgerctl::bench::BenchArgs),
+    /// Fault drills against the running stack.
+    Drill {
+        #[command(subcommand)]
+        command: DrillCmd,
+    },
     /// The reconcile service's audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum DrillCmd {
+    /// Kill one whole region under load through the router, bring it back, report RTO and RPO,
+    /// and check that every acknowledged transfer exists exactly once everywhere.
+    RegionLoss(ledgerctl::drill::DrillArgs),
 }
 
 #[derive(Subcommand)]
@@ -226,6 +238,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Cmd::Drill { command: DrillCmd::RegionLoss(args) } => {
+            let report = ledgerctl::drill::region_loss(&stack, &manifest_path, &args).await?;
+            ledgerctl::drill::print(&report);
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Cmd::Audit { command: AuditCmd::Verify { database_url } } => {
             let url = match database_url {
                 Some(url) => url,
