@@ -14,8 +14,18 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// A reconcile process that never outlives the test, even one that fails: killed when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the reconcile binary on `cfg` (written as TOML), with `failpoint` set to sleep forever.
-fn spawn(cfg: &reconcile::config::ReconcileConfig, dir: &std::path::Path, failpoint: Option<&str>) -> Child {
+fn spawn(cfg: &reconcile::config::ReconcileConfig, dir: &std::path::Path, failpoint: Option<&str>) -> Reaped {
     let toml = toml_of(cfg);
     let path = dir.join("reconcile.toml");
     std::fs::write(&path, toml).unwrap();
@@ -29,7 +39,7 @@ fn spawn(cfg: &reconcile::config::ReconcileConfig, dir: &std::path::Path, failpo
     let deadline = Instant::now() + WAIT;
     loop {
         if std::net::TcpStream::connect(cfg.http_addr.as_str()).is_ok() {
-            return child;
+            return Reaped(child);
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -172,8 +182,8 @@ async fn a_kill_at_any_step_finishes_on_restart_with_exactly_one_compensating_tr
             .await
             .unwrap();
         assert_eq!(state, "executing", "{failpoint}: killed mid-way");
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-        child.wait().unwrap();
+        kill(Pid::from_raw(child.0.id() as i32), Signal::SIGKILL).unwrap();
+        child.0.wait().unwrap();
 
         let mut restarted = spawn(&cfg, dir.path(), None);
         api.wait_state(viewer, &case_id, "resolved", WAIT).await;
@@ -188,8 +198,8 @@ async fn a_kill_at_any_step_finishes_on_restart_with_exactly_one_compensating_tr
             let dups = regions.conflicts(i).await.into_iter().filter(|c| c["kind"] == "duplicate-intent").count();
             assert_eq!(dups, 0, "{failpoint}: region {i}: the retry was never a second execution");
         }
-        kill(Pid::from_raw(restarted.id() as i32), Signal::SIGTERM).unwrap();
-        restarted.wait().unwrap();
+        kill(Pid::from_raw(restarted.0.id() as i32), Signal::SIGTERM).unwrap();
+        restarted.0.wait().unwrap();
     }
     let verdict = reconcile::audit::verify(&pool).await.unwrap();
     assert!(matches!(verdict, reconcile::audit::Verdict::Intact(_)), "{verdict:?}");
