@@ -67,6 +67,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Told of every attempt.
     pub on_attempt: Option<AttemptObserver>,
+    /// Send the session token back and keep the one each answer hands out (default). A load
+    /// generator that shares one client across unrelated requests turns it off.
+    pub carry_session: bool,
 }
 
 impl ClientConfig {
@@ -81,6 +84,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             on_attempt: None,
+            carry_session: true,
         }
     }
 }
@@ -106,6 +110,8 @@ pub enum Error {
         attempts: u32,
         /// The last failure.
         last: String,
+        /// Its kind: `timeout`, `connect`, `transport`, `cut` or `http_<status>`.
+        kind: String,
     },
     /// The answer was not what the API promises.
     #[error("unexpected answer: {0}")]
@@ -202,22 +208,38 @@ pub struct Client {
 
 enum Attempt {
     Done(u16, reqwest::header::HeaderMap, Value),
-    Retry(String, Option<u16>, Option<String>),
+    /// Why, its kind, the status and region if an answer arrived.
+    Retry(String, String, Option<u16>, Option<String>),
+}
+
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    }
 }
 
 impl Client {
     /// A client for `cfg`.
     pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.attempt_timeout)
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Self::with_http(cfg, http)
+    }
+
+    /// A client for `cfg` over a tuned HTTP client (its own timeouts and pool apply).
+    pub fn with_http(cfg: ClientConfig, http: reqwest::Client) -> Result<Self, Error> {
         if cfg.urls.is_empty() {
             return Err(Error::Config("at least one URL".into()));
         }
         if cfg.attempts_max == 0 {
             return Err(Error::Config("attempts_max must be at least 1".into()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(cfg.attempt_timeout)
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self { http, cfg, next_url: AtomicUsize::new(0), session: Mutex::new(None) })
     }
 
@@ -252,7 +274,7 @@ impl Client {
         if let Some(r) = &self.cfg.client_region {
             req = req.header("X-Client-Region", r);
         }
-        if let Some(s) = self.session() {
+        if let Some(s) = self.session().filter(|_| self.cfg.carry_session) {
             req = req.header("Ledger-Session", s);
         }
         let response = match req.send().await {
@@ -260,7 +282,7 @@ impl Client {
             Err(e) => {
                 let why = format!("{}: {e}", self.url());
                 self.fail_over();
-                return Attempt::Retry(why, None, None);
+                return Attempt::Retry(why, transport_kind(&e).to_owned(), None, None);
             }
         };
         let status = response.status().as_u16();
@@ -270,14 +292,16 @@ impl Client {
             // The connection was cut mid-answer: the request may have been applied.
             Err(e) => {
                 self.fail_over();
-                return Attempt::Retry(format!("answer cut: {e}"), Some(status), None);
+                return Attempt::Retry(format!("answer cut: {e}"), "cut".to_owned(), Some(status), None);
             }
         };
         if status >= 500 || status == 429 || status == 408 {
             let region = headers.get("ledger-region").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            return Attempt::Retry(format!("{status}: {}", String::from_utf8_lossy(&bytes)), Some(status), region);
+            let why = format!("{status}: {}", String::from_utf8_lossy(&bytes));
+            return Attempt::Retry(why, format!("http_{status}"), Some(status), region);
         }
-        if let Some(t) = headers.get("ledger-session").and_then(|v| v.to_str().ok()) {
+        if let Some(t) = headers.get("ledger-session").and_then(|v| v.to_str().ok()).filter(|_| self.cfg.carry_session)
+        {
             self.set_session(Some(t.to_owned()));
         }
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -293,7 +317,7 @@ impl Client {
         key: Option<String>,
     ) -> Result<(u16, reqwest::header::HeaderMap, Value, u32), Error> {
         let mut backoff = self.cfg.backoff_min;
-        let mut last = String::new();
+        let (mut last, mut last_kind) = (String::new(), String::new());
         for attempt in 1..=self.cfg.attempts_max {
             let outcome = self.attempt(&method, path, body.as_ref(), key.as_deref()).await;
             if let Some(observer) = &self.cfg.on_attempt {
@@ -303,7 +327,7 @@ impl Client {
                         headers.get("ledger-region").and_then(|v| v.to_str().ok()).map(str::to_owned),
                         false,
                     ),
-                    Attempt::Retry(_, status, region) => (*status, region.clone(), attempt < self.cfg.attempts_max),
+                    Attempt::Retry(_, _, status, region) => (*status, region.clone(), attempt < self.cfg.attempts_max),
                 };
                 (observer.0)(&AttemptEvent {
                     at: std::time::Instant::now(),
@@ -324,9 +348,9 @@ impl Client {
                     let detail = value["detail"].as_str().unwrap_or("").to_owned();
                     return Err(Error::Problem { status, kind, detail });
                 }
-                Attempt::Retry(why, _, _) => {
+                Attempt::Retry(why, kind, _, _) => {
                     tracing::debug!(%why, attempt, "retrying with the same key");
-                    last = why;
+                    (last, last_kind) = (why, kind);
                 }
             }
             if attempt < self.cfg.attempts_max {
@@ -335,7 +359,7 @@ impl Client {
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
         }
-        Err(Error::Unavailable { attempts: self.cfg.attempts_max, last })
+        Err(Error::Unavailable { attempts: self.cfg.attempts_max, last, kind: last_kind })
     }
 
     fn answered<T>(value: T, headers: &reqwest::header::HeaderMap, attempts: u32, key: Option<String>) -> Answered<T> {

@@ -334,16 +334,6 @@ pub fn status_kind(status: u16) -> String {
     format!("http_{status}")
 }
 
-fn transport_kind(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "transport"
-    }
-}
-
 /// A request's outcome: success, or an error kind.
 type Outcome = Result<(), String>;
 
@@ -516,9 +506,10 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
 
 /// Shared by the scheduler and the request tasks.
 struct Ctx {
-    client: reqwest::Client,
-    transfers_url: String,
-    auth: String,
+    /// One attempt per request: the bench counts failures itself, it does not retry them.
+    client: ledger_client::Client,
+    /// With retries (the same key each time), for opening and funding the accounts.
+    setup: ledger_client::Client,
     accounts: Vec<String>,
     run_id: String,
     stats: Mutex<Stats>,
@@ -555,29 +546,23 @@ struct Due {
 
 async fn send_one(ctx: Arc<Ctx>, due: Due, _running: tokio::sync::mpsc::Sender<()>) {
     let started = Instant::now();
-    let body = serde_json::json!({
-        "from": ctx.accounts[due.from as usize],
-        "to": ctx.accounts[due.to as usize],
-        "amount": due.amount,
-        "currency": CURRENCY,
-    });
-    let outcome = async {
-        let response = ctx
-            .client
-            .post(&ctx.transfers_url)
-            .header(reqwest::header::AUTHORIZATION, &ctx.auth)
-            .header("idempotency-key", format!("bench-{}-{}", ctx.run_id, due.i))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_kind(&e).to_owned())?;
-        let status = response.status().as_u16();
-        // The body is read in full: the latency is to the complete response, and the connection
-        // goes back to the pool only once drained.
-        response.bytes().await.map_err(|e| transport_kind(&e).to_owned())?;
-        if status == 201 { Ok(()) } else { Err(status_kind(status)) }
-    }
-    .await;
+    let transfer = ledger_client::NewTransfer {
+        from: ctx.accounts[due.from as usize].clone(),
+        to: ctx.accounts[due.to as usize].clone(),
+        amount: due.amount,
+        currency: Some(CURRENCY.to_owned()),
+        idempotency_key: Some(format!("bench-{}-{}", ctx.run_id, due.i)),
+        ..Default::default()
+    };
+    // The client reads the whole answer: the latency is to the complete response, and the
+    // connection goes back to the pool only once drained.
+    let outcome = match ctx.client.transfer(transfer).await {
+        Ok(a) if !a.replayed => Ok(()),
+        Ok(_) => Err("replayed".to_owned()),
+        Err(ledger_client::Error::Problem { status, .. }) => Err(status_kind(status)),
+        Err(ledger_client::Error::Unavailable { kind, .. }) => Err(kind),
+        Err(e) => Err(format!("client: {e}")),
+    };
     let done = Instant::now();
     ctx.stats().record(due.measured, due.intended, Some(started), done, outcome);
     ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -618,55 +603,42 @@ fn schedule(
     }
 }
 
-/// Posts `body` to `url` and returns the status and body text.
-async fn post(ctx: &Ctx, url: &str, body: serde_json::Value, key: Option<String>) -> Result<(u16, String), String> {
-    let mut request = ctx.client.post(url).header(reqwest::header::AUTHORIZATION, &ctx.auth).json(&body);
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    let response = request.send().await.map_err(|e| format!("POST {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let text = response.text().await.map_err(|e| format!("POST {url}: {e}"))?;
-    Ok((status, text))
-}
-
-/// Opens the funding account and the benchmark accounts, then funds each of them.
-async fn set_up(ctx: &Arc<Ctx>, base: &str, world: &str, funding: i64) -> Result<(), BenchError> {
-    let accounts_url = format!("{base}/v1/accounts");
-    let expect = |what: &str, ok: &[u16], got: Result<(u16, String), String>| match got {
-        Ok((status, _)) if ok.contains(&status) => Ok(()),
-        Ok((status, text)) => Err(BenchError::Setup(format!("{what}: HTTP {status}: {}", text.trim()))),
-        Err(e) => Err(BenchError::Setup(format!("{what}: {e}"))),
-    };
-    let world_body = serde_json::json!({ "id": world, "currency": CURRENCY, "allow_negative": true });
-    expect(&format!("opening {world}"), &[200, 201], post(ctx, &accounts_url, world_body, None).await)?;
-
+/// Opens the funding account and the benchmark accounts, then funds each of them, through the
+/// client: a funding transfer retried after a cut connection replays instead of paying twice.
+async fn set_up(ctx: &Arc<Ctx>, world: &str, funding: i64) -> Result<(), BenchError> {
+    let setup = |what: String| move |e: ledger_client::Error| BenchError::Setup(format!("{what}: {e}"));
+    ctx.setup.open_account(world, CURRENCY, true).await.map_err(setup(format!("opening {world}")))?;
     // Phase 0 opens the accounts, phase 1 funds them, each with bounded concurrency.
     for phase in 0..2 {
         let permits = Arc::new(tokio::sync::Semaphore::new(SETUP_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..ctx.accounts.len() {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let ctx = ctx.clone();
-            let (accounts_url, transfers_url, world) =
-                (accounts_url.clone(), ctx.transfers_url.clone(), world.to_owned());
+            let (ctx, world) = (ctx.clone(), world.to_owned());
             tasks.spawn(async move {
                 let _permit = permit;
                 let account = &ctx.accounts[i];
                 if phase == 0 {
-                    let body = serde_json::json!({ "id": account, "currency": CURRENCY });
-                    (format!("opening {account}"), vec![200, 201], post(&ctx, &accounts_url, body, None).await)
+                    ctx.setup
+                        .open_account(account, CURRENCY, false)
+                        .await
+                        .map(|_| ())
+                        .map_err(setup(format!("opening {account}")))
                 } else {
-                    let body =
-                        serde_json::json!({ "from": world, "to": account, "amount": funding, "currency": CURRENCY });
-                    let key = Some(format!("bench-{}-fund-{i}", ctx.run_id));
-                    (format!("funding {account}"), vec![201], post(&ctx, &transfers_url, body, key).await)
+                    let t = ledger_client::NewTransfer {
+                        from: world,
+                        to: account.clone(),
+                        amount: funding,
+                        currency: Some(CURRENCY.to_owned()),
+                        idempotency_key: Some(format!("bench-{}-fund-{i}", ctx.run_id)),
+                        ..Default::default()
+                    };
+                    ctx.setup.transfer(t).await.map(|_| ()).map_err(setup(format!("funding {account}")))
                 }
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (what, ok, got) = joined.map_err(|e| BenchError::Setup(format!("a setup task failed: {e}")))?;
-            expect(&what, &ok, got)?;
+            joined.map_err(|e| BenchError::Setup(format!("a setup task failed: {e}")))??;
         }
     }
     Ok(())
@@ -767,10 +739,19 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(BenchError::Client)?;
+    let once = ledger_client::ClientConfig {
+        attempts_max: 1,
+        attempt_timeout: REQUEST_TIMEOUT,
+        carry_session: false,
+        ..ledger_client::ClientConfig::new(vec![base.clone()], api_key.trim())
+    };
+    let client =
+        ledger_client::Client::with_http(once.clone(), client).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let setup = ledger_client::Client::new(ledger_client::ClientConfig { attempts_max: 8, ..once })
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     let ctx = Arc::new(Ctx {
         client,
-        transfers_url: format!("{base}/v1/transfers"),
-        auth: format!("Bearer {}", api_key.trim()),
+        setup,
         accounts: (0..args.accounts).map(|i| format!("bench-{run_id}-{i}")).collect(),
         run_id: run_id.clone(),
         stats: Mutex::new(Stats::new(Instant::now())),
@@ -783,7 +764,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let funding = funding_per_account(total, args.accounts);
     let world = format!("bench-world-{run_id}");
     let setup_started = Instant::now();
-    set_up(&ctx, &base, &world, funding).await?;
+    set_up(&ctx, &world, funding).await?;
     eprintln!(
         "bench: opened and funded {} accounts with {funding} each in {:.1} s",
         args.accounts,

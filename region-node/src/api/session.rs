@@ -130,10 +130,10 @@ fn written(body: &Value) -> Vec<(AccountId, VersionVector)> {
                 out.push((a, v));
             }
         }
-    } else if let (Some(id), Some(v)) = (body["id"].as_str(), body.get("version_vector")) {
-        if let (Ok(a), Ok(v)) = (AccountId::new(id), serde_json::from_value(v.clone())) {
-            out.push((a, v));
-        }
+    } else if let (Some(id), Some(v)) = (body["id"].as_str(), body.get("version_vector"))
+        && let (Ok(a), Ok(v)) = (AccountId::new(id), serde_json::from_value(v.clone()))
+    {
+        out.push((a, v));
     }
     out
 }
