@@ -2,12 +2,13 @@
 //! through the history, and read the Kafka-fed view with how far it lags.
 
 use super::body::JsonBody;
+use super::query::PathId;
 use super::{AppState, read_problem, with_timeout};
 use crate::problem::Problem;
 use crate::storage::{ACCOUNT_COLUMNS, AccountRow, rfc3339};
 use crate::write::{Command, OpenAccount, Outcome};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledger_core::{AccountId, AccountSpec, Currency};
@@ -59,7 +60,7 @@ pub(super) async fn open(state: State<AppState>, body: JsonBody<OpenBody>) -> Re
     .await
 }
 
-pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Response {
     let id = match parse_account_id(&id) {
         Ok(id) => id,
         Err(p) => return p.into_response(),
@@ -85,7 +86,7 @@ fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), Problem> {
 
 pub(super) async fn entries(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let (id, (after, limit)) = match (parse_account_id(&id), page_params(&query)) {
@@ -134,7 +135,7 @@ pub(super) async fn entries(
 
 /// The read model's balance for an account and how many entries it is behind the authoritative
 /// state: the Kafka-fed view is eventually consistent and says so.
-pub(super) async fn view(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn view(State(state): State<AppState>, PathId(id): PathId) -> Response {
     let id = match parse_account_id(&id) {
         Ok(id) => id,
         Err(p) => return p.into_response(),

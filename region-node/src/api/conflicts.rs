@@ -4,12 +4,13 @@
 //! only): finance's resolution, applied in this region (see `storage::resolve`).
 
 use super::body::JsonBody;
+use super::query::PathId;
 use super::{AppState, read_problem, with_timeout};
 use crate::problem::Problem;
 use crate::storage::StorageError;
 use crate::storage::resolve::{Definition, Resolution, ResolveError};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use ledger_core::Currency;
 use serde::Deserialize;
@@ -225,7 +226,7 @@ fn resolution(body: ResolveBody) -> Result<Resolution, Problem> {
 }
 
 /// Resolves a conflict in this region: the reconcile service calls every region with the same body.
-pub(super) async fn resolve(state: State<AppState>, Path(id): Path<String>, body: JsonBody<ResolveBody>) -> Response {
+pub(super) async fn resolve(state: State<AppState>, PathId(id): PathId, body: JsonBody<ResolveBody>) -> Response {
     let resolution = match resolution(body.value) {
         Ok(resolution) => resolution,
         Err(p) => return p.into_response(),

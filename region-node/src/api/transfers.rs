@@ -2,12 +2,13 @@
 
 use super::accounts::parse_account_id;
 use super::body::{JsonBody, canonical_hash};
+use super::query::PathId;
 use super::{AppState, Caller, read_problem, with_timeout};
 use crate::idempotency;
 use crate::problem::Problem;
 use crate::storage::transfer_json;
 use crate::write::{Command, Outcome, Transfer};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -119,7 +120,7 @@ pub(super) async fn create(
     .await
 }
 
-pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Response {
     let Ok(id) = uuid::Uuid::parse_str(&id) else {
         return Problem::invalid_field("a transfer id is a UUID").into_response();
     };
