@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the ledger needs on a Debian machine, and only what is missing, so it is fast to run
 # again: PostgreSQL 15 (Debian's package), Java 17 and Maven (for the Kafka jars), a C toolchain
-# and zlib for librdkafka, and Rust through rustup (the toolchain itself is pinned by
-# rust-toolchain.toml and fetched by cargo). The Kafka jars are fetched by ledgerctl and the test
+# and zlib for librdkafka, Rust through rustup (the toolchain itself is pinned by
+# rust-toolchain.toml and fetched by cargo), and Python 3 for schemathesis (the node's contract
+# test). The Kafka jars are fetched by ledgerctl and the test
 # harness on first use, from kafka/pom.xml, into .cache/kafka.
 set -euo pipefail
 
@@ -18,6 +19,13 @@ command -v curl >/dev/null || need+=(curl ca-certificates)
 # The reconcile UI's browser test: Debian's Chromium, driven by playwright-core (npm) below.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
+# The node's contract test: schemathesis (PyPI) in its own virtual environment, below.
+# Debian's python3 makes virtual environments only with python3-venv; another python3 on PATH
+# (pyenv, say) brings its own.
+case "$(command -v python3 || true)" in
+  "") need+=(python3 python3-venv) ;;
+  /usr/bin/python3) have_pkg python3-venv || need+=(python3-venv) ;;
+esac
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2
@@ -43,4 +51,15 @@ fi
 if [ ! -d reconcile/ui-tests/node_modules/playwright-core ]; then
   echo "install-deps: installing playwright-core" >&2
   (cd reconcile/ui-tests && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# schemathesis for region-node/tests/contract.rs, pinned, in a virtual environment under .cache (so
+# it never touches the system's Python, which Debian marks externally managed); reinstalled only
+# when missing or of another version.
+SCHEMATHESIS_VERSION=4.32.5
+if ! .cache/schemathesis/bin/schemathesis --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS_VERSION"; then
+  echo "install-deps: installing schemathesis $SCHEMATHESIS_VERSION" >&2
+  rm -rf .cache/schemathesis
+  python3 -m venv .cache/schemathesis
+  .cache/schemathesis/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >/dev/null
 fi

@@ -280,6 +280,32 @@ async fn every_bad_input_gets_its_problem_type_and_writes_nothing() {
     node.stop().await;
 }
 
+/// Found probing the contract (issue 13): a path segment that percent-decodes to invalid UTF-8
+/// was refused by axum's `Path` extractor as `400 text/plain`, not a problem.
+#[tokio::test]
+async fn a_path_that_is_not_utf8_gets_a_problem_not_plain_text() {
+    let node = with_world().await;
+    let key = "every-scope";
+    region_node::api::auth_ensure_key(&node.db.pool, "all", key, &["read", "write", "replication", "reconcile"])
+        .await
+        .unwrap();
+    let before = node.fingerprint().await;
+    let cases: [(Method, &str, Option<Value>, u16, &str); 6] = [
+        (Method::GET, "/v1/accounts/%FF", None, 400, "invalid-account-id"),
+        (Method::GET, "/v1/accounts/%FF/entries", None, 400, "invalid-account-id"),
+        (Method::GET, "/v1/views/accounts/a%C3", None, 400, "invalid-account-id"),
+        (Method::GET, "/v1/transfers/%FF", None, 400, "invalid-field"),
+        (Method::POST, "/v1/conflicts/%FF/resolve", Some(json!({"case": "c-1"})), 404, "not-found"),
+        (Method::GET, "/v1/accounts/world/entries?limit=%FF", None, 400, "invalid-query"),
+    ];
+    for (method, path, body, status, slug) in cases {
+        let r = node.send(method.clone(), path, Some(key), body, &[]).await;
+        assert_eq!((r.status, r.problem()), (status, slug), "{method} {path}: {}", r.body);
+    }
+    assert_eq!(node.fingerprint().await, before, "nothing written");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn api_keys_are_required_and_scoped() {
     let node = with_world().await;

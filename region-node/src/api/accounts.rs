@@ -2,12 +2,13 @@
 //! through the history, and read the Kafka-fed view with how far it lags.
 
 use super::body::JsonBody;
+use super::query::PathId;
 use super::{AppState, read_problem, with_timeout};
 use crate::problem::Problem;
 use crate::storage::{ACCOUNT_COLUMNS, AccountRow, rfc3339};
 use crate::write::{Command, OpenAccount, Outcome};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledger_core::{AccountId, AccountSpec, Currency};
@@ -20,14 +21,23 @@ use std::collections::HashMap;
 const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1_000;
 
-#[derive(Deserialize)]
+/// `POST /v1/accounts`: the account to open.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OpenAccountRequest)]
 pub(super) struct OpenBody {
+    /// 1 to 64 ASCII letters, digits, `_`, `-`, `.`, `:`.
+    #[schema(pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "carol")]
     id: String,
+    /// ISO 4217 code, three uppercase letters.
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: String,
+    /// Whether the balance may go below zero (false by default).
     #[serde(default)]
     allow_negative: bool,
+    /// Anything the client wants kept with the account.
     #[serde(default)]
+    #[schema(value_type = Object)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -35,6 +45,33 @@ pub(super) fn parse_account_id(id: &str) -> Result<AccountId, Problem> {
     AccountId::new(id).map_err(|e| Problem::invalid_account_id(e.to_string()))
 }
 
+/// Opens an account: 201, or 200 when it exists with the same attributes.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "accounts",
+    operation_id = "openAccount",
+    security(("bearer" = ["write"])),
+    request_body(content = OpenBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Opened", body = super::openapi::Account,
+            headers(("Location" = String, description = "`/v1/accounts/{id}`")),
+            links(("GetAccount" = (operation_id = "getAccount", parameters(("id" = "$response.body#/id")),
+                description = "The account just opened")))),
+        (status = 200, description = "Already open with the same attributes", body = super::openapi::Account,
+            headers(("Location" = String, description = "`/v1/accounts/{id}`"))),
+        (status = 400, description = "`invalid-json`, `unknown-field`, `missing-field`, `invalid-field`, \
+            `invalid-account-id`, `invalid-currency`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, description = "`account-exists`: the id is taken with other attributes", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn open(state: State<AppState>, body: JsonBody<OpenBody>) -> Response {
     let body = body.value;
     let spec = match (parse_account_id(&body.id), Currency::new(&body.currency)) {
@@ -59,7 +96,24 @@ pub(super) async fn open(state: State<AppState>, body: JsonBody<OpenBody>) -> Re
     .await
 }
 
-pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// The account's authoritative state (read-your-writes).
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    operation_id = "getAccount",
+    security(("bearer" = ["read"])),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "alice", description = "The account id")),
+    responses(
+        (status = 200, description = "The account", body = super::openapi::Account),
+        (status = 400, description = "`invalid-account-id`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`account-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Response {
     let id = match parse_account_id(&id) {
         Ok(id) => id,
         Err(p) => return p.into_response(),
@@ -83,9 +137,32 @@ fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), Problem> {
     ))
 }
 
+/// A page of the account's history, with the balance after each entry.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/entries",
+    tag = "accounts",
+    operation_id = "listEntries",
+    security(("bearer" = ["read"])),
+    params(
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "alice", description = "The account id"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Entries with a greater `seq` (the previous page's \
+            `next_after`); 0 by default"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Entries at most; 100 by default"),
+    ),
+    responses(
+        (status = 200, description = "The page", body = super::openapi::EntriesPage),
+        (status = 400, description = "`invalid-account-id`, `invalid-query` (also for a parameter not listed)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`account-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn entries(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let (id, (after, limit)) = match (parse_account_id(&id), page_params(&query)) {
@@ -134,7 +211,23 @@ pub(super) async fn entries(
 
 /// The read model's balance for an account and how many entries it is behind the authoritative
 /// state: the Kafka-fed view is eventually consistent and says so.
-pub(super) async fn view(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/views/accounts/{id}",
+    tag = "accounts",
+    operation_id = "getAccountView",
+    security(("bearer" = ["read"])),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "alice", description = "The account id")),
+    responses(
+        (status = 200, description = "The read model's view of the account", body = super::openapi::AccountView),
+        (status = 400, description = "`invalid-account-id`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`account-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn view(State(state): State<AppState>, PathId(id): PathId) -> Response {
     let id = match parse_account_id(&id) {
         Ok(id) => id,
         Err(p) => return p.into_response(),

@@ -4,12 +4,13 @@
 //! only): finance's resolution, applied in this region (see `storage::resolve`).
 
 use super::body::JsonBody;
+use super::query::PathId;
 use super::{AppState, read_problem, with_timeout};
 use crate::problem::Problem;
 use crate::storage::StorageError;
 use crate::storage::resolve::{Definition, Resolution, ResolveError};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use ledger_core::Currency;
 use serde::Deserialize;
@@ -35,6 +36,31 @@ fn time(query: &HashMap<String, String>, name: &str) -> Result<Option<chrono::Da
         .transpose()
 }
 
+/// A page of the conflicts this region detected while applying other regions' events.
+#[utoipa::path(
+    get,
+    path = "/v1/conflicts",
+    tag = "conflicts",
+    operation_id = "listConflicts",
+    security(("bearer" = ["read"])),
+    params(
+        ("kind" = Option<String>, Query, pattern = "^(overdraft|duplicate-intent|account-definition|concurrent-benign)$"),
+        ("account" = Option<String>, Query, description = "Only this account's conflicts"),
+        ("status" = Option<String>, Query, pattern = "^(open|resolved)$"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Detected at or after (RFC 3339)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Detected before (RFC 3339)"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "The previous page's `next`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Conflicts at most; 100 by default"),
+    ),
+    responses(
+        (status = 200, description = "The page", body = super::openapi::ConflictsPage),
+        (status = 400, description = "`invalid-query` (also for a parameter not listed)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
     let checked = super::query::only(&query, &PARAMETERS).and_then(|()| {
         Ok((
@@ -193,18 +219,28 @@ async fn describe_events(pool: &sqlx::PgPool, events: &mut [Value]) -> Result<()
 /// Longest reconcile case id, in characters.
 const CASE_CHARS_MAX: usize = 128;
 
-#[derive(Deserialize)]
+/// `POST /v1/conflicts/{id}/resolve`: finance's resolution.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ResolveRequest)]
 pub(super) struct ResolveBody {
+    /// The reconcile case, 1 to 128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     case: String,
+    /// Required for an `account-definition` conflict (one of its openings), refused for any other kind.
     #[serde(default)]
     definition: Option<DefinitionBody>,
 }
 
-#[derive(Deserialize)]
+/// The definition that stands.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AccountDefinition)]
 struct DefinitionBody {
+    /// ISO 4217 code, three uppercase letters.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    /// Whether the balance may go below zero.
     allow_negative: bool,
 }
 
@@ -225,7 +261,34 @@ fn resolution(body: ResolveBody) -> Result<Resolution, Problem> {
 }
 
 /// Resolves a conflict in this region: the reconcile service calls every region with the same body.
-pub(super) async fn resolve(state: State<AppState>, Path(id): Path<String>, body: JsonBody<ResolveBody>) -> Response {
+#[utoipa::path(
+    post,
+    path = "/v1/conflicts/{id}/resolve",
+    tag = "conflicts",
+    operation_id = "resolveConflict",
+    security(("bearer" = ["reconcile"])),
+    params(("id" = String, Path, format = Uuid, description = "The conflict id (the same in every region)")),
+    request_body(content = ResolveBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Resolved here (also for the same body again)", body = super::openapi::Resolved),
+        (status = 400, description = "`invalid-json`, `unknown-field`, `missing-field` (an account-definition conflict \
+            needs `definition`), `invalid-field` (`case` length, or a `definition` for another kind), \
+            `invalid-currency`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`not-found`: this region has not detected the conflict (yet: retry)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict-already-resolved` with another body", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, description = "`definition-not-offered`, `balance-overflow`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn resolve(state: State<AppState>, PathId(id): PathId, body: JsonBody<ResolveBody>) -> Response {
     let resolution = match resolution(body.value) {
         Ok(resolution) => resolution,
         Err(p) => return p.into_response(),

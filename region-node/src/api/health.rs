@@ -14,6 +14,14 @@ use std::time::Duration;
 /// How long `/readyz` waits for each dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")),
+)]
 pub(super) async fn healthz() -> &'static str {
     "ok"
 }
@@ -21,6 +29,17 @@ pub(super) async fn healthz() -> &'static str {
 /// Ready when PostgreSQL answers a query, Kafka answers a metadata request and every supervised
 /// background task is running. The body lists each task's state, restarts and last error: 200
 /// `{"ready": true, ...}`, or 503 as a problem (`unavailable`) carrying the same members.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = super::openapi::Readiness),
+        (status = 503, description = "`unavailable`: not ready, with the same members", body = super::openapi::NotReady,
+            content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let pg = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool)).await;
     let postgresql = matches!(pg, Ok(Ok(1)));
@@ -58,6 +77,14 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     response
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")),
+)]
 pub(super) async fn metrics() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::prometheus().render()).into_response()
 }

@@ -7,6 +7,7 @@ mod body;
 mod command;
 mod conflicts;
 mod health;
+pub mod openapi;
 pub mod problem;
 mod query;
 mod replication;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(observe))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })

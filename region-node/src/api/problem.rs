@@ -8,6 +8,41 @@ use serde::Serialize;
 /// Base of every problem type URI; the slug after it is the stable part clients match on.
 pub const TYPE_BASE: &str = "https://ledger.dev/problems/";
 
+/// Every problem type's slug, in the order of the constructors below: the OpenAPI description's
+/// `Problem.type` enumerates these (a test checks each constructor's slug is here and each slug has
+/// a constructor, so a new problem type cannot stay undocumented).
+pub const TYPES: [&str; 29] = [
+    "invalid-json",
+    "unknown-field",
+    "missing-field",
+    "invalid-field",
+    "payload-too-large",
+    "unsupported-media-type",
+    "invalid-account-id",
+    "invalid-currency",
+    "invalid-amount",
+    "amount-out-of-range",
+    "same-account",
+    "account-not-found",
+    "transfer-not-found",
+    "currency-mismatch",
+    "insufficient-funds",
+    "balance-overflow",
+    "account-frozen",
+    "account-exists",
+    "idempotency-key-reused",
+    "invalid-idempotency-key",
+    "invalid-query",
+    "unauthorized",
+    "forbidden",
+    "conflict-already-resolved",
+    "definition-not-offered",
+    "not-found",
+    "method-not-allowed",
+    "unavailable",
+    "internal",
+];
+
 /// One API error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{slug}: {detail}")]
@@ -220,5 +255,26 @@ impl IntoResponse for Problem {
         let mut response = (self.status, axum::Json(body)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The slug of every constructor's call of `new` in this file (tests excluded): the first string
+    /// literal after it.
+    fn constructor_slugs() -> BTreeSet<String> {
+        let source = include_str!("problem.rs");
+        let code = &source[..source.find("#[cfg(test)]").expect("the tests are at the end")];
+        code.split("Self::new(").skip(1).filter_map(|call| call.split('"').nth(1).map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn every_constructor_slug_is_listed_in_types_and_nothing_else_is() {
+        let listed: BTreeSet<String> = TYPES.iter().map(|s| s.to_string()).collect();
+        assert_eq!(listed.len(), TYPES.len(), "a slug is listed twice");
+        assert_eq!(constructor_slugs(), listed, "problem::TYPES and the constructors disagree");
     }
 }

@@ -41,6 +41,28 @@ fn page(query: &HashMap<String, String>) -> Result<Page, Problem> {
     })
 }
 
+/// This region's stored events of one origin, for another region's anti-entropy.
+#[utoipa::path(
+    get,
+    path = "/v1/replication/events",
+    tag = "replication",
+    operation_id = "listReplicationEvents",
+    security(("bearer" = ["replication"])),
+    params(
+        ("origin" = String, Query, pattern = "^[a-z0-9-]{1,32}$", description = "The origin region"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Events with a greater `seq`; 0 by default"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Events at most; 1,000 by default"),
+    ),
+    responses(
+        (status = 200, description = "The page, stopped before the first event stored less than \
+            `anti_entropy_settle_ms` ago", body = super::openapi::ReplicationPage),
+        (status = 400, description = "`invalid-query` (also for a parameter not listed)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn events(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
     let page = match page(&query) {
         Ok(page) => page,

@@ -2,12 +2,13 @@
 
 use super::accounts::parse_account_id;
 use super::body::{JsonBody, canonical_hash};
+use super::query::PathId;
 use super::{AppState, Caller, read_problem, with_timeout};
 use crate::idempotency;
 use crate::problem::Problem;
 use crate::storage::transfer_json;
 use crate::write::{Command, Outcome, Transfer};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -21,16 +22,29 @@ const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Header set on a response answered from the idempotency record.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
-#[derive(Deserialize)]
+/// `POST /v1/transfers`: the transfer to make.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TransferRequest)]
 pub(super) struct TransferBody {
+    /// The debited account.
+    #[schema(pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "alice")]
     from: String,
+    /// The credited account, another one.
+    #[schema(pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "bob")]
     to: String,
+    /// Minor units: an integer from 1 to 10^15 (`AMOUNT_MAX`), written as one (`2500`; `2500.0` or
+    /// `2.5e3`, integers to JSON Schema, are `invalid-amount`).
     // Kept as raw JSON so a string, a fraction or a huge number each get a precise problem.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 2500)]
     amount: Value,
+    /// If given, both accounts' currency (`currency-mismatch` otherwise).
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     currency: Option<String>,
+    /// Anything the client wants kept with the transfer.
     #[serde(default)]
+    #[schema(value_type = Object)]
     metadata: serde_json::Map<String, Value>,
 }
 
@@ -81,6 +95,45 @@ fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Cu
     Ok((from, to, amount, currency))
 }
 
+/// Moves money; with an `Idempotency-Key`, a retry answers the original transfer.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers",
+    tag = "transfers",
+    operation_id = "createTransfer",
+    security(("bearer" = ["write"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 visible ASCII characters, scoped to the API key: a retry with the same key and \
+                body answers the original transfer (header `idempotent-replayed: true`), whatever the balances are \
+                now; the same key with another body is `idempotency-key-reused`"),
+    ),
+    request_body(content = TransferBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed (or the replay of the transfer made with this key)",
+            body = super::openapi::Transfer,
+            headers(
+                ("Location" = String, description = "`/v1/transfers/{id}`"),
+                ("idempotent-replayed" = Option<String>, description = "`true` when answered from the key's record"),
+            ),
+            links(("GetTransfer" = (operation_id = "getTransfer", parameters(("id" = "$response.body#/id")),
+                description = "The transfer just made")))),
+        (status = 400, description = "`invalid-json`, `unknown-field`, `missing-field`, `invalid-field`, \
+            `invalid-account-id`, `invalid-currency`, `invalid-amount`, `amount-out-of-range`, \
+            `invalid-idempotency-key`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`account-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient-funds`, `account-frozen`, `idempotency-key-reused`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, description = "`same-account`, `currency-mismatch`, `balance-overflow`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
 pub(super) async fn create(
     state: State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -119,7 +172,26 @@ pub(super) async fn create(
     .await
 }
 
-pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// One transfer, as `POST /v1/transfers` answered it.
+#[utoipa::path(
+    get,
+    path = "/v1/transfers/{id}",
+    tag = "transfers",
+    operation_id = "getTransfer",
+    security(("bearer" = ["read"])),
+    params(("id" = String, Path, format = Uuid, description = "The transfer id")),
+    responses(
+        (status = 200, description = "The transfer", body = super::openapi::Transfer),
+        (status = 400, description = "`invalid-field`: the id is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`transfer-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Response {
     let Ok(id) = uuid::Uuid::parse_str(&id) else {
         return Problem::invalid_field("a transfer id is a UUID").into_response();
     };
