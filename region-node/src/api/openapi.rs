@@ -35,7 +35,11 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         description = "One region of the multi-region active-active ledger: accounts, transfers, the \
             conflicts this region detected, anti-entropy and operations. Every error is an RFC 9457 \
             `application/problem+json` whose `type` is one of `Problem.type`'s values. Write routes \
-            answer only after the commit; a refused request changes nothing.",
+            answer only after the commit; a refused request changes nothing. Read-your-writes across \
+            regions: every successful write answers with a `Ledger-Session` header (a signed token of \
+            the version vectors the client wrote); a `/v1` request that sends it back is served only \
+            once this region has applied what it names, else `503 session-not-caught-up` with \
+            `Retry-After` after a bounded wait; an altered token is `400 invalid-session-token`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(

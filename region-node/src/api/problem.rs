@@ -11,7 +11,7 @@ pub const TYPE_BASE: &str = "https://ledger.dev/problems/";
 /// Every problem type's slug, in the order of the constructors below: the OpenAPI description's
 /// `Problem.type` enumerates these (a test checks each constructor's slug is here and each slug has
 /// a constructor, so a new problem type cannot stay undocumented).
-pub const TYPES: [&str; 29] = [
+pub const TYPES: [&str; 31] = [
     "invalid-json",
     "unknown-field",
     "missing-field",
@@ -40,6 +40,8 @@ pub const TYPES: [&str; 29] = [
     "not-found",
     "method-not-allowed",
     "unavailable",
+    "invalid-session-token",
+    "session-not-caught-up",
     "internal",
 ];
 
