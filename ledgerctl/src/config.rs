@@ -22,6 +22,9 @@ pub const DEFAULT_KAFKA_HEAP_MB: u32 = 512;
 pub const REGIONS_MAX: usize = 8;
 /// The reconcile service listens this far above the first region's HTTP port (18090 by default).
 pub const RECONCILE_PORT_OFFSET: u16 = 10;
+/// The router listens this far above the first region's HTTP port (18100 by default), clear of
+/// the nodes (one port per region, at most `REGIONS_MAX`) and of the reconcile service.
+pub const ROUTER_PORT_OFFSET: u16 = 20;
 
 /// One region's ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,10 @@ pub struct StackConfig {
     pub reconcile_bin: PathBuf,
     /// The reconcile service's HTTP port (the first region's HTTP port + 10 by default).
     pub reconcile_port: u16,
+    /// The `router` binary.
+    pub router_bin: PathBuf,
+    /// The router's HTTP port (the first region's HTTP port + 20 by default).
+    pub router_port: u16,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -125,6 +132,10 @@ impl StackConfig {
             reconcile_bin: crate::reconcile::default_bin(),
             reconcile_port: http_port_base
                 .checked_add(RECONCILE_PORT_OFFSET)
+                .ok_or_else(|| StackError::Config("http port base too high".into()))?,
+            router_bin: crate::router::default_bin(),
+            router_port: http_port_base
+                .checked_add(ROUTER_PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
         })
     }

@@ -19,6 +19,7 @@ pub mod node;
 pub mod postgres;
 pub mod process;
 pub mod reconcile;
+pub mod router;
 pub mod stack;
 
 pub use config::{RegionSpec, StackConfig};

@@ -61,11 +61,15 @@ struct Opts {
     /// The reconcile binary (default: next to ledgerctl).
     #[arg(long, env = "LEDGER_RECONCILE_BIN", global = true)]
     reconcile_bin: Option<PathBuf>,
+    /// The router binary (default: next to ledgerctl).
+    #[arg(long, env = "LEDGER_ROUTER_BIN", global = true)]
+    router_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start every region's PostgreSQL, Kafka and node; apply migrations, create topics, write env.json.
+    /// Start every region's PostgreSQL, Kafka and node, then the router and the reconcile service;
+    /// apply migrations, create topics, write env.json.
     Up,
     /// Stop one component, in one region or all.
     Stop {
@@ -152,6 +156,9 @@ impl Opts {
         if let Some(bin) = &self.reconcile_bin {
             cfg.reconcile_bin = bin.clone();
         }
+        if let Some(bin) = &self.router_bin {
+            cfg.router_bin = bin.clone();
+        }
         Ok(cfg)
     }
 }
@@ -183,6 +190,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(key) = &manifest.api_key {
                 println!("api key: {key}");
+            }
+            if let Some(url) = &manifest.router_url {
+                println!("router     {url}  (nearest healthy region; X-Client-Region to choose where you are)");
             }
             if let Some(url) = &manifest.reconcile_url {
                 let staff: Vec<String> =
@@ -277,6 +287,12 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 println!("{:<10} {:<9} {:<22} pid {:<8} {state}", h.region, h.component.name(), h.endpoint, pid);
             }
             let mut healthy = health.iter().all(|h| h.healthy);
+            if let Some((url, pid, ok)) = stack.router_status().await? {
+                let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /_router/healthz" };
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "router", url, pid);
+                healthy &= ok;
+            }
             if let Some((url, pid, ok)) = stack.reconcile_status().await? {
                 let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /healthz" };

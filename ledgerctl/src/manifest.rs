@@ -28,6 +28,12 @@ pub struct Manifest {
     /// The reconcile service's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile_pid: Option<u32>,
+    /// The geo-router: the one address clients call (nearest healthy region first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_url: Option<String>,
+    /// The router's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_pid: Option<u32>,
 }
 
 /// A development staff member of the reconcile service.

@@ -12,6 +12,7 @@ use crate::node::{NodeProcess, ReplicatorProcess};
 use crate::postgres::{self, PgServer};
 use crate::process::{self, Lifetime};
 use crate::reconcile::ReconcileProcess;
+use crate::router::RouterProcess;
 use ledger_core::RegionId;
 use nix::sys::signal::Signal;
 use std::time::Duration;
@@ -250,6 +251,7 @@ impl Stack {
         PgServer::check_binaries(&cfg.pg_bin_dir)?;
         kafka::check_java(&cfg.java)?;
         NodeProcess::check_binary(&cfg.node_bin)?;
+        RouterProcess::check_binary(&cfg.router_bin)?;
         let jars = KafkaJars::ensure(&cfg.kafka_pom, &cfg.kafka_cache_dir, &cfg.mvn)?;
         let mut running: Vec<Pids> = Vec::new();
         for region in &cfg.regions {
@@ -265,6 +267,10 @@ impl Stack {
                 }
             }
             running.push(known);
+        }
+        let router = self.router();
+        if manifest.router_pid.filter(|p| process::is_ours_and_alive(*p, &router.marker())).is_none() {
+            process::ensure_port_free(router.port, "the router")?;
         }
         for (region, pids) in cfg.regions.iter().zip(&running) {
             let dir = cfg.region_dir(&region.name);
@@ -317,8 +323,40 @@ impl Stack {
             }
         }
         manifest.save(&cfg.manifest_path())?;
+        self.up_router(&mut manifest, started).await?;
         self.up_reconcile(&mut manifest, started, &api_key).await?;
         Ok(manifest)
+    }
+
+    fn router(&self) -> RouterProcess {
+        RouterProcess {
+            bin: self.cfg.router_bin.clone(),
+            dir: self.cfg.state_dir.join("router"),
+            port: self.cfg.router_port,
+            regions: self
+                .cfg
+                .regions
+                .iter()
+                .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port)))
+                .collect(),
+            log: self.cfg.state_dir.join("router").join("router.log"),
+        }
+    }
+
+    /// The geo-router, once the nodes serve (kept if running).
+    async fn up_router(&self, manifest: &mut Manifest, started: &mut Vec<Started>) -> Result<()> {
+        let router = self.router();
+        manifest.router_url = Some(router.url());
+        let marker = router.marker();
+        if manifest.router_pid.filter(|p| process::is_ours_and_alive(*p, &marker)).is_none() {
+            process::ensure_port_free(router.port, "the router")?;
+            let pid = router.start(Lifetime::Detached)?.id();
+            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            manifest.router_pid = Some(pid);
+            manifest.save(&self.cfg.manifest_path())?;
+            router.wait_ready(pid).await?;
+        }
+        manifest.save(&self.cfg.manifest_path())
     }
 
     fn reconcile(&self, api_key: &str) -> ReconcileProcess {
@@ -397,6 +435,9 @@ impl Stack {
             }
             if manifest.reconcile_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
                 manifest.reconcile_pid = None;
+            }
+            if manifest.router_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
+                manifest.router_pid = None;
             }
             let _ = manifest.save(&self.cfg.manifest_path());
         }
@@ -481,7 +522,12 @@ impl Stack {
             Err(e) => return Err(e),
         };
         if let Some(manifest) = manifest {
-            // The reconcile service first: it calls the nodes.
+            // The router and the reconcile service first: they call the nodes.
+            if let Some(pid) = manifest.router_pid
+                && process::stop(pid, &self.router().marker(), Signal::SIGTERM, STOP_GRACE)
+            {
+                stopped.push(format!("router (pid {pid})"));
+            }
             if let Some(pid) = manifest.reconcile_pid {
                 let marker = self.reconcile("").marker();
                 if process::stop(pid, &marker, Signal::SIGTERM, STOP_GRACE) {
@@ -561,6 +607,20 @@ impl Stack {
 }
 
 impl Stack {
+    /// The router's health (its process alive and `/_router/healthz` answering): `None` when the
+    /// manifest records none.
+    pub async fn router_status(&self) -> Result<Option<(String, Option<u32>, bool)>> {
+        let Some(manifest) = Manifest::load(&self.cfg.manifest_path())? else { return Ok(None) };
+        let Some(url) = manifest.router_url.clone() else { return Ok(None) };
+        let alive = manifest.router_pid.is_some_and(|p| process::is_ours_and_alive(p, &self.router().marker()));
+        let port = self.cfg.router_port;
+        let answers = alive
+            && tokio::task::spawn_blocking(move || crate::node::http_status(port, "/_router/healthz") == Some(200))
+                .await
+                .unwrap_or(false);
+        Ok(Some((url, manifest.router_pid, answers)))
+    }
+
     /// The reconcile service's health: `None` when the manifest records none.
     pub async fn reconcile_status(&self) -> Result<Option<(String, Option<u32>, bool)>> {
         let Some(manifest) = Manifest::load(&self.cfg.manifest_path())? else { return Ok(None) };

@@ -35,7 +35,8 @@ impl Env {
                     && port_free(kafka_base + 10 * i + 1)
                     && port_free(http_base + i)
                     && port_free(http_base + 100 + i)
-            }) && port_free(http_base + 10);
+            }) && port_free(http_base + 10)
+                && port_free(http_base + 20);
             if all_free {
                 let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
                 return Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base };
@@ -161,11 +162,12 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     }
     assert_eq!(get_status(reconcile_url, "/api/cases", "rct_wrong"), 401);
     audit_verify_names_the_edited_entry(&env, &manifest);
+    the_router_sends_each_client_region_to_its_own_region(&env, &manifest);
 
     let status = env.run(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status: {text}");
-    assert_eq!(text.matches("healthy").count(), 9, "every region's four parts and reconcile: {text}");
+    assert_eq!(text.matches("healthy").count(), 10, "every region's four parts, the router and reconcile: {text}");
     assert!(!text.contains("UNHEALTHY"), "{text}");
 
     // One node killed and started again, by pid, while the rest keep running.
@@ -189,11 +191,12 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let after = read_manifest(&env);
     assert_eq!(after["regions"], manifest["regions"]);
     assert_eq!(after["reconcile_pid"], manifest["reconcile_pid"], "reconcile kept running");
+    assert_eq!(after["router_pid"], manifest["router_pid"], "the router kept running");
     assert_eq!(after["reconcile_users"], manifest["reconcile_users"], "the same staff, passwords and tokens");
 
     let down = env.run(&["down"]);
     assert!(down.status.success());
-    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 9);
+    assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 10);
     assert_eq!(env.our_processes(), Vec::<u32>::new(), "down leaves no process of ours");
     assert!(!env.run(&["status"]).status.success(), "status fails when nothing runs");
 }
@@ -338,4 +341,45 @@ fn a_region_lost_under_load_comes_back_with_every_acknowledged_transfer_once() {
     assert!(report["failed_attempts"].as_u64().unwrap() > 0, "the loss was felt: {report}");
     // After the restart every part of the lost region is healthy again.
     assert!(env.run(&["status"]).status.success());
+}
+
+/// `GET path` through the router as a client in `client_region`: the status and `Ledger-Region`.
+fn via_router(url: &str, path: &str, key: &str, client_region: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nX-Client-Region: {client_region}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply[9..12].parse().unwrap();
+    let region = reply
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("ledger-region: ").map(str::to_owned))
+        .unwrap_or_default();
+    (status, region)
+}
+
+/// The router `up` started sends each region's clients to that region, once it has seen each
+/// region pass a health check (within a second of starting).
+fn the_router_sends_each_client_region_to_its_own_region(env: &Env, manifest: &serde_json::Value) {
+    let url = manifest["router_url"].as_str().expect("router_url");
+    assert_eq!(url, format!("http://127.0.0.1:{}", env.http_base + 20));
+    assert!(manifest["router_pid"].as_u64().is_some_and(|p| env.our_processes().contains(&(p as u32))));
+    let key = manifest["api_key"].as_str().unwrap();
+    for region in ["us-east", "eu-west"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (status, serving) = via_router(url, "/v1/accounts/nobody", key, region);
+            if status == 404 && serving == region {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{region}: {status} from {serving:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
 }

@@ -18,7 +18,7 @@ struct ContainerRegion {
     pg_port: u16,
     kafka_port: u16,
     // Held so the containers live as long as the test process; dropped (removed) at exit.
-    _pg: Container<Postgres>,
+    pg: Container<Postgres>,
     kafka: Container<Kafka>,
 }
 
@@ -58,7 +58,7 @@ impl ContainerEngines {
                 .with_mapped_port(kafka_port, KAFKA_PORT)
                 .start()
                 .unwrap_or_else(|e| panic!("starting a Kafka container: {e}"));
-            self.regions.push(ContainerRegion { pg_port, kafka_port, _pg: pg, kafka });
+            self.regions.push(ContainerRegion { pg_port, kafka_port, pg, kafka });
         }
         self.regions.iter().take(names.len()).map(|r| (r.pg_port, format!("127.0.0.1:{}", r.kafka_port))).collect()
     }
@@ -83,6 +83,35 @@ impl ContainerEngines {
             false
         });
         assert!(answered, "the restarted Kafka container did not answer within 120 s");
+    }
+
+    pub(crate) fn stop_postgres(&mut self, index: usize) {
+        // The postgres image's stop signal is SIGINT: a fast shutdown, as locally.
+        self.regions[index].pg.stop().unwrap_or_else(|e| panic!("stopping PostgreSQL: {e}"));
+    }
+
+    pub(crate) fn start_postgres(&mut self, index: usize) {
+        let region = &self.regions[index];
+        region.pg.start().unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
+        let server = ledgerctl::postgres::PgServer {
+            bin_dir: Default::default(),
+            data_dir: Default::default(),
+            port: region.pg_port,
+            log: Default::default(),
+        };
+        let url = server.url("postgres");
+        let answered = on_private_runtime(async move {
+            use sqlx::Connection;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if sqlx::PgConnection::connect(&url).await.is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            false
+        });
+        assert!(answered, "the restarted PostgreSQL container did not accept a login within 60 s");
     }
 
     pub(crate) fn shutdown(self) {

@@ -208,6 +208,25 @@ impl Region {
         }
     }
 
+    /// Stops the region's PostgreSQL with a fast shutdown (sessions ended, nothing committed lost)
+    /// and waits until it is gone. Every test of the process using this region loses its
+    /// database until [`Region::start_postgres`]: keep such a test in a test binary of its own.
+    pub fn stop_postgres(&self) {
+        match lock().as_mut().expect("engines started") {
+            Engines::Local(e) => e.stop_postgres(self.index),
+            Engines::Containers(e) => e.stop_postgres(self.index),
+        }
+    }
+
+    /// Starts the region's PostgreSQL again on the same port and data, and waits until it accepts
+    /// a login.
+    pub fn start_postgres(&self) {
+        match lock().as_mut().expect("engines started") {
+            Engines::Local(e) => e.start_postgres(self.index),
+            Engines::Containers(e) => e.start_postgres(self.index),
+        }
+    }
+
     /// The pid of the region's Kafka broker, for local engines.
     pub fn kafka_pid(&self) -> Option<u32> {
         match lock().as_ref().expect("engines started") {

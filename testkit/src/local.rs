@@ -11,7 +11,8 @@ use std::process::Child;
 
 struct LocalRegion {
     pg: PgServer,
-    pg_child: Child,
+    /// `None` while a test has stopped it.
+    pg_child: Option<Child>,
     broker: KafkaBroker,
     kafka_child: Option<Child>,
 }
@@ -81,15 +82,22 @@ impl LocalEngines {
             broker.init(&self.jars).unwrap_or_else(|e| panic!("{e}"));
             let pg_child = pg.start(Lifetime::TiedToThisProcess).unwrap_or_else(|e| panic!("{e}"));
             let kafka_child = broker.start(&self.jars, Lifetime::TiedToThisProcess).unwrap_or_else(|e| panic!("{e}"));
-            self.regions.push(LocalRegion { pg, pg_child, broker, kafka_child: Some(kafka_child) });
+            self.regions.push(LocalRegion { pg, pg_child: Some(pg_child), broker, kafka_child: Some(kafka_child) });
         }
         let waits: Vec<_> = self.regions[first_new..]
             .iter()
-            .map(|r| (r.pg.clone(), r.pg_child.id(), r.broker.clone(), r.kafka_child.as_ref().map(Child::id)))
+            .map(|r| {
+                (
+                    r.pg.clone(),
+                    r.pg_child.as_ref().map(Child::id),
+                    r.broker.clone(),
+                    r.kafka_child.as_ref().map(Child::id),
+                )
+            })
             .collect();
         on_private_runtime(async move {
             for (pg, pg_pid, broker, kafka_pid) in waits {
-                let kafka_pid = kafka_pid.expect("just started");
+                let (pg_pid, kafka_pid) = (pg_pid.expect("just started"), kafka_pid.expect("just started"));
                 let (a, b) = tokio::join!(pg.wait_ready(pg_pid), broker.wait_ready(kafka_pid));
                 a.and(b).unwrap_or_else(|e| panic!("{e}"));
             }
@@ -113,25 +121,52 @@ impl LocalEngines {
         on_private_runtime(async move { broker.wait_ready(pid).await }).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Stops the region's PostgreSQL with a fast shutdown (SIGINT, as `ledgerctl stop postgres`
+    /// does: open sessions are ended, nothing committed is lost) and waits until it has exited.
+    pub(crate) fn stop_postgres(&mut self, index: usize) {
+        if let Some(mut child) = self.regions[index].pg_child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).is_err() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the region's PostgreSQL again on the same port and data, and waits until it accepts
+    /// a login.
+    pub(crate) fn start_postgres(&mut self, index: usize) {
+        self.stop_postgres(index);
+        let region = &mut self.regions[index];
+        let child = region.pg.start(Lifetime::TiedToThisProcess).unwrap_or_else(|e| panic!("{e}"));
+        let (pg, pid) = (region.pg.clone(), child.id());
+        region.pg_child = Some(child);
+        on_private_runtime(async move { pg.wait_ready(pid).await }).unwrap_or_else(|e| panic!("{e}"));
+    }
+
     pub(crate) fn kafka_pid(&self, index: usize) -> Option<u32> {
         self.regions[index].kafka_child.as_ref().map(Child::id)
     }
 
     pub(crate) fn postgres_pid(&self, index: usize) -> Option<u32> {
-        Some(self.regions[index].pg_child.id())
+        self.regions[index].pg_child.as_ref().map(Child::id)
     }
 
     /// SIGKILLs every engine and deletes the folder. Runs from the exit handler: no panics, no
     /// threads, nothing graceful (the data is throw-away).
     pub(crate) fn shutdown(mut self) {
         for region in &mut self.regions {
-            let _ = region.pg_child.kill();
+            if let Some(child) = region.pg_child.as_mut() {
+                let _ = child.kill();
+            }
             if let Some(child) = region.kafka_child.as_mut() {
                 let _ = child.kill();
             }
         }
         for region in &mut self.regions {
-            let _ = region.pg_child.wait();
+            if let Some(child) = region.pg_child.as_mut() {
+                let _ = child.wait();
+            }
             if let Some(child) = region.kafka_child.as_mut() {
                 let _ = child.wait();
             }
