@@ -300,8 +300,8 @@ pub async fn region_loss(
         );
     }
 
-    let log =
-        Arc::try_unwrap(log).map_err(|_| err("load still running"))?.into_inner().unwrap_or_else(|p| p.into_inner());
+    // The clients' observers share the log; the load is over, so what it holds is final.
+    let log = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
     // Recovery: every acknowledged transfer in every region.
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     let mut missing = 0u64;
