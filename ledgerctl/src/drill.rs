@@ -88,6 +88,12 @@ pub struct DrillReport {
     pub unexplained_entries: i64,
     /// Seconds from the region's restart until every region held every acknowledged transfer.
     pub converged_after_restart_s: f64,
+    /// Cross-region replication lag p99 before the kill, in the same run (stored in a region minus
+    /// accepted at its origin, over every region's events from the others), milliseconds: the
+    /// RPO target.
+    pub replication_lag_p99_ms: f64,
+    /// Whether the RPO (the oldest transfer at risk) stayed within that lag.
+    pub rpo_within_lag: bool,
     /// Every check held.
     pub ok: bool,
 }
@@ -191,6 +197,7 @@ pub async fn region_loss(
         }
     }
 
+    let load_started_wall = std::time::SystemTime::now();
     // The load: open loop, request i due at t0 + i / rate, round-robin over client regions.
     let total = args.before_s + args.outage_s + args.after_s;
     let stop_at = Instant::now() + Duration::from_secs(total);
@@ -245,6 +252,7 @@ pub async fn region_loss(
     tokio::time::sleep(Duration::from_secs(args.before_s)).await;
     // The loss: every part of the region, with SIGKILL.
     let killed_at = Instant::now();
+    let killed_at_wall = std::time::SystemTime::now();
     for component in [Component::Node, Component::Replicator, Component::Kafka, Component::Postgres] {
         stack.stop(component, Some(&args.region), true)?;
     }
@@ -354,6 +362,7 @@ pub async fn region_loss(
             }
         }
     }
+    let lag = replication_lag_p99_ms(&manifest, load_started_wall, killed_at_wall).await?;
     let rto_ms = log
         .failed_attempts
         .iter()
@@ -378,12 +387,46 @@ pub async fn region_loss(
         missing_after_recovery: missing,
         unexplained_entries: unexplained,
         converged_after_restart_s,
+        replication_lag_p99_ms: lag,
+        rpo_within_lag: rpo_ms as f64 <= lag,
         ok: missing == 0 && unexplained == 0,
     };
     let out = args.out.clone().unwrap_or_else(|| manifest_path.with_file_name("drill-region-loss.json"));
     std::fs::write(&out, serde_json::to_string_pretty(&report).expect("a report serializes") + "\n")
         .map_err(StackError::io(&out))?;
     Ok(report)
+}
+
+/// The cross-region lag p99 of the events accepted between `from` and `to`, over every region.
+async fn replication_lag_p99_ms(
+    manifest: &Manifest,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+) -> Result<f64, StackError> {
+    use sqlx::Connection;
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let mut lags: Vec<f64> = Vec::new();
+    for r in &manifest.regions {
+        let pg = |e: sqlx::Error| err(format!("{}: {e}", r.postgres_url));
+        let mut conn = sqlx::PgConnection::connect(&r.postgres_url).await.map_err(pg)?;
+        let rows: Vec<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM stored_at - occurred_at)::float8 * 1000 FROM ledger_events
+             WHERE origin_region <> $1 AND occurred_at >= to_timestamp($2) AND occurred_at < to_timestamp($3)",
+        )
+        .bind(&r.name)
+        .bind(unix(from))
+        .bind(unix(to))
+        .fetch_all(&mut conn)
+        .await
+        .map_err(pg)?;
+        lags.extend(rows);
+        let _ = conn.close().await;
+    }
+    if lags.is_empty() {
+        return Ok(0.0);
+    }
+    lags.sort_by(f64::total_cmp);
+    Ok(lags[((lags.len() as f64 * 0.99).ceil() as usize).saturating_sub(1).min(lags.len() - 1)])
 }
 
 /// Prints the report.
@@ -393,8 +436,8 @@ pub fn print(r: &DrillReport) {
         r.region, r.requests, r.rate, r.acknowledged, r.acknowledged_on_resend, r.failed_attempts, r.replays
     );
     println!(
-        "RTO {} ms (kill to last failed attempt); RPO {} transfers, oldest {} ms (acknowledged by {} only at the kill)",
-        r.rto_ms, r.rpo_transfers, r.rpo_ms, r.region
+        "RTO {} ms (kill to last failed attempt); RPO {} transfers, oldest {} ms (acknowledged by {} only at the kill); replication lag p99 {:.0} ms before the kill",
+        r.rto_ms, r.rpo_transfers, r.rpo_ms, r.region, r.replication_lag_p99_ms
     );
     println!(
         "after recovery ({:.1} s after restart): {} missing, {} duplicate executions (named by duplicate-intent conflicts), {} unexplained entries: {}",
