@@ -53,6 +53,11 @@ pub struct DrillArgs {
     /// Where the JSON report goes (default: `drill-region-loss.json` next to the manifest).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Clients carry `Ledger-Session` tokens. A client whose latest writes live only in the lost
+    /// region then waits for it (a region never answers a session back in time), so its error
+    /// window is the outage, not the failover.
+    #[arg(long)]
+    pub sessions: bool,
 }
 
 /// What the drill measured and found.
@@ -62,6 +67,8 @@ pub struct DrillReport {
     pub region: String,
     /// Target rate.
     pub rate: u32,
+    /// Clients carried session tokens.
+    pub sessions: bool,
     /// Transfers sent.
     pub requests: u64,
     /// Acknowledged during the load (before the final resend).
@@ -169,6 +176,7 @@ pub async fn region_loss(
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(1_000),
             on_attempt: Some(observer),
+            carry_session: args.sessions,
             ..ClientConfig::new(vec![router.clone()], key.clone())
         };
         let client = Arc::new(Client::new(cfg).map_err(|e| err(e.to_string()))?);
@@ -374,6 +382,7 @@ pub async fn region_loss(
     let report = DrillReport {
         region: args.region.clone(),
         rate: args.rate,
+        sessions: args.sessions,
         requests,
         acknowledged: log.acks.len() as u64 - acknowledged_on_resend,
         acknowledged_on_resend,
