@@ -347,7 +347,8 @@ pub async fn region_loss(
         let mut extra: BTreeMap<String, i64> = BTreeMap::new();
         for c in conflicts["conflicts"].as_array().into_iter().flatten() {
             for e in c["events"].as_array().into_iter().flatten().skip(1) {
-                if let Some(to) = e["transfer"]["to"].as_str() {
+                // Only this run's accounts: a stack keeps the conflicts of earlier drills.
+                if let Some(to) = e["transfer"]["to"].as_str().filter(|to| expected.contains_key(*to)) {
                     *extra.entry(to.to_owned()).or_default() += 1;
                 }
             }
@@ -370,7 +371,7 @@ pub async fn region_loss(
             }
         }
     }
-    let lag = replication_lag_p99_ms(&manifest, load_started_wall, killed_at_wall).await?;
+    let lag = replication_lag_p99_ms(&manifest, &args.region, load_started_wall, killed_at_wall).await?;
     let rto_ms = log
         .failed_attempts
         .iter()
@@ -406,25 +407,29 @@ pub async fn region_loss(
     Ok(report)
 }
 
-/// The cross-region lag p99 of the events accepted between `from` and `to`, over every region.
+/// The cross-region lag p99 of the events accepted between `from` and `to`, between the regions
+/// other than `lost` (its own events waited for its return, which is the RPO, not the lag).
 async fn replication_lag_p99_ms(
     manifest: &Manifest,
+    lost: &str,
     from: std::time::SystemTime,
     to: std::time::SystemTime,
 ) -> Result<f64, StackError> {
     use sqlx::Connection;
     let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let mut lags: Vec<f64> = Vec::new();
-    for r in &manifest.regions {
+    for r in manifest.regions.iter().filter(|r| r.name != lost) {
         let pg = |e: sqlx::Error| err(format!("{}: {e}", r.postgres_url));
         let mut conn = sqlx::PgConnection::connect(&r.postgres_url).await.map_err(pg)?;
         let rows: Vec<f64> = sqlx::query_scalar(
             "SELECT extract(epoch FROM stored_at - occurred_at)::float8 * 1000 FROM ledger_events
-             WHERE origin_region <> $1 AND occurred_at >= to_timestamp($2) AND occurred_at < to_timestamp($3)",
+             WHERE origin_region <> $1 AND origin_region <> $4 AND occurred_at >= to_timestamp($2)
+               AND occurred_at < to_timestamp($3)",
         )
         .bind(&r.name)
         .bind(unix(from))
         .bind(unix(to))
+        .bind(lost)
         .fetch_all(&mut conn)
         .await
         .map_err(pg)?;
