@@ -129,23 +129,12 @@ pub async fn execute(pool: &PgPool, regions: &Regions, w: &Work) -> Result<Progr
         }
     }
     let mut confirmed = Vec::new();
+    let filter = format!("account={}&status=resolved", crate::intake::encode(&w.account));
     for endpoint in &regions.endpoints {
-        let path = format!("/v1/conflicts?account={}&status=resolved&limit=1000", crate::intake::encode(&w.account));
-        match regions.get(endpoint, &path).await {
-            Answer::Ok(_, body)
-                if body["conflicts"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(|c| c["conflict_id"] == json!(w.case_id))) =>
-            {
-                confirmed.push(endpoint.name.clone());
-            }
-            other => {
-                return Ok(Progress::Pending(format!(
-                    "{} does not list the conflict resolved: {other:?}",
-                    endpoint.name
-                )));
-            }
+        if crate::intake::find_conflict(regions, endpoint, w.case_id, &filter).await.is_none() {
+            return Ok(Progress::Pending(format!("{} does not list the conflict resolved yet", endpoint.name)));
         }
+        confirmed.push(endpoint.name.clone());
     }
     store::resolved(pool, &w, &confirmed).await?;
     Ok(Progress::Resolved)

@@ -4,6 +4,7 @@
 //! topic's retention dropped, or a service started late), and enrichment: the transfers each case
 //! names, fetched from a region that saw it.
 
+use crate::config::RegionEndpoint;
 use crate::regions::{Answer, Regions};
 use crate::store::{self, Detected};
 use rdkafka::Message;
@@ -149,12 +150,17 @@ pub async fn backfill_once(pool: &PgPool, regions: &Regions, page: u32) -> Resul
     Ok(stored)
 }
 
-/// Finds a conflict's full record in a region (an episode's members are listed only there).
-async fn lookup(regions: &Regions, region: &str, id: uuid::Uuid, kind: &str, account: &str) -> Option<Value> {
-    let endpoint = regions.endpoint(region)?;
+/// Finds a conflict's full record in a region (an episode's members are listed only there),
+/// paging through `GET /v1/conflicts?<filter>`: an account's conflicts can fill many pages.
+pub async fn find_conflict(
+    regions: &Regions,
+    endpoint: &RegionEndpoint,
+    id: uuid::Uuid,
+    filter: &str,
+) -> Option<Value> {
     let mut after = 0i64;
     for _ in 0..LOOKUP_PAGES_MAX {
-        let path = format!("/v1/conflicts?kind={kind}&account={}&after={after}&limit=1000", encode(account));
+        let path = format!("/v1/conflicts?{filter}&after={after}&limit=1000");
         let Answer::Ok(_, body) = regions.get(endpoint, &path).await else { return None };
         if let Some(found) = body["conflicts"].as_array()?.iter().find(|c| c["conflict_id"] == json!(id)) {
             return Some(found.clone());
@@ -162,6 +168,11 @@ async fn lookup(regions: &Regions, region: &str, id: uuid::Uuid, kind: &str, acc
         after = body["next"].as_str()?.parse().ok()?;
     }
     None
+}
+
+async fn lookup(regions: &Regions, region: &str, id: uuid::Uuid, kind: &str, account: &str) -> Option<Value> {
+    let endpoint = regions.endpoint(region)?;
+    find_conflict(regions, endpoint, id, &format!("kind={kind}&account={}", encode(account))).await
 }
 
 /// Percent-encodes a query value.

@@ -525,3 +525,30 @@ async fn bad_input_on_every_form_and_endpoint_is_a_clear_error_that_changes_noth
     assert!(r.text().await.unwrap().contains("unknown state"));
     s.running.stop().await;
 }
+
+/// The queue pages with a cursor: 120 cases in pages of 50 come back once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_pages_with_a_cursor_past_its_page_size() {
+    let s = service().await;
+    let mut filed = Vec::new();
+    for _ in 0..120 {
+        filed.push(open_case(&s.pool).await.to_string());
+    }
+    let viewer = s.staff.token("viewer").to_owned();
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), String::new(), Vec::new());
+    loop {
+        let r = s.http.get(format!("{}/api/cases?limit=50{cursor}", s.base)).bearer_auth(&viewer).send().await.unwrap();
+        let body: Value = r.json().await.unwrap();
+        let page: Vec<String> =
+            body["cases"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+        pages.push(page.len());
+        seen.extend(page);
+        match body["next"].as_str() {
+            Some(n) => cursor = format!("&cursor={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![50, 50, 20]);
+    assert_eq!(seen, filed, "every case once, in filing order");
+    s.running.stop().await;
+}
