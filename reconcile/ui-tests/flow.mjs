@@ -28,12 +28,21 @@ function check(condition, what) {
 async function logIn(page, username, password) {
   await page.goto(`${base}/cases`);
   check(page.url().endsWith('/login'), `logged out, /cases sends to the login page (at ${page.url()})`);
-  // Keyboard only: the username field has the focus; Tab to the password; Enter submits.
+  // Keyboard only: the username field has the focus (autofocus); Tab to the password; Enter
+  // submits. Chromium applies autofocus in a rendering step after `load`, so wait for it rather
+  // than type into nothing (CI once lost the approver's username that way).
+  await page.waitForFunction(() => document.activeElement && document.activeElement.name === 'username',
+                             null, { timeout: 10000 });
   await page.keyboard.type(username);
   await page.keyboard.press('Tab');
   await page.keyboard.type(password);
   await page.keyboard.press('Enter');
-  await page.waitForURL(`${base}/cases`);
+  try {
+    await page.waitForURL(`${base}/cases`);
+  } catch (e) {
+    const shown = await page.locator('#error').textContent({ timeout: 1000 }).catch(() => '(no error shown)');
+    throw new Error(`${username} did not get past the login page (it says: ${shown}): ${e.message}`);
+  }
 }
 
 try {
