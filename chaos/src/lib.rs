@@ -1,9 +1,9 @@
 //! The chaos suite: drives load against an environment described by `.devstack/env.json` (the local
-//! stack) or by the `terraform/` outputs, injects faults (process kills, broker restarts, network
-//! partitions through toxiproxy), and checks the ledger's invariants afterwards: no acknowledged
-//! transfer lost, none applied twice, no overdraft, every region converged.
-//!
-//! Filled by a later issue; it reads environments through the launcher's manifest type so that the
-//! local stack and a terraform-built one are described the same way.
+//! stack) or by a Terraform environment's outputs, injects faults (process kills, broker restarts,
+//! network faults through Toxiproxy), and checks the ledger's invariants afterwards: no
+//! acknowledged transfer lost, none applied twice, nothing refused applied, every region
+//! converged. `sim` checks the same replication rules in a deterministic simulation.
+
+pub mod history;
 
 pub use ledgerctl::manifest::Manifest;
