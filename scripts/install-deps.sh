@@ -63,3 +63,22 @@ if ! .cache/schemathesis/bin/schemathesis --version 2>/dev/null | grep -qx "sche
   python3 -m venv .cache/schemathesis
   .cache/schemathesis/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >/dev/null
 fi
+
+# Toxiproxy for the chaos suite's network faults between regions (Go module proxy; Go is on the
+# machine), built once into .cache/toxiproxy/bin.
+TOXIPROXY_VERSION=v2.5.0
+# `go install` of a module does not stamp a version into the binary, hence the stamp file.
+if [ "$(cat .cache/toxiproxy/bin/VERSION 2>/dev/null)" != "$TOXIPROXY_VERSION" ] \
+   || [ ! -x .cache/toxiproxy/bin/toxiproxy-server ]; then
+  command -v go >/dev/null || { echo "install-deps: Go is needed to build Toxiproxy" >&2; exit 1; }
+  echo "install-deps: building toxiproxy $TOXIPROXY_VERSION" >&2
+  rm -rf .cache/toxiproxy/build
+  mkdir -p .cache/toxiproxy/build .cache/toxiproxy/bin
+  GOBIN="$PWD/.cache/toxiproxy/build" GOFLAGS=-buildvcs=false \
+    go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" \
+               "github.com/Shopify/toxiproxy/v2/cmd/cli@$TOXIPROXY_VERSION"
+  mv .cache/toxiproxy/build/server .cache/toxiproxy/bin/toxiproxy-server
+  mv .cache/toxiproxy/build/cli .cache/toxiproxy/bin/toxiproxy-cli
+  rm -rf .cache/toxiproxy/build
+  echo "$TOXIPROXY_VERSION" > .cache/toxiproxy/bin/VERSION
+fi

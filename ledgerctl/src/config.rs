@@ -72,6 +72,11 @@ pub struct StackConfig {
     pub router_bin: PathBuf,
     /// The router's HTTP port (the first region's HTTP port + 20 by default).
     pub router_port: u16,
+    /// `toxiproxy-server`: when set, every cross-region Kafka link passes through a proxy of its
+    /// own (see [`crate::toxiproxy`]), for the chaos suite.
+    pub toxiproxy_bin: Option<PathBuf>,
+    /// The proxy's API port (the first region's HTTP port + 30 by default).
+    pub toxiproxy_port: u16,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -81,6 +86,11 @@ pub fn repo_root() -> PathBuf {
     }
     // This crate lives one level below the root; the binary is always built from the repository.
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Where `scripts/install-deps.sh` builds `toxiproxy-server`.
+pub fn default_toxiproxy_bin() -> PathBuf {
+    repo_root().join(".cache").join("toxiproxy").join("bin").join("toxiproxy-server")
 }
 
 impl StackConfig {
@@ -137,7 +147,25 @@ impl StackConfig {
             router_port: http_port_base
                 .checked_add(ROUTER_PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
+            toxiproxy_bin: None,
+            toxiproxy_port: http_port_base
+                .checked_add(crate::toxiproxy::API_PORT_OFFSET)
+                .ok_or_else(|| StackError::Config("http port base too high".into()))?,
         })
+    }
+
+    /// The configuration of a running stack, from its manifest: its regions and port bases, its
+    /// state folder, and Toxiproxy if it was started with it. Binaries are the defaults.
+    pub fn from_manifest(manifest: &crate::manifest::Manifest) -> Result<Self> {
+        let first =
+            manifest.regions.first().ok_or_else(|| StackError::Config("the manifest names no region".into()))?;
+        let names: Vec<String> = manifest.regions.iter().map(|r| r.name.clone()).collect();
+        let mut cfg =
+            Self::new(&names, first.postgres_port, first.kafka_port, first.http_port, manifest.state_dir.clone())?;
+        if manifest.toxiproxy_url.is_some() {
+            cfg.toxiproxy_bin = Some(default_toxiproxy_bin());
+        }
+        Ok(cfg)
     }
 
     /// The default three regions on the default ports, state in `<repo>/.devstack`.

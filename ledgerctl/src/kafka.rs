@@ -122,6 +122,9 @@ pub struct KafkaBroker {
     pub java: PathBuf,
     /// Broker output (stdout/stderr); the broker's own logs go to `dir/logs`.
     pub log: PathBuf,
+    /// Extra listeners for readers in other regions: (name, bind port, advertised port); see
+    /// [`crate::toxiproxy`].
+    pub peers: Vec<(String, u16, u16)>,
 }
 
 impl KafkaBroker {
@@ -145,6 +148,12 @@ impl KafkaBroker {
 
     fn server_properties(&self) -> String {
         let (port, cport) = (self.port, self.controller_port);
+        let (mut listeners, mut advertised, mut protocols) = (String::new(), String::new(), String::new());
+        for (name, bind, adv) in &self.peers {
+            listeners.push_str(&format!(",{name}://127.0.0.1:{bind}"));
+            advertised.push_str(&format!(",{name}://127.0.0.1:{adv}"));
+            protocols.push_str(&format!(",{name}:PLAINTEXT"));
+        }
         let data = self.data_dir();
         let data = data.display();
         format!(
@@ -152,11 +161,11 @@ impl KafkaBroker {
              process.roles=broker,controller\n\
              node.id=1\n\
              controller.quorum.voters=1@127.0.0.1:{cport}\n\
-             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}{listeners}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}\n\
              controller.listener.names=CONTROLLER\n\
              inter.broker.listener.name=PLAINTEXT\n\
-             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}\n\
              log.dirs={data}\n\
              # Topics are created by the launcher with their intended settings, never by accident.\n\
              auto.create.topics.enable=false\n\

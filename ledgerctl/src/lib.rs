@@ -21,6 +21,7 @@ pub mod process;
 pub mod reconcile;
 pub mod router;
 pub mod stack;
+pub mod toxiproxy;
 
 pub use config::{RegionSpec, StackConfig};
 pub use error::StackError;

@@ -1,6 +1,7 @@
 //! `ledgerctl`: brings the local multi-region ledger up and down and reports its health.
 
 use clap::{Args, Parser, Subcommand};
+use ledgerctl::Manifest;
 use ledgerctl::config::{self, StackConfig};
 use ledgerctl::stack::{Component, Stack};
 use std::path::PathBuf;
@@ -64,6 +65,13 @@ struct Opts {
     /// The router binary (default: next to ledgerctl).
     #[arg(long, env = "LEDGER_ROUTER_BIN", global = true)]
     router_bin: Option<PathBuf>,
+    /// Route every cross-region Kafka link through Toxiproxy (for the chaos suite).
+    #[arg(long, global = true)]
+    toxiproxy: bool,
+    /// toxiproxy-server (default: .cache/toxiproxy/bin/toxiproxy-server, built by
+    /// scripts/install-deps.sh).
+    #[arg(long, env = "LEDGER_TOXIPROXY_BIN", global = true)]
+    toxiproxy_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +167,12 @@ impl Opts {
         if let Some(bin) = &self.router_bin {
             cfg.router_bin = bin.clone();
         }
+        // A stack started with Toxiproxy keeps it for every later command (a replicator restarted
+        // by `start` must read through its proxies again).
+        let proxied = Manifest::load(&cfg.manifest_path()).ok().flatten().is_some_and(|m| m.toxiproxy_url.is_some());
+        if self.toxiproxy || self.toxiproxy_bin.is_some() || proxied {
+            cfg.toxiproxy_bin = Some(self.toxiproxy_bin.clone().unwrap_or_else(config::default_toxiproxy_bin));
+        }
         Ok(cfg)
     }
 }
@@ -193,6 +207,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(url) = &manifest.router_url {
                 println!("router     {url}  (nearest healthy region; X-Client-Region to choose where you are)");
+            }
+            if let Some(url) = &manifest.toxiproxy_url {
+                println!("toxiproxy  {url}  ({} cross-region Kafka links)", manifest.links.len());
             }
             if let Some(url) = &manifest.reconcile_url {
                 let staff: Vec<String> =

@@ -34,6 +34,15 @@ pub struct Manifest {
     /// The router's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_pid: Option<u32>,
+    /// Toxiproxy's API, when the cross-region links pass through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toxiproxy_url: Option<String>,
+    /// Toxiproxy's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toxiproxy_pid: Option<u32>,
+    /// The proxied cross-region links (empty without Toxiproxy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<crate::toxiproxy::Link>,
 }
 
 /// A development staff member of the reconcile service.

@@ -13,6 +13,7 @@ use crate::postgres::{self, PgServer};
 use crate::process::{self, Lifetime};
 use crate::reconcile::ReconcileProcess;
 use crate::router::RouterProcess;
+use crate::toxiproxy::ToxiproxyProcess;
 use ledger_core::RegionId;
 use nix::sys::signal::Signal;
 use std::time::Duration;
@@ -123,7 +124,32 @@ impl Stack {
             heap_mb: self.cfg.kafka_heap_mb,
             java: self.cfg.java.clone(),
             log: dir.join("kafka.out"),
+            peers: match self.cfg.toxiproxy_bin {
+                Some(_) => (0..self.cfg.regions.len())
+                    .filter(|j| self.cfg.regions[*j].name != region.name)
+                    .map(|j| crate::toxiproxy::peer_listener(region, j))
+                    .collect(),
+                None => Vec::new(),
+            },
         }
+    }
+
+    /// The proxied link of `kind` from `source` into `target`, when Toxiproxy is configured.
+    fn proxied_link(&self, kind: &str, source: &RegionSpec, target: &RegionSpec) -> Option<crate::toxiproxy::Link> {
+        self.cfg.toxiproxy_bin.as_ref()?;
+        let links = crate::toxiproxy::links(&self.cfg.regions).ok()?;
+        crate::toxiproxy::link(&links, kind, source.name.as_str(), target.name.as_str()).cloned()
+    }
+
+    /// Toxiproxy, when configured.
+    fn toxiproxy(&self) -> Result<Option<ToxiproxyProcess>> {
+        let Some(bin) = &self.cfg.toxiproxy_bin else { return Ok(None) };
+        Ok(Some(ToxiproxyProcess {
+            bin: bin.clone(),
+            dir: self.cfg.state_dir.join("toxiproxy"),
+            port: self.cfg.toxiproxy_port,
+            links: crate::toxiproxy::links(&self.cfg.regions)?,
+        }))
     }
 
     fn node(&self, region: &RegionSpec, api_key: &str) -> NodeProcess {
@@ -136,12 +162,17 @@ impl Stack {
             kafka_bootstrap: self.kafka(region).bootstrap(),
             api_key: api_key.to_owned(),
             peers: self.cfg.regions.iter().filter(|r| r.name != region.name).map(|r| r.name.to_string()).collect(),
+            // Through the link's proxy when there is one, as replication is.
             peer_urls: self
                 .cfg
                 .regions
                 .iter()
                 .filter(|r| r.name != region.name)
-                .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port)))
+                .map(|r| {
+                    let proxied = self.proxied_link("http", r, region);
+                    let addr = proxied.map(|l| l.listen).unwrap_or_else(|| format!("127.0.0.1:{}", r.http_port));
+                    (r.name.to_string(), format!("http://{addr}"))
+                })
                 .collect(),
             replication_key: format!("{api_key}_replication"),
             reconcile_key: reconcile_key(api_key),
@@ -158,7 +189,16 @@ impl Stack {
             bin: self.cfg.replicator_bin.clone(),
             region: region.name.to_string(),
             bootstrap: self.kafka(region).bootstrap(),
-            sources: self.cfg.regions.iter().map(|r| (r.name.to_string(), self.kafka(r).bootstrap())).collect(),
+            // Other regions' brokers through their link's proxy when there is one.
+            sources: self
+                .cfg
+                .regions
+                .iter()
+                .map(|r| {
+                    let proxied = self.proxied_link("kafka", r, region);
+                    (r.name.to_string(), proxied.map(|l| l.listen).unwrap_or_else(|| self.kafka(r).bootstrap()))
+                })
+                .collect(),
             metrics_port: replicator_port(region),
             log: dir.join("replicator.log"),
             dir,
@@ -272,6 +312,24 @@ impl Stack {
         if manifest.router_pid.filter(|p| process::is_ours_and_alive(*p, &router.marker())).is_none() {
             process::ensure_port_free(router.port, "the router")?;
         }
+        let toxiproxy = self.toxiproxy()?;
+        if let Some(t) = &toxiproxy {
+            ToxiproxyProcess::check_binary(&t.bin)?;
+            if manifest.toxiproxy_pid.filter(|p| process::is_ours_and_alive(*p, &t.marker())).is_none() {
+                process::ensure_port_free(t.port, "toxiproxy")?;
+                for link in &t.links {
+                    let port = link.listen.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    process::ensure_port_free(port, &format!("the proxy {}", link.name))?;
+                }
+            }
+            for (region, pids) in cfg.regions.iter().zip(&running) {
+                if pids.kafka.is_none() {
+                    for (_, bind, _) in self.kafka(region).peers {
+                        process::ensure_port_free(bind, &format!("a peer listener of {}'s Kafka", region.name))?;
+                    }
+                }
+            }
+        }
         for (region, pids) in cfg.regions.iter().zip(&running) {
             let dir = cfg.region_dir(&region.name);
             std::fs::create_dir_all(&dir).map_err(StackError::io(&dir))?;
@@ -283,6 +341,10 @@ impl Stack {
             }
         }
         manifest.regions.retain(|r| cfg.regions.iter().any(|s| s.name.as_str() == r.name));
+
+        if let Some(t) = &toxiproxy {
+            self.up_toxiproxy(t, &mut manifest, started).await?;
+        }
 
         // 2. Engines first, then nodes: start what is not running, record each pid at once, wait.
         let phases = [&[Component::Postgres, Component::Kafka][..], &[Component::Node, Component::Replicator][..]];
@@ -377,6 +439,26 @@ impl Stack {
         }
     }
 
+    /// Toxiproxy, before the replicators that connect through it (kept if running).
+    async fn up_toxiproxy(
+        &self,
+        t: &ToxiproxyProcess,
+        manifest: &mut Manifest,
+        started: &mut Vec<Started>,
+    ) -> Result<()> {
+        manifest.toxiproxy_url = Some(t.url());
+        manifest.links = t.links.clone();
+        let marker = t.marker();
+        if manifest.toxiproxy_pid.filter(|p| process::is_ours_and_alive(*p, &marker)).is_none() {
+            let pid = t.start(Lifetime::Detached)?.id();
+            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            manifest.toxiproxy_pid = Some(pid);
+            manifest.save(&self.cfg.manifest_path())?;
+            t.wait_ready(pid).await?;
+        }
+        manifest.save(&self.cfg.manifest_path())
+    }
+
     /// The reconcile service: its database on the first region's instance, its development staff,
     /// its process (kept if running).
     async fn up_reconcile(&self, manifest: &mut Manifest, started: &mut Vec<Started>, api_key: &str) -> Result<()> {
@@ -438,6 +520,9 @@ impl Stack {
             }
             if manifest.router_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
                 manifest.router_pid = None;
+            }
+            if manifest.toxiproxy_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
+                manifest.toxiproxy_pid = None;
             }
             let _ = manifest.save(&self.cfg.manifest_path());
         }
@@ -533,6 +618,13 @@ impl Stack {
                 if process::stop(pid, &marker, Signal::SIGTERM, STOP_GRACE) {
                     stopped.push(format!("reconcile (pid {pid})"));
                 }
+            }
+            // Toxiproxy's marker is its proxy file in the state folder, whatever binary ran it.
+            let toxiproxy_marker = self.cfg.state_dir.join("toxiproxy").join("toxiproxy.json").display().to_string();
+            if let Some(pid) = manifest.toxiproxy_pid
+                && process::stop(pid, &toxiproxy_marker, Signal::SIGTERM, STOP_GRACE)
+            {
+                stopped.push(format!("toxiproxy (pid {pid})"));
             }
             let phases = [&[Component::Replicator, Component::Node][..], &[Component::Kafka, Component::Postgres][..]];
             for phase in phases {

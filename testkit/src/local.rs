@@ -71,6 +71,7 @@ impl LocalEngines {
                 log: region_dir.join("postgres.log"),
             };
             let broker = KafkaBroker {
+                peers: Vec::new(),
                 dir: region_dir.join("kafka"),
                 port: free_port(),
                 controller_port: free_port(),
