@@ -6,5 +6,6 @@
 
 pub mod checker;
 pub mod history;
+pub mod report;
 
 pub use ledgerctl::manifest::Manifest;

@@ -5,6 +5,7 @@ use chaos::checker::{self, Verdict};
 use chaos::history::{
     AccountDef, AccountObs, ConflictObs, FaultWindow, History, Observed, Op, Outcome, RegionState, TransferObs,
 };
+use chaos::report;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -438,4 +439,40 @@ fn counts_go_on_past_the_listing_cap() {
     for rule in checker::RULES {
         assert!(v.violations.iter().filter(|x| x.rule == rule).count() <= checker::MAX_LISTED_PER_RULE);
     }
+}
+
+#[test]
+fn the_report_shows_the_verdict_and_the_timeline_and_loads_back() {
+    let mut run = Run::new();
+    // Markup in the run's own text must come out as text.
+    run.history.faults[0].target = "eu-west<script>".into();
+    run.observed.regions[1].pending_events = 2;
+    let v = run.check();
+    let dir = tempfile::tempdir().unwrap();
+    report::write(dir.path(), &run.history, &run.observed, &v).unwrap();
+
+    let html = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+    assert!(html.contains(&report::escape(&v.to_string())), "the verdict line");
+    assert!(html.contains("<svg"));
+    assert_eq!(html.matches("class=\"fault\"").count(), run.history.faults.len());
+    assert!(html.contains("kill-node eu-west&lt;script&gt;"));
+    assert!(!html.contains("<script"));
+    assert!(html.contains("divergence"));
+
+    let line = std::fs::read_to_string(dir.path().join("verdict.txt")).unwrap();
+    assert_eq!(line, format!("{v}\n"));
+    let back: Verdict = serde_json::from_slice(&std::fs::read(dir.path().join("verdict.json")).unwrap()).unwrap();
+    assert_eq!(back, v);
+
+    let (history, observed) = report::load(dir.path()).unwrap();
+    assert_eq!(history, run.history);
+    assert_eq!(observed, run.observed);
+    assert_eq!(checker::check(&history, &observed), v);
+}
+
+#[test]
+fn loading_a_directory_without_a_run_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = report::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("history.json"), "{err}");
 }
