@@ -4,6 +4,8 @@
 //! acknowledged transfer lost, none applied twice, nothing refused applied, every region
 //! converged. `sim` checks the same replication rules in a deterministic simulation.
 
+pub mod checker;
 pub mod history;
+pub mod report;
 
 pub use ledgerctl::manifest::Manifest;
