@@ -36,10 +36,22 @@ pub fn spawn(mut cmd: Command, lifetime: Lifetime, what: &str) -> Result<Child> 
     match lifetime {
         Lifetime::Detached => {
             detach(&mut cmd);
-            cmd.spawn().map_err(|e| spawn_error(what, e))
+            let child = cmd.spawn().map_err(|e| spawn_error(what, e))?;
+            reap_when_it_exits(child.id());
+            Ok(child)
         }
         Lifetime::TiedToThisProcess => spawn_tied(cmd, what),
     }
+}
+
+/// A detached child of a long-lived launcher (the chaos suite, a drill) that is killed stays a
+/// zombie until its parent waits for it, and PostgreSQL refuses to start while the pid in its lock
+/// file exists, zombie or not ("Is another postmaster running?"). Callers keep only the pid, so a
+/// thread waits for it instead; when the launcher exits first, init adopts and reaps it.
+fn reap_when_it_exits(pid: u32) {
+    let _ = std::thread::Builder::new().name(format!("reap-{pid}")).spawn(move || {
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+    });
 }
 
 fn spawn_error(what: &str, source: std::io::Error) -> StackError {

@@ -545,17 +545,22 @@ impl Stack {
 
     /// Stops `component` in `region` (every region when `None`), cleanly or with SIGKILL.
     pub fn stop(&self, component: Component, region: Option<&str>, kill: bool) -> Result<Vec<String>> {
+        self.stop_with(component, region, if kill { Signal::SIGKILL } else { component.stop_signal() })
+    }
+
+    /// Stops `component` in `region` (every region when `None`) with `signal` (the chaos suite's
+    /// PostgreSQL immediate stop is SIGQUIT), SIGKILL after a grace period.
+    pub fn stop_with(&self, component: Component, region: Option<&str>, signal: Signal) -> Result<Vec<String>> {
         let mut manifest = self.load()?;
         let names: Vec<String> = self.select(&manifest, region)?.iter().map(|r| r.name.clone()).collect();
         let mut stopped = Vec::new();
         for entry in manifest.regions.iter_mut().filter(|r| names.contains(&r.name)) {
             let spec = spec_of(entry)?;
             let marker = self.marker(&spec, component);
-            if let Some(pid) = component.pid(&mut entry.pids).take() {
-                let signal = if kill { Signal::SIGKILL } else { component.stop_signal() };
-                if process::stop(pid, &marker, signal, STOP_GRACE) {
-                    stopped.push(format!("{} {} (pid {pid})", entry.name, component.name()));
-                }
+            if let Some(pid) = component.pid(&mut entry.pids).take()
+                && process::stop(pid, &marker, signal, STOP_GRACE)
+            {
+                stopped.push(format!("{} {} (pid {pid})", entry.name, component.name()));
             }
         }
         manifest.save(&self.cfg.manifest_path())?;
