@@ -9,8 +9,10 @@ verb="${1:?usage: scripts/local-env.sh up|down [ledgerctl flags]}"
 shift
 case "$verb" in
   up)
-    . scripts/install-deps.sh
-    cargo build -q --workspace --bins
+    if [ "${LEDGER_ENV_BUILD:-1}" = 1 ]; then
+      . scripts/install-deps.sh
+      cargo build -q --workspace --bins
+    fi
     exec ./target/debug/ledgerctl "$@" up --toxiproxy
     ;;
   down)

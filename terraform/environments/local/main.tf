@@ -35,6 +35,18 @@ variable "http_port_base" {
   default     = 28080
 }
 
+variable "repo_dir" {
+  description = "The repository whose binaries and scripts run the stack (default: the one holding this module)."
+  type        = string
+  default     = null
+}
+
+variable "build" {
+  description = "Build the binaries before starting (a test harness that already built them, and holds cargo's lock, says false)."
+  type        = bool
+  default     = true
+}
+
 variable "state_dir" {
   description = "Where the environment keeps data, logs and env.json (default: .state/terraform-local in the repository)."
   type        = string
@@ -42,7 +54,7 @@ variable "state_dir" {
 }
 
 locals {
-  repo      = abspath("${path.module}/../../..")
+  repo      = coalesce(var.repo_dir, abspath("${path.module}/../../.."))
   state_dir = coalesce(var.state_dir, "${local.repo}/.state/terraform-local")
   flags = join(" ", [
     "--state-dir '${local.state_dir}'",
@@ -63,7 +75,8 @@ resource "terraform_data" "stack" {
   triggers_replace = [local.flags]
 
   provisioner "local-exec" {
-    command = "'${self.input.script}' up ${self.input.flags}"
+    command     = "'${self.input.script}' up ${self.input.flags}"
+    environment = { LEDGER_ENV_BUILD = var.build ? "1" : "0" }
   }
 
   provisioner "local-exec" {
