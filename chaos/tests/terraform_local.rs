@@ -83,7 +83,9 @@ fn terraform_applies_the_local_environment_chaos_passes_and_destroy_leaves_nothi
     let started = pids(&outputs);
     assert!(started.len() >= 3 * 4 + 3, "every process has a pid: {started:?}");
 
-    let reports = tmp.path().join("reports");
+    // Kept after the test (CI's artifacts), one run at a time.
+    let reports = bin_dir.parent().unwrap().join("artifacts").join("chaos");
+    let _ = std::fs::remove_dir_all(&reports);
     let seed = std::env::var("CHAOS_SEED").unwrap_or_else(|_| "14".into());
     let run = Command::new(env!("CARGO_BIN_EXE_chaos"))
         .args(["run", "--terraform-dir"])
