@@ -41,6 +41,7 @@ resource "aws_secretsmanager_secret_version" "db_password" {
 module "services" {
   source             = "../services"
   name               = local.name
+  lb_name            = "ledger-${var.environment}"
   region             = var.region
   vpc_id             = module.network.vpc_id
   vpc_cidr           = module.network.cidr_block

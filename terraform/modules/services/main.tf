@@ -150,7 +150,7 @@ resource "aws_security_group_rule" "tasks_kafka_out" {
 # --- Load balancer
 
 resource "aws_lb" "this" {
-  name                       = substr(var.name, 0, 32)
+  name                       = var.lb_name
   load_balancer_type         = "application"
   internal                   = false
   subnets                    = var.public_subnet_ids
@@ -162,7 +162,7 @@ resource "aws_lb" "this" {
 
 resource "aws_lb_target_group" "this" {
   for_each    = local.routed
-  name        = substr("${var.name}-${each.key}", 0, 32)
+  name        = "${var.lb_name}-${each.key}"
   port        = each.value.port
   protocol    = "HTTP"
   target_type = "ip"

@@ -3,6 +3,16 @@ variable "name" {
   type        = string
 }
 
+variable "lb_name" {
+  description = "Name of the ALB and prefix of its target groups. AWS caps both at 32 characters and needs them unique per region only, so the environment's name suffices (ledger-prod)."
+  type        = string
+  validation {
+    # Leaves room for the longest "-<service>" suffix, "-region-node".
+    condition     = length(var.lb_name) <= 20
+    error_message = "lb_name must be at most 20 characters."
+  }
+}
+
 variable "region" {
   description = "AWS region the services run in (for the log driver)."
   type        = string

@@ -4,6 +4,7 @@ mock_provider "aws" {
 
 variables {
   name               = "ledger-test-us-east-1"
+  lb_name            = "ledger-test"
   region             = "us-east-1"
   vpc_id             = "vpc-1"
   vpc_cidr           = "10.10.0.0/16"
