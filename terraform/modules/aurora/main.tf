@@ -30,10 +30,19 @@ resource "aws_rds_cluster_parameter_group" "this" {
     name  = "rds.force_ssl"
     value = "1"
   }
-  # The ledger logs its own statements; PostgreSQL logs connections for the audit trail.
+  # Connections and schema changes are the audit trail; slow statements explain commit latency.
+  # Logging every statement would put account data in the logs.
   parameter {
     name  = "log_connections"
     value = "1"
+  }
+  parameter {
+    name  = "log_statement"
+    value = "ddl"
+  }
+  parameter {
+    name  = "log_min_duration_statement"
+    value = "1000"
   }
   tags = var.tags
 }

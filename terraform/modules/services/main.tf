@@ -156,7 +156,7 @@ resource "aws_lb" "this" {
   subnets                    = var.public_subnet_ids
   security_groups            = [aws_security_group.alb.id]
   drop_invalid_header_fields = true
-  enable_deletion_protection = var.alb_deletion_protection
+  enable_deletion_protection = true
   tags                       = var.tags
 }
 
@@ -250,7 +250,7 @@ resource "aws_ecs_service" "this" {
   task_definition  = aws_ecs_task_definition.this[each.key].arn
   desired_count    = each.value.desired_count
   launch_type      = "FARGATE"
-  platform_version = "1.4.0"
+  platform_version = "LATEST"
   # Never fewer healthy tasks than asked for during a deploy: the region keeps its full capacity.
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200

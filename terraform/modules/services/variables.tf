@@ -96,12 +96,6 @@ variable "log_retention_days" {
   }
 }
 
-variable "alb_deletion_protection" {
-  description = "Off only in throw-away test stacks (the moto check), so they can be destroyed."
-  type        = bool
-  default     = true
-}
-
 variable "tags" {
   type    = map(string)
   default = {}
