@@ -74,6 +74,9 @@ module "network" {
 resource "aws_acm_certificate" "api" {
   certificate_body = var.certificate_pem
   private_key      = var.private_key_pem
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "aws_secretsmanager_secret" "api_key" {
