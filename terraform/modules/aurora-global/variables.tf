@@ -1,0 +1,14 @@
+variable "name" {
+  description = "Global cluster identifier, e.g. ledger-prod."
+  type        = string
+}
+
+variable "engine_version" {
+  description = "Aurora PostgreSQL version; every regional cluster must run the same one."
+  type        = string
+  default     = "15.4"
+  validation {
+    condition     = can(regex("^15\\.", var.engine_version))
+    error_message = "The ledger's migrations target PostgreSQL 15: engine_version must be 15.x."
+  }
+}
