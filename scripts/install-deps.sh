@@ -16,6 +16,8 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 have_pkg zlib1g-dev || need+=(zlib1g-dev)
 command -v curl >/dev/null || need+=(curl ca-certificates)
+# The Terraform checks make a throw-away certificate for the ALB listener they apply against moto.
+command -v openssl >/dev/null || need+=(openssl)
 # The reconcile UI's browser test: Debian's Chromium, driven by playwright-core (npm) below.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
@@ -81,4 +83,28 @@ if [ "$(cat .cache/toxiproxy/bin/VERSION 2>/dev/null)" != "$TOXIPROXY_VERSION" ]
   mv .cache/toxiproxy/build/cli .cache/toxiproxy/bin/toxiproxy-cli
   rm -rf .cache/toxiproxy/build
   echo "$TOXIPROXY_VERSION" > .cache/toxiproxy/bin/VERSION
+fi
+
+# Terraform 1.7 or newer (`terraform test`, `mock_provider`) runs the environments and the checks.
+# A machine without it gets OpenTofu, built from the Go module proxy (about 13 minutes on two
+# cores, once: the binary is cached), under the name `terraform` on PATH for what follows.
+TOFU_VERSION=v1.12.6
+terraform_ok() {
+  local major minor
+  read -r major minor < <(terraform version 2>/dev/null | sed -n '1s/^Terraform v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "${major:-}" ] && { [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge 7 ]; }; }
+}
+if ! terraform_ok; then
+  if [ "$(cat .cache/tofu/VERSION 2>/dev/null)" != "$TOFU_VERSION" ] || [ ! -x .cache/tofu/bin/tofu ]; then
+    command -v go >/dev/null || { echo "install-deps: no Terraform 1.7+ and no Go to build OpenTofu" >&2; exit 1; }
+    echo "install-deps: no Terraform 1.7+; building OpenTofu $TOFU_VERSION (about 13 minutes)" >&2
+    tofu_src=$(go mod download -json "github.com/opentofu/opentofu@$TOFU_VERSION" \
+      | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$tofu_src" ] || { echo "install-deps: go mod download of OpenTofu $TOFU_VERSION failed" >&2; exit 1; }
+    mkdir -p .cache/tofu/bin
+    (cd "$tofu_src" && GOFLAGS=-buildvcs=false go build -o "$OLDPWD/.cache/tofu/bin/tofu" ./cmd/tofu)
+    ln -sf tofu .cache/tofu/bin/terraform
+    echo "$TOFU_VERSION" > .cache/tofu/VERSION
+  fi
+  export PATH="$PWD/.cache/tofu/bin:$PATH"
 fi

@@ -57,6 +57,11 @@ PY
   mv "$TF_CACHE/download/$PROVIDER_ZIP" "$MIRRORED"
   rm -rf "$TF_CACHE/download"
 fi
+# OpenTofu (install-deps builds it when Terraform 1.7+ is missing) reads `hashicorp/aws` as
+# registry.opentofu.org's: the same official build is mirrored under that name too.
+TOFU_MIRRORED=$MIRROR/registry.opentofu.org/hashicorp/aws/$PROVIDER_ZIP
+mkdir -p "$(dirname "$TOFU_MIRRORED")"
+ln -sf "$MIRRORED" "$TOFU_MIRRORED"
 
 # Terraform installs hashicorp/aws from the mirror only, and unpacks it once into a shared cache
 # rather than once per directory. The paths must be absolute, hence generated.
@@ -67,10 +72,10 @@ plugin_cache_may_break_dependency_lock_file = true
 provider_installation {
   filesystem_mirror {
     path    = "$MIRROR"
-    include = ["registry.terraform.io/hashicorp/aws"]
+    include = ["registry.terraform.io/hashicorp/aws", "registry.opentofu.org/hashicorp/aws"]
   }
   direct {
-    exclude = ["registry.terraform.io/hashicorp/aws"]
+    exclude = ["registry.terraform.io/hashicorp/aws", "registry.opentofu.org/hashicorp/aws"]
   }
 }
 TFRC
