@@ -6,4 +6,6 @@
 //! Filled by a later issue; it reads environments through the launcher's manifest type so that the
 //! local stack and a terraform-built one are described the same way.
 
+pub mod sim;
+
 pub use ledgerctl::manifest::Manifest;
