@@ -221,6 +221,11 @@ struct Sim {
     stats: SimStats,
 }
 
+thread_local! {
+    /// The step the history of this thread is at: what a panic leaves of the simulation's state.
+    static STEP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 macro_rules! trace {
     ($sim:expr, $($arg:tt)*) => {
         if $sim.trace {
@@ -301,6 +306,7 @@ impl Sim {
     fn run(&mut self, steps: usize) -> Result<(), String> {
         for step in 1..=steps {
             self.step = step;
+            STEP.set(step);
             self.heal();
             self.stats.steps += 1;
             match self.rng.random_range(0..100) {
@@ -317,6 +323,7 @@ impl Sim {
             }
         }
         self.step = steps + 1;
+        STEP.set(self.step);
         self.drain()
     }
 
@@ -743,7 +750,7 @@ pub fn check(seed: u64, cfg: &SimConfig) -> Result<SimStats, Violation> {
 }
 
 fn check_traced(seed: u64, cfg: &SimConfig, trace: bool) -> Result<SimStats, Violation> {
-    let end = cfg.max_steps.max(cfg.min_steps) + 1;
+    STEP.set(0);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let (world, stats) = simulate(seed, cfg, trace)?;
         let end = stats.steps as usize + 1;
@@ -756,8 +763,7 @@ fn check_traced(seed: u64, cfg: &SimConfig, trace: bool) -> Result<SimStats, Vio
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "a panic".into());
-        // The step is not known past the unwind; the trace of `--seed` shows it.
-        Err(Violation { seed, step: end, description: format!("panic: {message}") })
+        Err(Violation { seed, step: STEP.get(), description: format!("panic: {message}") })
     })
 }
 
@@ -869,7 +875,34 @@ pub fn check_world(world: &World) -> Result<(), String> {
         }
     }
     for e in r.state.episodes.values() {
-        if e.kind == ConflictKind::Overdraft && e.joint_balance >= 0 {
+        let Some(a) = r.accounts().get(&e.account) else {
+            return Err(format!("an episode on {}, an account {} does not hold", e.account, r.region));
+        };
+        let members =
+            r.state.window.get(&e.account).map_or(0, |w| w.iter().filter(|h| h.episode == Some(e.conflict_id)).count());
+        if members as u64 != e.events || members < 2 {
+            return Err(format!("an episode on {} counts {} events and has {members}", e.account, e.events));
+        }
+        // With one definition the account's money is in one currency: the joint balance is the
+        // sum of the postings its joint causal past saw, and decides the kind.
+        if !a.frozen {
+            let joint: i64 = world
+                .log
+                .iter()
+                .filter_map(|x| AccountEvent::of(x, &e.account))
+                .filter(|h| h.seen_by(&e.joint))
+                .map(|h| h.posting)
+                .sum();
+            let overdraft = !a.spec.allow_negative && joint < 0;
+            if e.joint_balance != joint || (e.kind == ConflictKind::Overdraft) != overdraft {
+                return Err(format!(
+                    "an episode on {} judged {} on a joint balance of {}; the log says {joint}",
+                    e.account,
+                    e.kind.as_str(),
+                    e.joint_balance
+                ));
+            }
+        } else if e.kind == ConflictKind::Overdraft && e.joint_balance >= 0 {
             return Err(format!("an overdraft on {} with a joint balance of {}", e.account, e.joint_balance));
         }
     }

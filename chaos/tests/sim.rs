@@ -102,6 +102,21 @@ fn the_checker_rejects_lost_or_wrong_conflicts() {
         r.state.episodes.retain(|_, e| e.kind != ConflictKind::Overdraft);
     }
     assert!(check_world(&t).expect_err("an unreported overdraft").contains("no overdraft"));
+
+    // An episode judged benign everywhere although its joint causal past overdraws the account.
+    let mut t = w.clone();
+    for r in &mut t.replicas {
+        r.state.episodes.values_mut().for_each(|e| e.kind = ConflictKind::ConcurrentBenign);
+    }
+    assert!(check_world(&t).is_err(), "an overdraft judged benign");
+
+    // An episode's joint balance that is not what its joint causal past posted.
+    let w = find(|w| w.replicas[0].state.episodes.values().any(|e| !w.replicas[0].accounts()[&e.account].frozen));
+    let mut t = w.clone();
+    for r in &mut t.replicas {
+        r.state.episodes.values_mut().for_each(|e| e.joint_balance += 1);
+    }
+    assert!(check_world(&t).expect_err("a wrong joint balance").contains("joint balance"));
 }
 
 #[test]
