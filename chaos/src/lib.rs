@@ -5,6 +5,9 @@
 //!
 //! Filled by a later issue; it reads environments through the launcher's manifest type so that the
 //! local stack and a terraform-built one are described the same way.
+//!
+//! [`sim`] needs no environment: a deterministic simulation of the replication rules of
+//! `ledger_core` over seeded histories of operations and network faults (`chaos sim`).
 
 pub mod sim;
 
