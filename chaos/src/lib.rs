@@ -12,5 +12,6 @@ pub mod nemesis;
 pub mod observe;
 pub mod report;
 pub mod run;
+pub mod sim;
 
 pub use ledgerctl::manifest::Manifest;

@@ -1,5 +1,5 @@
 //! `chaos`: the chaos suite's command line. `run` breaks an environment under load and checks it,
-//! `check` re-runs the checker on a report folder.
+//! `check` re-runs the checker on a report folder, `sim` runs the deterministic simulation.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -21,6 +21,8 @@ enum Cmd {
         /// A folder written by `chaos run`.
         dir: PathBuf,
     },
+    /// The deterministic simulation of the replication rules; exit 1 at the first failing seed.
+    Sim(chaos::sim::SimArgs),
 }
 
 #[tokio::main]
@@ -52,5 +54,6 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Sim(args) => chaos::sim::main(&args),
     }
 }

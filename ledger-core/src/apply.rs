@@ -237,6 +237,11 @@ impl ApplyState {
                     let state = self.accounts.get_mut(*account).expect("checked above");
                     if *currency == state.spec.currency {
                         state.balance = balance;
+                    } else if balance == 0 {
+                        // Nothing kept apart is no entry, as `adopt_definition` keeps it: a region
+                        // whose money netted to zero before the winning opening arrived holds no
+                        // entry either, and replicas must hold the same state.
+                        state.foreign.remove(currency);
                     } else {
                         state.foreign.insert(*currency, balance);
                     }

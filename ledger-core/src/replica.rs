@@ -299,6 +299,26 @@ mod tests {
         assert_eq!(rs[2].state.accounts[&x], rs[0].state.accounts[&x]);
     }
 
+    /// Found by the chaos simulation (seed 3070): money posted under a losing definition that nets
+    /// to zero left a `foreign` entry of 0 in the regions that kept it apart, and none in the
+    /// region that posted it before learning of the winner: the replicas held different states.
+    #[test]
+    fn money_kept_apart_that_nets_to_zero_leaves_the_same_state_everywhere() {
+        let mut rs: Vec<Replica> = (0..2).map(|i| Replica::new(region(i), (i as u128) << 64)).collect();
+        let mut x_eur = spec("x", true);
+        x_eur.currency = Currency::new("EUR").unwrap();
+        let (x, shop) = (AccountId::new("x").unwrap(), AccountId::new("shop").unwrap());
+        let mut log = vec![rs[0].open(spec("x", true)).unwrap(), rs[0].open(spec("shop", false)).unwrap()];
+        // us-east moves 1 USD out of x and back before it hears of eu-west's EUR opening, which wins.
+        log.extend(rs[0].transfer(&x, &shop, Amount::new(1).unwrap(), None).unwrap());
+        log.extend(rs[0].transfer(&shop, &x, Amount::new(1).unwrap(), None).unwrap());
+        log.push(rs[1].open(x_eur).unwrap());
+        deliver_all(&mut rs, &log);
+        assert_eq!(rs[0].accounts()[&x].spec.currency.as_str(), "EUR");
+        assert!(rs[0].accounts()[&x].foreign.is_empty(), "{:?}", rs[0].accounts()[&x]);
+        assert_eq!(rs[1].accounts()[&x], rs[0].accounts()[&x]);
+    }
+
     #[test]
     fn a_retried_key_in_another_region_is_duplicate_intent_everywhere() {
         let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(region(i), (i as u128) << 64)).collect();
