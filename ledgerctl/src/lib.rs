@@ -14,6 +14,7 @@ pub mod config;
 pub mod drill;
 pub mod error;
 pub mod kafka;
+pub mod logs;
 pub mod manifest;
 pub mod node;
 pub mod postgres;

@@ -113,6 +113,25 @@ enum Cmd {
         #[command(subcommand)]
         command: DrillCmd,
     },
+    /// Show the components' logs merged in time order.
+    Logs {
+        /// node, replicator, router, reconcile, postgres, kafka, toxiproxy, or all (the Rust
+        /// components: what one request's trace crosses).
+        #[arg(default_value = "all")]
+        component: ledgerctl::logs::LogComponent,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Keep printing what is appended.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the lines of this trace (a W3C trace id: 32 hex digits).
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only the last N lines (before following).
+        #[arg(long, short = 'n')]
+        lines: Option<usize>,
+    },
     /// The reconcile service's audit trail.
     Audit {
         #[command(subcommand)]
@@ -192,6 +211,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
     let cfg = cli.opts.config()?;
     let manifest_path = cfg.manifest_path();
+    let stack_cfg = cfg.clone();
     let stack = Stack::new(cfg);
     match cli.command {
         Cmd::Up => {
@@ -291,6 +311,23 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Cmd::Logs { component, region, follow, trace, lines } => {
+            let cfg = match ledgerctl::Manifest::load(&manifest_path)? {
+                // The running stack's regions and folders, whatever flags this invocation has.
+                Some(m) => ledgerctl::StackConfig::from_manifest(&m)?,
+                None => stack_cfg,
+            };
+            if let Some(r) = &region
+                && !cfg.regions.iter().any(|s| s.name.as_str() == r)
+            {
+                return Err(ledgerctl::StackError::Config(format!("no region {r:?}")));
+            }
+            let sources = ledgerctl::logs::sources(&cfg, component, region.as_deref());
+            ledgerctl::logs::show(&sources, trace.as_deref(), lines, follow)
+                .await
+                .map_err(|e| ledgerctl::StackError::Io { path: cfg.state_dir.clone(), source: e })?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Status => {
             let health = stack.status().await?;
