@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The observability checks of ./dev test: the alert rules parse (`promtool check rules`), their unit
-# tests pass (`promtool test rules`).
+# tests pass (`promtool test rules`), and the dashboards' expressions parse and name only metrics
+# the components export (ledgerctl's `observability` test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,4 @@ if ! command -v promtool >/dev/null; then
 fi
 promtool check rules observability/alerts.yml
 (cd observability && promtool test rules alerts.test.yml)
+cargo test -q -p ledgerctl --test observability
