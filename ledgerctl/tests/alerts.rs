@@ -119,6 +119,9 @@ async fn a_stopped_replicator_fires_the_replication_lag_alert_and_its_restart_re
     let prometheus = manifest.prometheus_url.clone().expect("env.json records prometheus_url");
     let saved = ledgerctl::Manifest::load(&cfg.manifest_path()).unwrap().unwrap();
     assert_eq!(saved.prometheus_url.as_deref(), Some(prometheus.as_str()));
+    let generated = cfg.state_dir.join("prometheus").join("prometheus.yml");
+    let check = std::process::Command::new("promtool").arg("check").arg("config").arg(&generated).output().unwrap();
+    assert!(check.status.success(), "promtool check config: {}", String::from_utf8_lossy(&check.stdout));
 
     // Every component is scraped: three nodes, three replicators, the router, reconcile.
     until(Duration::from_secs(60), "every target up", || async {
@@ -184,4 +187,28 @@ async fn a_stopped_replicator_fires_the_replication_lag_alert_and_its_restart_re
     })
     .await;
     eprintln!("{ALERT} {SOURCE}->{TARGET} resolved {:?} after the start", started.elapsed());
+
+    let stopped = guard.stack.down(false).expect("down");
+    assert!(stopped.iter().any(|l| l.starts_with("prometheus (pid")), "down stops Prometheus: {stopped:?}");
+    let left = processes_mentioning(&cfg.state_dir.display().to_string());
+    assert!(left.is_empty(), "down leaves no process of ours: {left:?}");
+}
+
+/// Live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z'))
+            .unwrap_or(false);
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !zombie && cmdline.contains(needle) {
+            out.push(cmdline);
+        }
+    }
+    out
 }
