@@ -325,6 +325,16 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "reconcile", url, pid);
                 healthy &= ok;
             }
+            let manifest = Manifest::load(&manifest_path)?;
+            if let Some((url, pid, ok)) = match &manifest {
+                Some(m) => ledgerctl::prometheus::status(m).await,
+                None => None,
+            } {
+                let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /-/ready" };
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "prometheus", url, pid);
+                healthy &= ok;
+            }
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }

@@ -5,6 +5,7 @@
 //! the marker that identifies its pid.
 
 use crate::error::{Result, StackError};
+use crate::manifest::Manifest;
 use crate::process::{self, Lifetime};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -30,6 +31,30 @@ pub fn default_bin() -> Option<PathBuf> {
 /// The rules file every Prometheus of ours loads.
 pub fn rules_file() -> PathBuf {
     crate::config::repo_root().join("observability").join("alerts.yml")
+}
+
+/// The marker of the Prometheus of the stack whose state folder is `state_dir`: its
+/// configuration file's path.
+pub fn marker_in(state_dir: &Path) -> String {
+    state_dir.join("prometheus").join("prometheus.yml").display().to_string()
+}
+
+/// The health of the Prometheus `manifest` records (its process ours and alive, `/-/ready`
+/// answering): (URL, pid, healthy), or `None` when the manifest records none.
+pub async fn status(manifest: &Manifest) -> Option<(String, Option<u32>, bool)> {
+    let url = manifest.prometheus_url.clone()?;
+    let marker = marker_in(&manifest.state_dir);
+    let alive = manifest.prometheus_pid.is_some_and(|p| process::is_ours_and_alive(p, &marker));
+    let port: Option<u16> = url.rsplit(':').next().and_then(|p| p.parse().ok());
+    let answers = match port {
+        Some(port) if alive => {
+            tokio::task::spawn_blocking(move || crate::node::http_status(port, "/-/ready") == Some(200))
+                .await
+                .unwrap_or(false)
+        }
+        _ => false,
+    };
+    Some((url, manifest.prometheus_pid, answers))
 }
 
 /// One `/metrics` endpoint to scrape.

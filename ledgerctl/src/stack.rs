@@ -686,9 +686,8 @@ impl Stack {
         };
         if let Some(manifest) = manifest {
             // Prometheus first, so that it does not record the rest going down as an outage.
-            let prometheus_marker = self.cfg.state_dir.join("prometheus").join("prometheus.yml").display().to_string();
             if let Some(pid) = manifest.prometheus_pid
-                && process::stop(pid, &prometheus_marker, Signal::SIGTERM, STOP_GRACE)
+                && process::stop(pid, &crate::prometheus::marker_in(&self.cfg.state_dir), Signal::SIGTERM, STOP_GRACE)
             {
                 stopped.push(format!("prometheus (pid {pid})"));
             }

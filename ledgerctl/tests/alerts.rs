@@ -119,6 +119,8 @@ async fn a_stopped_replicator_fires_the_replication_lag_alert_and_its_restart_re
     let prometheus = manifest.prometheus_url.clone().expect("env.json records prometheus_url");
     let saved = ledgerctl::Manifest::load(&cfg.manifest_path()).unwrap().unwrap();
     assert_eq!(saved.prometheus_url.as_deref(), Some(prometheus.as_str()));
+    let status = ledgerctl::prometheus::status(&saved).await.expect("status names Prometheus");
+    assert_eq!((status.0.as_str(), status.1, status.2), (prometheus.as_str(), saved.prometheus_pid, true));
     let generated = cfg.state_dir.join("prometheus").join("prometheus.yml");
     let check = std::process::Command::new("promtool").arg("check").arg("config").arg(&generated).output().unwrap();
     assert!(check.status.success(), "promtool check config: {}", String::from_utf8_lossy(&check.stdout));
