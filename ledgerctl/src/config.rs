@@ -77,6 +77,10 @@ pub struct StackConfig {
     pub toxiproxy_bin: Option<PathBuf>,
     /// The proxy's API port (the first region's HTTP port + 30 by default).
     pub toxiproxy_port: u16,
+    /// `prometheus`: when set, `up` runs it over every component (see [`crate::prometheus`]).
+    pub prometheus_bin: Option<PathBuf>,
+    /// Prometheus's port.
+    pub prometheus_port: u16,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -150,6 +154,10 @@ impl StackConfig {
             toxiproxy_bin: None,
             toxiproxy_port: http_port_base
                 .checked_add(crate::toxiproxy::API_PORT_OFFSET)
+                .ok_or_else(|| StackError::Config("http port base too high".into()))?,
+            prometheus_bin: crate::prometheus::default_bin(),
+            prometheus_port: http_port_base
+                .checked_add(crate::prometheus::PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
         })
     }

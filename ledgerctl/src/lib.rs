@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod node;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod reconcile;
 pub mod router;
 pub mod stack;

@@ -72,6 +72,9 @@ struct Opts {
     /// scripts/install-deps.sh).
     #[arg(long, env = "LEDGER_TOXIPROXY_BIN", global = true)]
     toxiproxy_bin: Option<PathBuf>,
+    /// Do not run Prometheus (it runs by default when `prometheus` is on PATH).
+    #[arg(long, env = "LEDGER_NO_PROMETHEUS", global = true)]
+    no_prometheus: bool,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +189,9 @@ impl Opts {
         if let Some(bin) = &self.router_bin {
             cfg.router_bin = bin.clone();
         }
+        if self.no_prometheus {
+            cfg.prometheus_bin = None;
+        }
         // A stack started with Toxiproxy keeps it for every later command (a replicator restarted
         // by `start` must read through its proxies again).
         let proxied = Manifest::load(&cfg.manifest_path()).ok().flatten().is_some_and(|m| m.toxiproxy_url.is_some());
@@ -227,6 +233,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(url) = &manifest.router_url {
                 println!("router     {url}  (nearest healthy region; X-Client-Region to choose where you are)");
+            }
+            if let Some(url) = &manifest.prometheus_url {
+                println!("prometheus {url}  (every component's /metrics; alerts at {url}/alerts)");
             }
             if let Some(url) = &manifest.toxiproxy_url {
                 println!("toxiproxy  {url}  ({} cross-region Kafka links)", manifest.links.len());
@@ -351,6 +360,16 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /healthz" };
                 println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "reconcile", url, pid);
+                healthy &= ok;
+            }
+            let manifest = Manifest::load(&manifest_path)?;
+            if let Some((url, pid, ok)) = match &manifest {
+                Some(m) => ledgerctl::prometheus::status(m).await,
+                None => None,
+            } {
+                let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /-/ready" };
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "prometheus", url, pid);
                 healthy &= ok;
             }
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
