@@ -115,6 +115,46 @@ impl Load {
     fn record(&self, op: Op) {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(op);
     }
+
+    /// Sends one transfer with its key and records it, however it ends; returns how it ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn transfer(
+        &self,
+        client: &Client,
+        region: &str,
+        index: u64,
+        key: String,
+        from: String,
+        to: String,
+        amount: i64,
+        currency: &str,
+    ) -> Outcome {
+        let invoke_ms = self.now_ms();
+        let result = client
+            .transfer(NewTransfer {
+                from: from.clone(),
+                to: to.clone(),
+                amount,
+                currency: Some(currency.into()),
+                idempotency_key: Some(key.clone()),
+                ..Default::default()
+            })
+            .await;
+        let outcome = outcome_of(result);
+        self.record(Op {
+            index,
+            region: region.to_owned(),
+            key,
+            from,
+            to,
+            amount,
+            currency: currency.into(),
+            invoke_ms,
+            complete_ms: self.now_ms(),
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
 }
 
 fn outcome_of(result: Result<ledger_client::Answered<ledger_client::Transfer>, ledger_client::Error>) -> Outcome {
@@ -146,30 +186,7 @@ async fn client_loop(load: Arc<Load>, client: Arc<Client>, region: String, seed:
         let amount = rng.random_range(1..=load.amount_max);
         let key = format!("{}-op-{index}", load.run);
         let (from, to) = (customers[from].clone(), customers[to].clone());
-        let invoke_ms = load.now_ms();
-        let result = client
-            .transfer(NewTransfer {
-                from: from.clone(),
-                to: to.clone(),
-                amount,
-                currency: Some(CURRENCIES[c].into()),
-                idempotency_key: Some(key.clone()),
-                ..Default::default()
-            })
-            .await;
-        let outcome = outcome_of(result);
-        load.record(Op {
-            index,
-            region: region.clone(),
-            key,
-            from,
-            to,
-            amount,
-            currency: CURRENCIES[c].into(),
-            invoke_ms,
-            complete_ms: load.now_ms(),
-            outcome,
-        });
+        load.transfer(&client, &region, index, key, from, to, amount, CURRENCIES[c]).await;
         tokio::time::sleep(Duration::from_millis(THINK_MS)).await;
     }
 }
@@ -248,31 +265,12 @@ pub async fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         for to in &customers[c] {
             let index = load.next_index.fetch_add(1, Ordering::Relaxed);
             let key = format!("{run}-fund-{index}");
-            let invoke_ms = load.now_ms();
-            let t = NewTransfer {
-                from: mint.clone(),
-                to: to.clone(),
-                amount: args.funding,
-                currency: Some((*currency).into()),
-                idempotency_key: Some(key.clone()),
-                ..Default::default()
-            };
-            let outcome = outcome_of(clients[0].transfer(t).await);
+            let outcome = load
+                .transfer(&clients[0], &region_names[0], index, key, mint.clone(), to.clone(), args.funding, currency)
+                .await;
             if !matches!(outcome, Outcome::Ok { .. }) {
                 return Err(RunError::Setup(format!("funding {to}: {outcome:?}")));
             }
-            load.record(Op {
-                index,
-                region: region_names[0].clone(),
-                key,
-                from: mint.clone(),
-                to: to.clone(),
-                amount: args.funding,
-                currency: (*currency).into(),
-                invoke_ms,
-                complete_ms: load.now_ms(),
-                outcome,
-            });
         }
     }
     wait_funded(&clients, &customers, args.funding).await?;
