@@ -77,6 +77,8 @@ pub struct StackConfig {
     pub toxiproxy_bin: Option<PathBuf>,
     /// The proxy's API port (the first region's HTTP port + 30 by default).
     pub toxiproxy_port: u16,
+    /// Jaeger, which every component sends its spans to; none: no tracing.
+    pub jaeger_bin: Option<PathBuf>,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -151,6 +153,7 @@ impl StackConfig {
             toxiproxy_port: http_port_base
                 .checked_add(crate::toxiproxy::API_PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
+            jaeger_bin: None,
         })
     }
 
@@ -164,6 +167,9 @@ impl StackConfig {
             Self::new(&names, first.postgres_port, first.kafka_port, first.http_port, manifest.state_dir.clone())?;
         if manifest.toxiproxy_url.is_some() {
             cfg.toxiproxy_bin = Some(default_toxiproxy_bin());
+        }
+        if manifest.tracing_url.is_some() {
+            cfg.jaeger_bin = Some(crate::jaeger::default_bin());
         }
         Ok(cfg)
     }

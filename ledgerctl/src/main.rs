@@ -72,6 +72,12 @@ struct Opts {
     /// scripts/install-deps.sh).
     #[arg(long, env = "LEDGER_TOXIPROXY_BIN", global = true)]
     toxiproxy_bin: Option<PathBuf>,
+    /// Start no Jaeger and export no spans (tracing is on whenever the Jaeger binary exists).
+    #[arg(long, global = true)]
+    no_tracing: bool,
+    /// jaeger (default: .cache/jaeger/bin/jaeger, built by scripts/install-deps.sh).
+    #[arg(long, env = "LEDGER_JAEGER_BIN", global = true)]
+    jaeger_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +179,8 @@ impl Opts {
         if self.toxiproxy || self.toxiproxy_bin.is_some() || proxied {
             cfg.toxiproxy_bin = Some(self.toxiproxy_bin.clone().unwrap_or_else(config::default_toxiproxy_bin));
         }
+        let jaeger = self.jaeger_bin.clone().unwrap_or_else(ledgerctl::jaeger::default_bin);
+        cfg.jaeger_bin = (!self.no_tracing && jaeger.is_file()).then_some(jaeger);
         Ok(cfg)
     }
 }
@@ -207,6 +215,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(url) = &manifest.router_url {
                 println!("router     {url}  (nearest healthy region; X-Client-Region to choose where you are)");
+            }
+            if let Some(url) = &manifest.tracing_url {
+                println!("tracing    {url}  (Jaeger: /search, /api/traces/<trace id>)");
             }
             if let Some(url) = &manifest.toxiproxy_url {
                 println!("toxiproxy  {url}  ({} cross-region Kafka links)", manifest.links.len());

@@ -40,6 +40,12 @@ pub struct Manifest {
     /// Toxiproxy's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toxiproxy_pid: Option<u32>,
+    /// Jaeger's query API and UI (`/api/traces/<trace id>`, `/search`), when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing_url: Option<String>,
+    /// Jaeger's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jaeger_pid: Option<u32>,
     /// The proxied cross-region links (empty without Toxiproxy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<crate::toxiproxy::Link>,
