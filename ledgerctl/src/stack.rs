@@ -433,6 +433,7 @@ impl Stack {
                 .iter()
                 .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port)))
                 .collect(),
+            otlp_endpoint: self.otlp_endpoint(),
             log: self.cfg.state_dir.join("router").join("router.log"),
         }
     }
@@ -467,6 +468,7 @@ impl Stack {
                 .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port), self.kafka(r).bootstrap()))
                 .collect(),
             node_key: reconcile_key(api_key),
+            otlp_endpoint: self.otlp_endpoint(),
             log: self.cfg.state_dir.join("reconcile").join("reconcile.log"),
         }
     }
