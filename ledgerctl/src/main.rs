@@ -198,7 +198,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
-    let cfg = cli.opts.config()?;
+    let mut cfg = cli.opts.config()?;
+    // A component restarted (`start`) in a stack brought up without Jaeger gets no OTLP endpoint
+    // nobody listens on; `up` decides afresh.
+    if !matches!(cli.command, Cmd::Up)
+        && Manifest::load(&cfg.manifest_path()).ok().flatten().is_some_and(|m| m.tracing_url.is_none())
+    {
+        cfg.jaeger_bin = None;
+    }
     let manifest_path = cfg.manifest_path();
     let stack = Stack::new(cfg);
     match cli.command {
