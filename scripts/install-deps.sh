@@ -2,9 +2,9 @@
 # Installs what the ledger needs on a Debian machine, and only what is missing, so it is fast to run
 # again: PostgreSQL 15 (Debian's package), Java 17 and Maven (for the Kafka jars), a C toolchain
 # and zlib for librdkafka, Rust through rustup (the toolchain itself is pinned by
-# rust-toolchain.toml and fetched by cargo), and Python 3 for schemathesis (the node's contract
-# test). The Kafka jars are fetched by ledgerctl and the test
-# harness on first use, from kafka/pom.xml, into .cache/kafka.
+# rust-toolchain.toml and fetched by cargo), Python 3 for schemathesis (the node's contract test),
+# and Prometheus (Debian's package) for the local metrics and the alert checks. The Kafka jars are
+# fetched by ledgerctl and the test harness on first use, from kafka/pom.xml, into .cache/kafka.
 set -euo pipefail
 
 need=()
@@ -18,6 +18,9 @@ have_pkg zlib1g-dev || need+=(zlib1g-dev)
 command -v curl >/dev/null || need+=(curl ca-certificates)
 # The Terraform checks make a throw-away certificate for the ALB listener they apply against moto.
 command -v openssl >/dev/null || need+=(openssl)
+# Prometheus and promtool: `ledgerctl up` runs its own prometheus process (not Debian's service),
+# and ./dev test checks the alert rules and dashboards with promtool.
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 # The reconcile UI's browser test: Debian's Chromium, driven by playwright-core (npm) below.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)

@@ -39,8 +39,10 @@ fn alive(pid: u64) -> bool {
 }
 
 fn pids(outputs: &Value) -> Vec<u64> {
-    let mut out: Vec<u64> =
-        ["router_pid", "reconcile_pid", "toxiproxy_pid"].iter().filter_map(|k| outputs[k]["value"].as_u64()).collect();
+    let mut out: Vec<u64> = ["router_pid", "reconcile_pid", "toxiproxy_pid", "prometheus_pid", "jaeger_pid"]
+        .iter()
+        .filter_map(|k| outputs[k]["value"].as_u64())
+        .collect();
     for r in outputs["regions"]["value"].as_array().expect("regions") {
         out.extend(r["pids"].as_object().expect("pids").values().filter_map(Value::as_u64));
     }

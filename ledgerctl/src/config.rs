@@ -79,6 +79,10 @@ pub struct StackConfig {
     pub toxiproxy_port: u16,
     /// Jaeger, which every component sends its spans to; none: no tracing.
     pub jaeger_bin: Option<PathBuf>,
+    /// `prometheus`: when set, `up` runs it over every component (see [`crate::prometheus`]).
+    pub prometheus_bin: Option<PathBuf>,
+    /// Prometheus's port.
+    pub prometheus_port: u16,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -154,6 +158,10 @@ impl StackConfig {
                 .checked_add(crate::toxiproxy::API_PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
             jaeger_bin: None,
+            prometheus_bin: crate::prometheus::default_bin(),
+            prometheus_port: http_port_base
+                .checked_add(crate::prometheus::PORT_OFFSET)
+                .ok_or_else(|| StackError::Config("http port base too high".into()))?,
         })
     }
 

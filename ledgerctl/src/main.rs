@@ -78,6 +78,9 @@ struct Opts {
     /// jaeger (default: .cache/jaeger/bin/jaeger, built by scripts/install-deps.sh).
     #[arg(long, env = "LEDGER_JAEGER_BIN", global = true)]
     jaeger_bin: Option<PathBuf>,
+    /// Do not run Prometheus (it runs by default when `prometheus` is on PATH).
+    #[arg(long, env = "LEDGER_NO_PROMETHEUS", global = true)]
+    no_prometheus: bool,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +121,25 @@ enum Cmd {
     Drill {
         #[command(subcommand)]
         command: DrillCmd,
+    },
+    /// Show the components' logs merged in time order.
+    Logs {
+        /// node, replicator, router, reconcile, postgres, kafka, toxiproxy, or all (the Rust
+        /// components: what one request's trace crosses).
+        #[arg(default_value = "all")]
+        component: ledgerctl::logs::LogComponent,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Keep printing what is appended.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the lines of this trace (a W3C trace id: 32 hex digits).
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only the last N lines (before following).
+        #[arg(long, short = 'n')]
+        lines: Option<usize>,
     },
     /// The reconcile service's audit trail.
     Audit {
@@ -173,6 +195,9 @@ impl Opts {
         if let Some(bin) = &self.router_bin {
             cfg.router_bin = bin.clone();
         }
+        if self.no_prometheus {
+            cfg.prometheus_bin = None;
+        }
         // A stack started with Toxiproxy keeps it for every later command (a replicator restarted
         // by `start` must read through its proxies again).
         let proxied = Manifest::load(&cfg.manifest_path()).ok().flatten().is_some_and(|m| m.toxiproxy_url.is_some());
@@ -207,6 +232,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
         cfg.jaeger_bin = None;
     }
     let manifest_path = cfg.manifest_path();
+    let stack_cfg = cfg.clone();
     let stack = Stack::new(cfg);
     match cli.command {
         Cmd::Up => {
@@ -225,6 +251,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(url) = &manifest.tracing_url {
                 println!("tracing    {url}  (Jaeger: /search, /api/traces/<trace id>)");
+            }
+            if let Some(url) = &manifest.prometheus_url {
+                println!("prometheus {url}  (every component's /metrics; alerts at {url}/alerts)");
             }
             if let Some(url) = &manifest.toxiproxy_url {
                 println!("toxiproxy  {url}  ({} cross-region Kafka links)", manifest.links.len());
@@ -310,6 +339,23 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 }
             }
         }
+        Cmd::Logs { component, region, follow, trace, lines } => {
+            let cfg = match ledgerctl::Manifest::load(&manifest_path)? {
+                // The running stack's regions and folders, whatever flags this invocation has.
+                Some(m) => ledgerctl::StackConfig::from_manifest(&m)?,
+                None => stack_cfg,
+            };
+            if let Some(r) = &region
+                && !cfg.regions.iter().any(|s| s.name.as_str() == r)
+            {
+                return Err(ledgerctl::StackError::Config(format!("no region {r:?}")));
+            }
+            let sources = ledgerctl::logs::sources(&cfg, component, region.as_deref());
+            ledgerctl::logs::show(&sources, trace.as_deref(), lines, follow)
+                .await
+                .map_err(|e| ledgerctl::StackError::Io { path: cfg.state_dir.clone(), source: e })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status => {
             let health = stack.status().await?;
             if health.is_empty() {
@@ -332,6 +378,16 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
                 let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /healthz" };
                 println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "reconcile", url, pid);
+                healthy &= ok;
+            }
+            let manifest = Manifest::load(&manifest_path)?;
+            if let Some((url, pid, ok)) = match &manifest {
+                Some(m) => ledgerctl::prometheus::status(m).await,
+                None => None,
+            } {
+                let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let state = if ok { "healthy" } else { "UNHEALTHY: not running or not answering /-/ready" };
+                println!("{:<10} {:<9} {:<22} pid {:<8} {state}", "all", "prometheus", url, pid);
                 healthy &= ok;
             }
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })

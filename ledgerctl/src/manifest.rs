@@ -46,6 +46,12 @@ pub struct Manifest {
     /// Jaeger's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jaeger_pid: Option<u32>,
+    /// Prometheus's UI and API (scraping every component, evaluating `observability/alerts.yml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_url: Option<String>,
+    /// Prometheus's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_pid: Option<u32>,
     /// The proxied cross-region links (empty without Toxiproxy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<crate::toxiproxy::Link>,

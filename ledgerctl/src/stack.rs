@@ -12,6 +12,7 @@ use crate::manifest::{Manifest, Pids, RegionEntry};
 use crate::node::{NodeProcess, ReplicatorProcess};
 use crate::postgres::{self, PgServer};
 use crate::process::{self, Lifetime};
+use crate::prometheus::PrometheusProcess;
 use crate::reconcile::ReconcileProcess;
 use crate::router::RouterProcess;
 use crate::toxiproxy::ToxiproxyProcess;
@@ -339,6 +340,12 @@ impl Stack {
                 }
             }
         }
+        if let Some(p) = self.prometheus() {
+            PrometheusProcess::check_binary(&p.bin)?;
+            if manifest.prometheus_pid.filter(|pid| process::is_ours_and_alive(*pid, &p.marker())).is_none() {
+                process::ensure_port_free(p.port, "Prometheus")?;
+            }
+        }
         let toxiproxy = self.toxiproxy()?;
         if let Some(t) = &toxiproxy {
             ToxiproxyProcess::check_binary(&t.bin)?;
@@ -419,6 +426,9 @@ impl Stack {
         manifest.save(&cfg.manifest_path())?;
         self.up_router(&mut manifest, started).await?;
         self.up_reconcile(&mut manifest, started, &api_key).await?;
+        if let Some(p) = self.prometheus() {
+            self.up_prometheus(&p, &mut manifest, started).await?;
+        }
         Ok(manifest)
     }
 
@@ -483,6 +493,66 @@ impl Stack {
             manifest.jaeger_pid = Some(pid);
             manifest.save(&self.cfg.manifest_path())?;
             j.wait_ready(pid).await?;
+        }
+        manifest.save(&self.cfg.manifest_path())
+    }
+
+    /// Prometheus over every component of the stack, when configured.
+    fn prometheus(&self) -> Option<PrometheusProcess> {
+        use crate::prometheus::{GLOBAL_REGION, Target};
+        let bin = self.cfg.prometheus_bin.clone()?;
+        let mut targets = Vec::new();
+        for r in &self.cfg.regions {
+            let (region, port) = (r.name.to_string(), r.http_port);
+            targets.push(Target {
+                component: "node",
+                region: region.clone(),
+                address: format!("127.0.0.1:{port}"),
+                metrics_path: "/metrics",
+            });
+            targets.push(Target {
+                component: "replicator",
+                region,
+                address: format!("127.0.0.1:{}", replicator_port(r)),
+                metrics_path: "/metrics",
+            });
+        }
+        targets.push(Target {
+            component: "router",
+            region: GLOBAL_REGION.into(),
+            address: format!("127.0.0.1:{}", self.cfg.router_port),
+            metrics_path: "/_router/metrics",
+        });
+        targets.push(Target {
+            component: "reconcile",
+            region: GLOBAL_REGION.into(),
+            address: format!("127.0.0.1:{}", self.cfg.reconcile_port),
+            metrics_path: "/metrics",
+        });
+        Some(PrometheusProcess {
+            bin,
+            dir: self.cfg.state_dir.join("prometheus"),
+            port: self.cfg.prometheus_port,
+            targets,
+            rules: crate::prometheus::rules_file(),
+        })
+    }
+
+    /// Prometheus, once everything it scrapes exists (kept if running).
+    async fn up_prometheus(
+        &self,
+        p: &PrometheusProcess,
+        manifest: &mut Manifest,
+        started: &mut Vec<Started>,
+    ) -> Result<()> {
+        manifest.prometheus_url = Some(p.url());
+        let marker = p.marker();
+        if manifest.prometheus_pid.filter(|pid| process::is_ours_and_alive(*pid, &marker)).is_none() {
+            let pid = p.start(Lifetime::Detached)?.id();
+            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            manifest.prometheus_pid = Some(pid);
+            manifest.save(&self.cfg.manifest_path())?;
+            p.wait_ready(pid).await?;
         }
         manifest.save(&self.cfg.manifest_path())
     }
@@ -575,6 +645,9 @@ impl Stack {
             if manifest.jaeger_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
                 manifest.jaeger_pid = None;
             }
+            if manifest.prometheus_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
+                manifest.prometheus_pid = None;
+            }
             let _ = manifest.save(&self.cfg.manifest_path());
         }
     }
@@ -663,6 +736,12 @@ impl Stack {
             Err(e) => return Err(e),
         };
         if let Some(manifest) = manifest {
+            // Prometheus first, so that it does not record the rest going down as an outage.
+            if let Some(pid) = manifest.prometheus_pid
+                && process::stop(pid, &crate::prometheus::marker_in(&self.cfg.state_dir), Signal::SIGTERM, STOP_GRACE)
+            {
+                stopped.push(format!("prometheus (pid {pid})"));
+            }
             // The router and the reconcile service first: they call the nodes.
             if let Some(pid) = manifest.router_pid
                 && process::stop(pid, &self.router().marker(), Signal::SIGTERM, STOP_GRACE)

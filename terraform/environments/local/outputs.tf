@@ -63,3 +63,23 @@ output "links" {
   description = "The proxied cross-region links (Kafka replication and HTTP anti-entropy)."
   value       = try(local.env.links, null)
 }
+
+output "prometheus_url" {
+  description = "Prometheus: every component scraped, the alert rules loaded."
+  value       = try(local.env.prometheus_url, null)
+}
+
+output "prometheus_pid" {
+  description = "Prometheus's pid."
+  value       = try(local.env.prometheus_pid, null)
+}
+
+output "tracing_url" {
+  description = "Jaeger's query API and UI: one trace across regions."
+  value       = try(local.env.tracing_url, null)
+}
+
+output "jaeger_pid" {
+  description = "Jaeger's pid."
+  value       = try(local.env.jaeger_pid, null)
+}

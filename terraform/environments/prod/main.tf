@@ -1,5 +1,7 @@
-# The three regions of the ledger, us-east-1 holding the global database's primary. Each region is
-# a copy of modules/region under its own provider; Route 53 (global) is managed through us-east-1.
+# The three regions of the ledger, each committing to its own writable Aurora cluster (the ledger is
+# active-active). Each region's cluster is the primary of its own global cluster, whose read-only
+# disaster-recovery secondary is hosted by the partner region (var.aurora_dr_partners). Each region
+# is a copy of modules/region under its own provider; Route 53 (global) is managed through us-east-1.
 locals {
   environment = "prod"
   domain      = "ledger.example.com"
@@ -14,6 +16,18 @@ locals {
   msk_class      = "kafka.m5.large"
   aurora_version = "15.4"
   tags           = { "ledger:managed-by" = "terraform/environments/${local.environment}" }
+
+  # Each region's global cluster, and for each region the global clusters whose DR secondary it
+  # hosts. Only these outputs of the region modules are read here: their DR secondaries depend on
+  # this map, so it must not depend on them.
+  aurora_globals = {
+    "us-east-1"  = { global_cluster_id = module.us_east_1.aurora_global_cluster_id, primary_cluster_arn = module.us_east_1.aurora_cluster_arn, engine_version = module.us_east_1.aurora_engine_version }
+    "eu-west-1"  = { global_cluster_id = module.eu_west_1.aurora_global_cluster_id, primary_cluster_arn = module.eu_west_1.aurora_cluster_arn, engine_version = module.eu_west_1.aurora_engine_version }
+    "ap-south-1" = { global_cluster_id = module.ap_south_1.aurora_global_cluster_id, primary_cluster_arn = module.ap_south_1.aurora_cluster_arn, engine_version = module.ap_south_1.aurora_engine_version }
+  }
+  aurora_dr_hosted = { for host in keys(local.regions) : host => {
+    for primary, partner in var.aurora_dr_partners : primary => local.aurora_globals[primary] if partner == host
+  } }
 }
 
 provider "aws" {
@@ -34,13 +48,6 @@ provider "aws" {
   default_tags { tags = local.tags }
 }
 
-module "global_db" {
-  source         = "../../modules/aurora-global"
-  providers      = { aws = aws.us_east_1 }
-  name           = "ledger-${local.environment}"
-  engine_version = local.aurora_version
-}
-
 module "us_east_1" {
   source                   = "../../modules/region"
   providers                = { aws = aws.us_east_1 }
@@ -50,10 +57,9 @@ module "us_east_1" {
   peers                    = [for r, v in local.regions : v.ledger if r != "us-east-1"]
   availability_zones       = local.regions["us-east-1"].azs
   vpc_cidr                 = local.regions["us-east-1"].cidr
-  global_cluster_id        = module.global_db.id
-  aurora_engine_version    = module.global_db.engine_version
-  aurora_is_primary        = true
+  aurora_engine_version    = local.aurora_version
   db_master_password       = var.db_master_password
+  aurora_dr_secondaries    = local.aurora_dr_hosted["us-east-1"]
   aurora_instance_class    = local.aurora_class
   msk_broker_instance_type = local.msk_class
   certificate_arn          = var.certificate_arns["us-east-1"]
@@ -64,47 +70,45 @@ module "us_east_1" {
 }
 
 module "eu_west_1" {
-  source                     = "../../modules/region"
-  providers                  = { aws = aws.eu_west_1 }
-  environment                = local.environment
-  region                     = "eu-west-1"
-  ledger_region              = local.regions["eu-west-1"].ledger
-  peers                      = [for r, v in local.regions : v.ledger if r != "eu-west-1"]
-  availability_zones         = local.regions["eu-west-1"].azs
-  vpc_cidr                   = local.regions["eu-west-1"].cidr
-  global_cluster_id          = module.global_db.id
-  aurora_engine_version      = module.global_db.engine_version
-  aurora_is_primary          = false
-  aurora_primary_cluster_arn = module.us_east_1.aurora_cluster_arn
-  aurora_instance_class      = local.aurora_class
-  msk_broker_instance_type   = local.msk_class
-  certificate_arn            = var.certificate_arns["eu-west-1"]
-  image_registry             = var.image_registry
-  image_tag                  = var.image_tag
-  node_count                 = local.node_count
-  reconcile_host             = "reconcile.eu-west-1.${local.domain}"
+  source                   = "../../modules/region"
+  providers                = { aws = aws.eu_west_1 }
+  environment              = local.environment
+  region                   = "eu-west-1"
+  ledger_region            = local.regions["eu-west-1"].ledger
+  peers                    = [for r, v in local.regions : v.ledger if r != "eu-west-1"]
+  availability_zones       = local.regions["eu-west-1"].azs
+  vpc_cidr                 = local.regions["eu-west-1"].cidr
+  aurora_engine_version    = local.aurora_version
+  db_master_password       = var.db_master_password
+  aurora_dr_secondaries    = local.aurora_dr_hosted["eu-west-1"]
+  aurora_instance_class    = local.aurora_class
+  msk_broker_instance_type = local.msk_class
+  certificate_arn          = var.certificate_arns["eu-west-1"]
+  image_registry           = var.image_registry
+  image_tag                = var.image_tag
+  node_count               = local.node_count
+  reconcile_host           = "reconcile.eu-west-1.${local.domain}"
 }
 
 module "ap_south_1" {
-  source                     = "../../modules/region"
-  providers                  = { aws = aws.ap_south_1 }
-  environment                = local.environment
-  region                     = "ap-south-1"
-  ledger_region              = local.regions["ap-south-1"].ledger
-  peers                      = [for r, v in local.regions : v.ledger if r != "ap-south-1"]
-  availability_zones         = local.regions["ap-south-1"].azs
-  vpc_cidr                   = local.regions["ap-south-1"].cidr
-  global_cluster_id          = module.global_db.id
-  aurora_engine_version      = module.global_db.engine_version
-  aurora_is_primary          = false
-  aurora_primary_cluster_arn = module.us_east_1.aurora_cluster_arn
-  aurora_instance_class      = local.aurora_class
-  msk_broker_instance_type   = local.msk_class
-  certificate_arn            = var.certificate_arns["ap-south-1"]
-  image_registry             = var.image_registry
-  image_tag                  = var.image_tag
-  node_count                 = local.node_count
-  reconcile_host             = "reconcile.ap-south-1.${local.domain}"
+  source                   = "../../modules/region"
+  providers                = { aws = aws.ap_south_1 }
+  environment              = local.environment
+  region                   = "ap-south-1"
+  ledger_region            = local.regions["ap-south-1"].ledger
+  peers                    = [for r, v in local.regions : v.ledger if r != "ap-south-1"]
+  availability_zones       = local.regions["ap-south-1"].azs
+  vpc_cidr                 = local.regions["ap-south-1"].cidr
+  aurora_engine_version    = local.aurora_version
+  db_master_password       = var.db_master_password
+  aurora_dr_secondaries    = local.aurora_dr_hosted["ap-south-1"]
+  aurora_instance_class    = local.aurora_class
+  msk_broker_instance_type = local.msk_class
+  certificate_arn          = var.certificate_arns["ap-south-1"]
+  image_registry           = var.image_registry
+  image_tag                = var.image_tag
+  node_count               = local.node_count
+  reconcile_host           = "reconcile.ap-south-1.${local.domain}"
 }
 
 module "dns" {

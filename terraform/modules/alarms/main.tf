@@ -64,12 +64,12 @@ resource "aws_cloudwatch_metric_alarm" "unhealthy_targets" {
 }
 
 resource "aws_cloudwatch_metric_alarm" "replica_lag" {
-  count               = var.aurora_is_secondary ? 1 : 0
-  alarm_name          = "${var.name}-aurora-global-lag"
-  alarm_description   = "This region's copy of the ledger lags the primary; a failover now would lose the lag's worth of transfers."
+  for_each            = var.aurora_dr_cluster_ids
+  alarm_name          = "${var.name}-aurora-dr-${each.key}-lag"
+  alarm_description   = "The disaster-recovery copy of ${each.key}'s ledger, hosted here, lags its primary; a regional failover now would lose the lag's worth of transfers."
   namespace           = "AWS/RDS"
   metric_name         = "AuroraGlobalDBReplicationLag"
-  dimensions          = { DBClusterIdentifier = var.aurora_cluster_id }
+  dimensions          = { DBClusterIdentifier = each.value }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 5

@@ -21,12 +21,14 @@ variable "ecs_service_names" {
 }
 
 variable "aurora_cluster_id" {
-  type = string
+  description = "The region's own (writable) cluster."
+  type        = string
 }
 
-variable "aurora_is_secondary" {
-  description = "Replication lag from the primary region exists only on secondaries."
-  type        = bool
+variable "aurora_dr_cluster_ids" {
+  description = "Primary's AWS region -> the disaster-recovery secondary of that region's global cluster hosted here; replication lag exists only on secondaries."
+  type        = map(string)
+  default     = {}
 }
 
 variable "replica_lag_ms_max" {

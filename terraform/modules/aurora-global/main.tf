@@ -1,6 +1,6 @@
-# The global cluster only names the replication topology; the primary region's cluster joins it
-# first and holds the data, the other regions' clusters join as read-only secondaries that take
-# over on a managed failover.
+# One region's disaster-recovery topology: that region's writable cluster joins it first and holds
+# the data; one read-only secondary in the partner region joins it and takes over only on a
+# regional failover. Each ledger region has its own (the ledger is active-active, ARCHITECTURE.md).
 resource "aws_rds_global_cluster" "this" {
   global_cluster_identifier = var.name
   engine                    = "aurora-postgresql"

@@ -1,10 +1,10 @@
 variable "name" {
-  description = "Global cluster identifier, e.g. ledger-prod."
+  description = "Global cluster identifier, e.g. ledger-prod-us-east-1 (named after its primary's region)."
   type        = string
 }
 
 variable "engine_version" {
-  description = "Aurora PostgreSQL version; every regional cluster must run the same one."
+  description = "Aurora PostgreSQL version; its primary and its secondary must run the same one."
   type        = string
   default     = "15.4"
   validation {

@@ -1,5 +1,5 @@
 variable "name" {
-  description = "Cluster identifier, e.g. ledger-prod-us-east-1."
+  description = "Cluster identifier, e.g. ledger-prod-us-east-1 (a primary) or ledger-prod-us-east-1-dr (its secondary, in the partner region)."
   type        = string
 }
 
@@ -18,7 +18,7 @@ variable "engine_version" {
 }
 
 variable "is_primary" {
-  description = "The primary region's cluster creates the database and takes writes until a global failover; secondaries replicate it."
+  description = "A primary (each ledger region's own cluster) creates the database and takes writes; a secondary is its read-only disaster-recovery copy in another region until a regional failover."
   type        = bool
 }
 

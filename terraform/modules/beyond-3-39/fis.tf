@@ -1,5 +1,6 @@
-# Fault injection experiments for the chaos suite's cloud runs: stop region-node tasks, fail the
-# global database over to another region, and cut a region's network off from another region.
+# Fault injection experiments for the chaos suite's cloud runs: stop region-node tasks, fail one
+# region's database over to its disaster-recovery secondary in the partner region, and cut a
+# region's network off from another region.
 # Each stops itself when var.stop_alarm_arn fires.
 
 data "aws_iam_policy_document" "fis_assume" {
@@ -31,7 +32,7 @@ data "aws_iam_policy_document" "fis" {
   statement {
     sid       = "FailOverTheGlobalDatabase"
     actions   = ["rds:FailoverGlobalCluster", "rds:DescribeGlobalClusters", "rds:DescribeDBClusters"]
-    resources = concat(["arn:aws:rds::*:global-cluster:${var.global_cluster_id}"], [for id in values(var.aurora_cluster_ids) : "arn:aws:rds:*:*:cluster:${id}"])
+    resources = ["arn:aws:rds::*:global-cluster:${var.global_cluster_id}", var.primary_cluster_arn, var.dr_secondary_cluster_arn]
   }
   statement {
     sid       = "RunTheFailoverDocument"
@@ -102,8 +103,13 @@ resource "aws_fis_experiment_template" "stop_nodes" {
 
 # FIS has no global-cluster failover action; it runs an SSM automation document (var) that calls
 # rds:FailoverGlobalCluster, the managed switchover that loses nothing when the regions are in sync.
+# Each ledger region heads a global cluster of its own (terraform/README.md), so this drills the
+# loss of one region's database: that region's DR secondary, in its partner region, becomes the
+# writer and the region's own cluster a read-only secondary. The region's node (PGHOST is its own
+# cluster's endpoint) cannot commit until the runbook points it at the promoted cluster or switches
+# back; the other regions commit to their own primaries throughout. One region per experiment.
 resource "aws_fis_experiment_template" "fail_over_database" {
-  description = "Fail the Aurora global cluster over to another region."
+  description = "Fail one region's Aurora global cluster over to its DR secondary in the partner region."
   role_arn    = aws_iam_role.fis.arn
 
   stop_condition {
@@ -122,7 +128,7 @@ resource "aws_fis_experiment_template" "fail_over_database" {
       key = "documentParameters"
       value = jsonencode({
         GlobalClusterIdentifier   = var.global_cluster_id
-        TargetDbClusterIdentifier = var.aurora_cluster_ids["eu-west-1"]
+        TargetDbClusterIdentifier = var.dr_secondary_cluster_arn
       })
     }
     parameter {

@@ -3,13 +3,19 @@ variable "name" {
   type        = string
 }
 
-variable "aurora_cluster_ids" {
-  description = "AWS region -> the regional Aurora cluster of the global cluster."
-  type        = map(string)
+variable "global_cluster_id" {
+  description = "The global cluster the database experiment fails over: the drilled region's own (modules/region's aurora_global_cluster_id)."
+  type        = string
 }
 
-variable "global_cluster_id" {
-  type = string
+variable "primary_cluster_arn" {
+  description = "The drilled region's writable cluster, the global cluster's primary until the failover."
+  type        = string
+}
+
+variable "dr_secondary_cluster_arn" {
+  description = "Its read-only DR secondary in the partner region, which the failover promotes (FailoverGlobalCluster takes the ARN of a cluster in another region)."
+  type        = string
 }
 
 variable "ecs_cluster_arn" {

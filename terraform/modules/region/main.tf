@@ -1,6 +1,9 @@
-# One region of the ledger: its own network, database (a member of the global cluster), Kafka, and
-# services. Regions share nothing but the global database's replication and the replicator's
-# cross-region reads, so a region can be lost whole.
+# One region of the ledger: its own network, writable database, Kafka, and services. The ledger is
+# active-active (ARCHITECTURE.md): the region's node commits to this region's Aurora cluster, and
+# regions exchange transfers only through the replicator's cross-region Kafka reads. For disaster
+# recovery the region's cluster is the primary of its own Aurora global cluster, whose one read-only
+# secondary lives in a partner region; this module also hosts the secondaries of the regions it is
+# the partner of (var.aurora_dr_secondaries). A region can so be lost whole.
 locals {
   name = "ledger-${var.environment}-${var.region}"
   tags = merge(var.tags, { "ledger:environment" = var.environment, "ledger:region" = var.ledger_region })
@@ -33,7 +36,6 @@ resource "aws_secretsmanager_secret" "this" {
 }
 
 resource "aws_secretsmanager_secret_version" "db_password" {
-  count         = var.aurora_is_primary ? 1 : 0
   secret_id     = aws_secretsmanager_secret.this["db-password"].id
   secret_string = var.db_master_password
 }
@@ -114,13 +116,19 @@ module "services" {
   }
 }
 
+# The region's own global cluster and its writable primary: the node's database.
+module "aurora_global" {
+  source         = "../aurora-global"
+  name           = local.name
+  engine_version = var.aurora_engine_version
+}
+
 module "aurora" {
   source                    = "../aurora"
   name                      = local.name
-  global_cluster_id         = var.global_cluster_id
-  engine_version            = var.aurora_engine_version
-  is_primary                = var.aurora_is_primary
-  primary_cluster_arn       = var.aurora_primary_cluster_arn
+  global_cluster_id         = module.aurora_global.id
+  engine_version            = module.aurora_global.engine_version
+  is_primary                = true
   master_password           = var.db_master_password
   instance_class            = var.aurora_instance_class
   vpc_id                    = module.network.vpc_id
@@ -128,6 +136,25 @@ module "aurora" {
   client_security_group_ids = [module.services.tasks_security_group_id]
   kms_key_arn               = module.kms.key_arn
   tags                      = local.tags
+}
+
+# Other regions' disaster-recovery copies, hosted in this region's network and encrypted with this
+# region's key. No node writes them; a regional failover promotes one, after which the lost region's
+# services run here, so this region's tasks may reach it.
+module "aurora_dr" {
+  source                    = "../aurora"
+  for_each                  = var.aurora_dr_secondaries
+  name                      = "ledger-${var.environment}-${each.key}-dr"
+  global_cluster_id         = each.value.global_cluster_id
+  engine_version            = each.value.engine_version
+  is_primary                = false
+  primary_cluster_arn       = each.value.primary_cluster_arn
+  instance_class            = var.aurora_instance_class
+  vpc_id                    = module.network.vpc_id
+  subnet_ids                = module.network.private_subnet_ids
+  client_security_group_ids = [module.services.tasks_security_group_id]
+  kms_key_arn               = module.kms.key_arn
+  tags                      = merge(local.tags, { "ledger:dr-of" = each.key })
 }
 
 module "msk" {
@@ -150,7 +177,7 @@ module "alarms" {
   ecs_cluster_name          = module.services.cluster_name
   ecs_service_names         = keys(module.services.service_names)
   aurora_cluster_id         = module.aurora.cluster_id
-  aurora_is_secondary       = !var.aurora_is_primary
+  aurora_dr_cluster_ids     = { for r, m in module.aurora_dr : r => m.cluster_id }
   kms_key_arn               = module.kms.key_arn
   tags                      = local.tags
 }

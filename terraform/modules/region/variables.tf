@@ -26,28 +26,29 @@ variable "vpc_cidr" {
   type = string
 }
 
-variable "global_cluster_id" {
-  type = string
-}
-
 variable "aurora_engine_version" {
-  type = string
-}
-
-variable "aurora_is_primary" {
-  type = bool
-}
-
-variable "aurora_primary_cluster_arn" {
-  type    = string
-  default = null
+  description = "Of the region's own global cluster (modules/aurora-global validates it)."
+  type        = string
 }
 
 variable "db_master_password" {
-  description = "Primary region only; see modules/aurora."
+  description = "Master password of the region's primary cluster; see modules/aurora."
   type        = string
-  default     = null
   sensitive   = true
+}
+
+variable "aurora_dr_secondaries" {
+  description = "AWS region -> that region's global cluster, whose read-only disaster-recovery secondary this region hosts (the regions this one is the partner of)."
+  type = map(object({
+    global_cluster_id   = string
+    primary_cluster_arn = string
+    engine_version      = string
+  }))
+  default = {}
+  validation {
+    condition     = alltrue([for r, _ in var.aurora_dr_secondaries : r != var.region])
+    error_message = "A region cannot host the disaster-recovery copy of its own database: it would be lost with it."
+  }
 }
 
 variable "aurora_instance_class" {

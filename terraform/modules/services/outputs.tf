@@ -42,3 +42,8 @@ output "task_images" {
 output "log_group_retention_days" {
   value = { for k, g in aws_cloudwatch_log_group.service : k => g.retention_in_days }
 }
+
+output "container_environment" {
+  description = "Service -> the environment variables its task definition gives the container (read back from the task definition)."
+  value       = { for k, td in aws_ecs_task_definition.this : k => { for e in try(jsondecode(td.container_definitions)[0].environment, []) : e.name => e.value } }
+}

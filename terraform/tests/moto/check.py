@@ -39,6 +39,8 @@ if cmd == "verify":
     expect("ECS: region-node is behind the ALB", len(node["loadBalancers"]) == 1)
     td = ecs.describe_task_definition(taskDefinition=node["taskDefinition"])["taskDefinition"]
     expect("ECS: region-node runs ledger/region-node:<tag>", td["containerDefinitions"][0]["image"] == "ledger/region-node:moto-check")
+    env = {e["name"]: e["value"] for e in td["containerDefinitions"][0].get("environment", [])}
+    expect("ECS: region-node's PGHOST is its own Aurora cluster's writer endpoint", env.get("PGHOST") == c["Endpoint"])
     expect("ALB exists", len(elb.describe_load_balancers(LoadBalancerArns=[out["alb_arn"]])["LoadBalancers"]) == 1)
     tgs = elb.describe_target_groups(LoadBalancerArn=out["alb_arn"])["TargetGroups"]
     expect("ALB: target group health check on /readyz", [t["HealthCheckPath"] for t in tgs] == ["/readyz"])

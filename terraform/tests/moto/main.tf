@@ -1,4 +1,5 @@
-# Applies the modules moto can emulate (network, KMS, Aurora global + regional cluster, ECS behind
+# Applies the modules moto can emulate (network, KMS, one region's Aurora global cluster and its
+# writable primary (moto runs one region, so no DR secondary in a partner region), ECS behind
 # an ALB, alarms, Route 53) against a moto server, so the configuration meets a real AWS API shape
 # and not only a mocked provider. Run by scripts/terraform-checks.sh, which starts moto, applies,
 # inspects the result through boto3 and destroys. Not a deployable root module.
@@ -105,6 +106,7 @@ module "services" {
       cpu           = 1024
       memory        = 2048
       load_balanced = true
+      environment   = { PGHOST = module.aurora.endpoint, PGDATABASE = "ledger" }
       secrets       = { LEDGER_NODE_BOOTSTRAP_API_KEY = aws_secretsmanager_secret.api_key.arn }
     }
     replicator = { port = 9100, health_path = "/healthz", desired_count = 1, cpu = 512, memory = 1024, load_balanced = false }
@@ -113,7 +115,7 @@ module "services" {
 
 module "global_db" {
   source = "../../modules/aurora-global"
-  name   = "ledger-moto"
+  name   = local.name
 }
 
 module "aurora" {
@@ -137,7 +139,6 @@ module "alarms" {
   ecs_cluster_name          = module.services.cluster_name
   ecs_service_names         = keys(module.services.service_names)
   aurora_cluster_id         = module.aurora.cluster_id
-  aurora_is_secondary       = false
   kms_key_arn               = module.kms.key_arn
 }
 
