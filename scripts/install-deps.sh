@@ -88,6 +88,25 @@ if [ "$(cat .cache/toxiproxy/bin/VERSION 2>/dev/null)" != "$TOXIPROXY_VERSION" ]
   echo "$TOXIPROXY_VERSION" > .cache/toxiproxy/bin/VERSION
 fi
 
+# Jaeger for the local stack's traces (ledgerctl up starts it when the binary exists), built once
+# into .cache/jaeger/bin from the Go module proxy. `go install module@version` refuses a module
+# whose go.mod has replace directives, as Jaeger's has, so a throw-away module under
+# .cache/jaeger/src pins it as a tool and builds it from there.
+JAEGER_VERSION=v1.76.0
+if [ "$(cat .cache/jaeger/bin/VERSION 2>/dev/null)" != "$JAEGER_VERSION" ] \
+   || [ ! -x .cache/jaeger/bin/jaeger ]; then
+  command -v go >/dev/null || { echo "install-deps: Go is needed to build Jaeger" >&2; exit 1; }
+  echo "install-deps: building jaeger $JAEGER_VERSION (several minutes, once)" >&2
+  rm -rf .cache/jaeger/src
+  mkdir -p .cache/jaeger/src .cache/jaeger/bin
+  (cd .cache/jaeger/src \
+    && go mod init jaeger-build >/dev/null 2>&1 \
+    && GOFLAGS=-buildvcs=false go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" \
+    && GOFLAGS=-buildvcs=false go build -o ../bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger)
+  rm -rf .cache/jaeger/src
+  echo "$JAEGER_VERSION" > .cache/jaeger/bin/VERSION
+fi
+
 # Terraform 1.7 or newer (`terraform test`, `mock_provider`) runs the environments and the checks.
 # A machine without it gets OpenTofu, built from the Go module proxy (about 13 minutes on two
 # cores, once: the binary is cached), under the name `terraform` on PATH for what follows.

@@ -77,6 +77,8 @@ pub struct StackConfig {
     pub toxiproxy_bin: Option<PathBuf>,
     /// The proxy's API port (the first region's HTTP port + 30 by default).
     pub toxiproxy_port: u16,
+    /// Jaeger, which every component sends its spans to; none: no tracing.
+    pub jaeger_bin: Option<PathBuf>,
     /// `prometheus`: when set, `up` runs it over every component (see [`crate::prometheus`]).
     pub prometheus_bin: Option<PathBuf>,
     /// Prometheus's port.
@@ -155,6 +157,7 @@ impl StackConfig {
             toxiproxy_port: http_port_base
                 .checked_add(crate::toxiproxy::API_PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
+            jaeger_bin: None,
             prometheus_bin: crate::prometheus::default_bin(),
             prometheus_port: http_port_base
                 .checked_add(crate::prometheus::PORT_OFFSET)
@@ -172,6 +175,9 @@ impl StackConfig {
             Self::new(&names, first.postgres_port, first.kafka_port, first.http_port, manifest.state_dir.clone())?;
         if manifest.toxiproxy_url.is_some() {
             cfg.toxiproxy_bin = Some(default_toxiproxy_bin());
+        }
+        if manifest.tracing_url.is_some() {
+            cfg.jaeger_bin = Some(crate::jaeger::default_bin());
         }
         Ok(cfg)
     }

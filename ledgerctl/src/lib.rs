@@ -13,6 +13,7 @@ pub mod bench;
 pub mod config;
 pub mod drill;
 pub mod error;
+pub mod jaeger;
 pub mod kafka;
 pub mod logs;
 pub mod manifest;

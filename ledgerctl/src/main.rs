@@ -72,6 +72,12 @@ struct Opts {
     /// scripts/install-deps.sh).
     #[arg(long, env = "LEDGER_TOXIPROXY_BIN", global = true)]
     toxiproxy_bin: Option<PathBuf>,
+    /// Start no Jaeger and export no spans (tracing is on whenever the Jaeger binary exists).
+    #[arg(long, global = true)]
+    no_tracing: bool,
+    /// jaeger (default: .cache/jaeger/bin/jaeger, built by scripts/install-deps.sh).
+    #[arg(long, env = "LEDGER_JAEGER_BIN", global = true)]
+    jaeger_bin: Option<PathBuf>,
     /// Do not run Prometheus (it runs by default when `prometheus` is on PATH).
     #[arg(long, env = "LEDGER_NO_PROMETHEUS", global = true)]
     no_prometheus: bool,
@@ -198,6 +204,8 @@ impl Opts {
         if self.toxiproxy || self.toxiproxy_bin.is_some() || proxied {
             cfg.toxiproxy_bin = Some(self.toxiproxy_bin.clone().unwrap_or_else(config::default_toxiproxy_bin));
         }
+        let jaeger = self.jaeger_bin.clone().unwrap_or_else(ledgerctl::jaeger::default_bin);
+        cfg.jaeger_bin = (!self.no_tracing && jaeger.is_file()).then_some(jaeger);
         Ok(cfg)
     }
 }
@@ -215,7 +223,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
-    let cfg = cli.opts.config()?;
+    let mut cfg = cli.opts.config()?;
+    // A component restarted (`start`) in a stack brought up without Jaeger gets no OTLP endpoint
+    // nobody listens on; `up` decides afresh.
+    if !matches!(cli.command, Cmd::Up)
+        && Manifest::load(&cfg.manifest_path()).ok().flatten().is_some_and(|m| m.tracing_url.is_none())
+    {
+        cfg.jaeger_bin = None;
+    }
     let manifest_path = cfg.manifest_path();
     let stack_cfg = cfg.clone();
     let stack = Stack::new(cfg);
@@ -233,6 +248,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             if let Some(url) = &manifest.router_url {
                 println!("router     {url}  (nearest healthy region; X-Client-Region to choose where you are)");
+            }
+            if let Some(url) = &manifest.tracing_url {
+                println!("tracing    {url}  (Jaeger: /search, /api/traces/<trace id>)");
             }
             if let Some(url) = &manifest.prometheus_url {
                 println!("prometheus {url}  (every component's /metrics; alerts at {url}/alerts)");

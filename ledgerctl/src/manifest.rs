@@ -40,6 +40,12 @@ pub struct Manifest {
     /// Toxiproxy's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toxiproxy_pid: Option<u32>,
+    /// Jaeger's query API and UI (`/api/traces/<trace id>`, `/search`), when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing_url: Option<String>,
+    /// Jaeger's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jaeger_pid: Option<u32>,
     /// Prometheus's UI and API (scraping every component, evaluating `observability/alerts.yml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_url: Option<String>,

@@ -38,6 +38,8 @@ pub struct NodeProcess {
     pub reconcile_key: String,
     /// The key signing `Ledger-Session` tokens, the same in every region.
     pub session_secret: String,
+    /// Where spans go (Jaeger's OTLP/gRPC); empty: nowhere.
+    pub otlp_endpoint: String,
     /// Node output.
     pub log: PathBuf,
 }
@@ -74,7 +76,7 @@ impl NodeProcess {
     /// Writes the node's configuration file.
     pub fn write_config(&self) -> Result<()> {
         let mut toml = format!(
-            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\nreconcile_api_key = {:?}\nsession_secret = {:?}\n",
+            "# Written by ledgerctl up.\nregion = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nkafka_bootstrap = {:?}\nbootstrap_api_key = {:?}\npeers = {:?}\nreplication_api_key = {:?}\nreconcile_api_key = {:?}\nsession_secret = {:?}\notlp_endpoint = {:?}\n",
             self.region,
             self.http_port,
             self.database_url,
@@ -83,7 +85,8 @@ impl NodeProcess {
             self.peers,
             self.replication_key,
             self.reconcile_key,
-            self.session_secret
+            self.session_secret,
+            self.otlp_endpoint
         );
         toml.push_str("\n[peer_urls]\n");
         for (region, url) in &self.peer_urls {
@@ -174,6 +177,8 @@ pub struct ReplicatorProcess {
     pub sources: Vec<(String, String)>,
     /// Port of its `/metrics` and `/healthz`.
     pub metrics_port: u16,
+    /// Where spans go (Jaeger's OTLP/gRPC); empty: nowhere.
+    pub otlp_endpoint: String,
     /// Its output.
     pub log: PathBuf,
 }
@@ -203,8 +208,8 @@ impl ReplicatorProcess {
             });
         }
         let mut toml = format!(
-            "# Written by ledgerctl up.\ntarget_region = {:?}\ntarget_bootstrap = {:?}\nmetrics_addr = \"127.0.0.1:{}\"\n",
-            self.region, self.bootstrap, self.metrics_port
+            "# Written by ledgerctl up.\ntarget_region = {:?}\ntarget_bootstrap = {:?}\nmetrics_addr = \"127.0.0.1:{}\"\notlp_endpoint = {:?}\n",
+            self.region, self.bootstrap, self.metrics_port, self.otlp_endpoint
         );
         for (region, bootstrap) in &self.sources {
             toml.push_str(&format!("\n[[sources]]\nregion = {region:?}\nbootstrap = {bootstrap:?}\n"));

@@ -30,6 +30,8 @@ pub struct ReconcileProcess {
     pub regions: Vec<(String, String, String)>,
     /// The nodes' key with the reconcile scope.
     pub node_key: String,
+    /// Where spans go (Jaeger's OTLP/gRPC); empty: nowhere.
+    pub otlp_endpoint: String,
     /// Its output.
     pub log: PathBuf,
 }
@@ -66,8 +68,8 @@ impl ReconcileProcess {
         Self::check_binary(&self.bin)?;
         std::fs::create_dir_all(&self.dir).map_err(StackError::io(&self.dir))?;
         let mut toml = format!(
-            "# Written by ledgerctl up.\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nnode_api_key = {:?}\n",
-            self.port, self.database_url, self.node_key
+            "# Written by ledgerctl up.\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nnode_api_key = {:?}\notlp_endpoint = {:?}\n",
+            self.port, self.database_url, self.node_key, self.otlp_endpoint
         );
         for (name, url, bootstrap) in &self.regions {
             toml.push_str(&format!(

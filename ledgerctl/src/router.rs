@@ -44,6 +44,8 @@ pub struct RouterProcess {
     pub port: u16,
     /// Every region: (name, node URL), in port order.
     pub regions: Vec<(String, String)>,
+    /// Where spans go (Jaeger's OTLP/gRPC); empty: nowhere.
+    pub otlp_endpoint: String,
     /// Its output.
     pub log: PathBuf,
 }
@@ -85,8 +87,8 @@ impl RouterProcess {
     pub fn config_toml(&self) -> String {
         let first = self.regions.first().map(|(name, _)| name.as_str()).unwrap_or_default();
         let mut toml = format!(
-            "# Written by ledgerctl up.\nhttp_addr = \"127.0.0.1:{}\"\ndefault_client_region = {first:?}\n",
-            self.port
+            "# Written by ledgerctl up.\nhttp_addr = \"127.0.0.1:{}\"\ndefault_client_region = {first:?}\notlp_endpoint = {:?}\n",
+            self.port, self.otlp_endpoint
         );
         for (name, url) in &self.regions {
             toml.push_str(&format!("\n[[regions]]\nname = {name:?}\nurl = {url:?}\n"));

@@ -6,6 +6,7 @@
 
 use crate::config::{RegionSpec, StackConfig};
 use crate::error::{Result, StackError};
+use crate::jaeger::JaegerProcess;
 use crate::kafka::{self, KafkaBroker, KafkaJars};
 use crate::manifest::{Manifest, Pids, RegionEntry};
 use crate::node::{NodeProcess, ReplicatorProcess};
@@ -153,6 +154,21 @@ impl Stack {
         }))
     }
 
+    /// Jaeger, when tracing is on.
+    fn jaeger(&self) -> Option<JaegerProcess> {
+        let bin = self.cfg.jaeger_bin.clone()?;
+        Some(JaegerProcess {
+            bin,
+            dir: self.cfg.state_dir.join("jaeger"),
+            base_port: self.cfg.regions.first().map(|r| r.http_port).unwrap_or_default(),
+        })
+    }
+
+    /// Where every component sends its spans; empty without tracing.
+    fn otlp_endpoint(&self) -> String {
+        self.jaeger().map(|j| j.otlp_endpoint()).unwrap_or_default()
+    }
+
     fn node(&self, region: &RegionSpec, api_key: &str) -> NodeProcess {
         let dir = self.cfg.region_dir(&region.name);
         NodeProcess {
@@ -179,6 +195,7 @@ impl Stack {
             reconcile_key: reconcile_key(api_key),
             // Derived like the other keys: stable across `up` runs, so tokens survive a restart.
             session_secret: format!("{api_key}_session"),
+            otlp_endpoint: self.otlp_endpoint(),
             log: dir.join("node.log"),
             dir,
         }
@@ -201,6 +218,7 @@ impl Stack {
                 })
                 .collect(),
             metrics_port: replicator_port(region),
+            otlp_endpoint: self.otlp_endpoint(),
             log: dir.join("replicator.log"),
             dir,
         }
@@ -313,6 +331,15 @@ impl Stack {
         if manifest.router_pid.filter(|p| process::is_ours_and_alive(*p, &router.marker())).is_none() {
             process::ensure_port_free(router.port, "the router")?;
         }
+        let jaeger = self.jaeger();
+        if let Some(j) = &jaeger {
+            JaegerProcess::check_binary(&j.bin)?;
+            if manifest.jaeger_pid.filter(|p| process::is_ours_and_alive(*p, &j.marker())).is_none() {
+                for (port, what) in j.ports() {
+                    process::ensure_port_free(port, what)?;
+                }
+            }
+        }
         if let Some(p) = self.prometheus() {
             PrometheusProcess::check_binary(&p.bin)?;
             if manifest.prometheus_pid.filter(|pid| process::is_ours_and_alive(*pid, &p.marker())).is_none() {
@@ -349,6 +376,11 @@ impl Stack {
         }
         manifest.regions.retain(|r| cfg.regions.iter().any(|s| s.name.as_str() == r.name));
 
+        // Jaeger first, so every component's first spans have somewhere to go.
+        match &jaeger {
+            Some(j) => self.up_jaeger(j, &mut manifest, started).await?,
+            None => manifest.tracing_url = None,
+        }
         if let Some(t) = &toxiproxy {
             self.up_toxiproxy(t, &mut manifest, started).await?;
         }
@@ -411,6 +443,7 @@ impl Stack {
                 .iter()
                 .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port)))
                 .collect(),
+            otlp_endpoint: self.otlp_endpoint(),
             log: self.cfg.state_dir.join("router").join("router.log"),
         }
     }
@@ -445,8 +478,23 @@ impl Stack {
                 .map(|r| (r.name.to_string(), format!("http://127.0.0.1:{}", r.http_port), self.kafka(r).bootstrap()))
                 .collect(),
             node_key: reconcile_key(api_key),
+            otlp_endpoint: self.otlp_endpoint(),
             log: self.cfg.state_dir.join("reconcile").join("reconcile.log"),
         }
+    }
+
+    /// Jaeger, before everything that sends it spans (kept if running).
+    async fn up_jaeger(&self, j: &JaegerProcess, manifest: &mut Manifest, started: &mut Vec<Started>) -> Result<()> {
+        manifest.tracing_url = Some(j.url());
+        let marker = j.marker();
+        if manifest.jaeger_pid.filter(|p| process::is_ours_and_alive(*p, &marker)).is_none() {
+            let pid = j.start(Lifetime::Detached)?.id();
+            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            manifest.jaeger_pid = Some(pid);
+            manifest.save(&self.cfg.manifest_path())?;
+            j.wait_ready(pid).await?;
+        }
+        manifest.save(&self.cfg.manifest_path())
     }
 
     /// Prometheus over every component of the stack, when configured.
@@ -594,6 +642,9 @@ impl Stack {
             if manifest.toxiproxy_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
                 manifest.toxiproxy_pid = None;
             }
+            if manifest.jaeger_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
+                manifest.jaeger_pid = None;
+            }
             if manifest.prometheus_pid.is_some_and(|p| started.iter().any(|s| s.pid == p)) {
                 manifest.prometheus_pid = None;
             }
@@ -727,6 +778,14 @@ impl Stack {
                     }
                 }
                 stopped.extend(handles.into_iter().filter_map(|h| h.join().ok().flatten()));
+            }
+            // Jaeger last: the others flush their last spans to it as they stop. Its marker is its
+            // configuration in the state folder, whatever binary ran it.
+            let jaeger_marker = self.cfg.state_dir.join("jaeger").join("jaeger.yaml").display().to_string();
+            if let Some(pid) = manifest.jaeger_pid
+                && process::stop(pid, &jaeger_marker, Signal::SIGTERM, STOP_GRACE)
+            {
+                stopped.push(format!("jaeger (pid {pid})"));
             }
             std::fs::remove_file(&path).map_err(StackError::io(&path))?;
         }

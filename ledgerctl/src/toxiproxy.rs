@@ -216,6 +216,8 @@ mod tests {
         ports.push(format!("127.0.0.1:{}", cfg.reconcile_port));
         ports.push(format!("127.0.0.1:{}", cfg.router_port));
         ports.push(format!("127.0.0.1:{}", cfg.toxiproxy_port));
+        let jaeger = crate::jaeger::JaegerProcess { bin: "/x".into(), dir: "/x".into(), base_port: 18080 };
+        ports.extend(jaeger.ports().map(|(port, _)| format!("127.0.0.1:{port}")));
         let all = ports.len();
         ports.sort();
         ports.dedup();

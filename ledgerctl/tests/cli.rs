@@ -54,8 +54,9 @@ impl Env {
         cmd.args(["--regions", &self.regions]);
         cmd.args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()]);
         cmd.args(["--http-port-base", &self.http_base.to_string()]);
-        // The counts of parts below are without Prometheus; tests/alerts.rs covers it.
-        cmd.arg("--no-prometheus");
+        // The counts of parts below are without Prometheus and Jaeger; tests/alerts.rs and
+        // tests/tracing.rs cover them.
+        cmd.args(["--no-prometheus", "--no-tracing"]);
         cmd.args(args);
         cmd
     }

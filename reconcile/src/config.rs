@@ -59,6 +59,9 @@ pub struct ReconcileConfig {
     pub node_timeout_ms: u64,
     /// Cases in one page of the queue.
     pub page_size: i64,
+    /// OTLP/gRPC endpoint spans are exported to (`http://127.0.0.1:4317`); none when empty.
+    #[serde(default)]
+    pub otlp_endpoint: String,
 }
 
 impl Default for ReconcileConfig {
@@ -81,6 +84,7 @@ impl Default for ReconcileConfig {
             backfill_page: 500,
             node_timeout_ms: 5_000,
             page_size: 50,
+            otlp_endpoint: String::new(),
         }
     }
 }

@@ -47,12 +47,17 @@ fn role(s: &str) -> anyhow::Result<Role> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _failpoints = fail::FailScenario::setup();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
     let env = std::env::vars().filter(|(k, _)| k != "RECONCILE_STAFF_PASSWORD");
     let cfg = reconcile::config::load(cli.config.as_deref(), env).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    // Reconcile serves every region; its `cloud.region` is where its database lives, the first
+    // region's instance in the local stack.
+    let region = cfg.regions.first().map(|r| r.name.clone()).unwrap_or_default();
+    let telemetry = ledger_telemetry::init(
+        ledger_telemetry::Service { name: "reconcile", region: &region },
+        &cfg.otlp_endpoint,
+        None,
+    );
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let running = reconcile::start(cfg).await?;
@@ -84,5 +89,6 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    telemetry.shutdown();
     Ok(())
 }

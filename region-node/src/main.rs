@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let cfg = resolve(&flags, std::env::vars())?;
-    let telemetry = region_node::telemetry::init(&cfg.otlp_endpoint, None);
+    let telemetry = region_node::telemetry::init(&cfg.region, &cfg.otlp_endpoint, None);
     let node = region_node::start(cfg).await?;
     tracing::info!(addr = %node.addr(), "region node listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

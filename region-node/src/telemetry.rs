@@ -1,5 +1,7 @@
 //! Logs, traces and metrics.
 //!
+//! Logging, tracing and propagation are `ledger_telemetry`'s, shared by every process.
+//!
 //! - Logs: JSON lines ([`logs`]); inside a request, publish or consume span they carry that span's
 //!   `trace_id`.
 //! - Traces: `tracing` spans exported through OpenTelemetry (OTLP when an endpoint is configured).
@@ -8,19 +10,8 @@
 //!   consumer's span continues that.
 //! - Metrics: Prometheus text from `metrics-exporter-prometheus`, names below.
 
-pub mod logs;
-
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
-use std::collections::HashMap;
 use std::sync::OnceLock;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Metric names, in one place so dashboards and alerts have one source.
 pub mod metric {
@@ -91,129 +82,20 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Keeps the tracer provider alive; call [`Telemetry::shutdown`] on exit to flush spans.
-pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+pub use ledger_telemetry::{
+    ProviderStep, TRACEPARENT, Telemetry, continue_trace, logs, sampled, traceparent_of, with_exporter,
+};
+
+/// The node's `service.name`.
+pub const SERVICE: &str = "region-node";
+
+/// Installs JSON logs and OpenTelemetry tracing for the node of `region` (see
+/// [`ledger_telemetry::init`]).
+pub fn init(region: &str, otlp_endpoint: &str, extra: Option<ProviderStep>) -> Telemetry {
+    ledger_telemetry::init(ledger_telemetry::Service { name: SERVICE, region }, otlp_endpoint, extra)
 }
 
-impl Telemetry {
-    /// Flushes and stops trace export.
-    pub fn shutdown(self) {
-        if let Some(provider) = self.provider {
-            let _ = provider.shutdown();
-        }
-    }
-}
-
-/// Installs JSON logs and OpenTelemetry tracing for the process: OTLP/gRPC to `otlp_endpoint`
-/// when it is not empty, plus `extra` (tests pass an in-memory exporter). A second call in the
-/// same process (tests start many nodes) keeps the first installation.
-pub fn init(otlp_endpoint: &str, extra: Option<ProviderStep>) -> Telemetry {
-    install(otlp_endpoint, extra, false)
-}
-
-/// As [`init`], for tests: log lines go through the test harness's capture, not straight to stdout.
+/// As [`init`], for tests: log lines go through the test harness's capture.
 pub fn init_for_tests(extra: Option<ProviderStep>) -> Telemetry {
-    install("", extra, true)
-}
-
-/// A step applied to the tracer provider builder (tests add an in-memory exporter this way).
-pub type ProviderStep = Box<dyn FnOnce(TracerProviderBuilder) -> TracerProviderBuilder>;
-
-fn install(otlp_endpoint: &str, extra: Option<ProviderStep>, test_writer: bool) -> Telemetry {
-    let mut builder = SdkTracerProvider::builder();
-    let mut exporting = false;
-    if !otlp_endpoint.is_empty() {
-        use opentelemetry_otlp::WithExportConfig;
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(otlp_endpoint).build() {
-            Ok(exporter) => {
-                builder = builder.with_batch_exporter(exporter);
-                exporting = true;
-            }
-            Err(e) => eprintln!("region-node: OTLP exporter disabled: {e}"),
-        }
-    }
-    if let Some(extra) = extra {
-        builder = extra(builder);
-        exporting = true;
-    }
-    if !exporting {
-        // Nothing would receive a sampled span. Unsampled, every span still has its trace id (log
-        // lines and the traceparent stored with each event carry it), and the publisher and the
-        // consumer skip their per-record spans (see `sampled`): those were four spans per transfer.
-        builder = builder.with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
-    }
-    let provider = builder.build();
-    let tracer = provider.tracer("region-node");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
-    let lines = tracing_subscriber::fmt::layer().fmt_fields(logs::TraceIdField).event_format(logs::JsonLines);
-    let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(if test_writer { lines.with_test_writer().boxed() } else { lines.boxed() })
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .try_init()
-        .is_ok();
-    Telemetry { provider: installed.then_some(provider) }
-}
-
-/// Helper for tests: a provider builder step adding a simple (synchronous) exporter.
-pub fn with_exporter<E: SpanExporter + 'static>(exporter: E) -> ProviderStep {
-    Box::new(move |b| b.with_simple_exporter(exporter))
-}
-
-/// The W3C `traceparent` of `span`, if it belongs to a sampled trace.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
-}
-
-/// Whether a W3C `traceparent` says its trace is sampled (flag bit 0). A record of an unsampled
-/// trace gets no span of its own in the publisher or the consumer: it would be exported nowhere,
-/// and at some microseconds each, one span per record was a tenth of the node's CPU under load.
-pub fn sampled(traceparent: Option<&str>) -> bool {
-    traceparent
-        .and_then(|t| t.rsplit_once('-'))
-        .and_then(|(_, flags)| u8::from_str_radix(flags, 16).ok())
-        .is_some_and(|flags| flags & 1 == 1)
-}
-
-/// Makes `span` a child of the trace named by `traceparent` (a new trace when absent or
-/// malformed), then records the trace id in the span's `trace_id` field, which log lines logged in
-/// it carry (see [`logs`]).
-pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    if let Some(traceparent) = traceparent {
-        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-        let cx = TraceContextPropagator::new().extract(&carrier);
-        if cx.span().span_context().is_valid() {
-            let _ = span.set_parent(cx);
-        }
-    }
-    span.record(logs::TRACE_ID_FIELD, trace_id_of(span));
-}
-
-/// The trace id of `span` as 32 hex digits.
-fn trace_id_of(span: &tracing::Span) -> String {
-    span.context().span().span_context().trace_id().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sampled;
-
-    #[test]
-    fn only_the_sampled_flag_makes_a_traceparent_sampled() {
-        let id = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
-        assert!(sampled(Some(&format!("{id}-01"))));
-        assert!(sampled(Some(&format!("{id}-03"))));
-        assert!(!sampled(Some(&format!("{id}-00"))));
-        assert!(!sampled(Some(&format!("{id}-02"))));
-        assert!(!sampled(Some("garbage")));
-        assert!(!sampled(None));
-    }
+    ledger_telemetry::init_for_tests(ledger_telemetry::Service { name: SERVICE, region: "" }, extra)
 }

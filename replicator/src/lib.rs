@@ -19,6 +19,9 @@
 //! source's `heartbeats` topic and mirrors it like any record, so the lag in seconds is measured
 //! even when no events flow; the lag in events is the source's high watermark minus the mirrored
 //! position. Both are Prometheus gauges per (source, target).
+//!
+//! Tracing: each event's mirroring is a span continuing the trace its `traceparent` header names
+//! (the origin's publish), and the mirrored record carries that span's `traceparent` on.
 
 mod pair;
 
@@ -58,6 +61,9 @@ pub struct ReplicatorConfig {
     /// Heartbeat interval.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// OTLP/gRPC endpoint spans are exported to (`http://127.0.0.1:4317`); none when empty.
+    #[serde(default)]
+    pub otlp_endpoint: String,
 }
 
 fn default_batch_max() -> usize {

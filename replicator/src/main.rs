@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "replicator", about = "Mirrors every other region's ledger events into one region's Kafka")]
 struct Flags {
-    /// TOML file: target_region, target_bootstrap, [[sources]] region/bootstrap, topic_prefix, metrics_addr.
+    /// TOML file: target_region, target_bootstrap, [[sources]] region/bootstrap, topic_prefix, metrics_addr, otlp_endpoint.
     #[arg(long)]
     config: PathBuf,
 }
@@ -22,13 +22,11 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let cfg: replicator::ReplicatorConfig =
         Figment::new().merge(Toml::file_exact(&flags.config)).merge(Env::prefixed("LEDGER_REPLICATOR_")).extract()?;
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
-        )
-        .init();
+    let telemetry = ledger_telemetry::init(
+        ledger_telemetry::Service { name: "replicator", region: &cfg.target_region },
+        &cfg.otlp_endpoint,
+        None,
+    );
     let running = replicator::start(cfg).await?;
     tracing::info!(metrics = ?running.metrics_addr, "replicator running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -37,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     running.stop().await;
+    telemetry.shutdown();
     Ok(())
 }

@@ -98,6 +98,34 @@ fn millis_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// The span of one event's mirroring (OpenTelemetry messaging conventions): read from the
+/// source's topic, sent to the target's mirror in the pair's transaction.
+fn mirror_span(
+    source_topic: &str,
+    destination: &str,
+    partition: i32,
+    offset: i64,
+    src: &str,
+    dst: &str,
+) -> tracing::Span {
+    let name = format!("send {destination}");
+    tracing::info_span!(
+        "mirror",
+        otel.name = %name,
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.name = "send",
+        messaging.operation.type = "send",
+        messaging.destination.name = %destination,
+        messaging.source.name = %source_topic,
+        messaging.destination.partition.id = partition,
+        messaging.kafka.offset = offset,
+        replication.source = %src,
+        replication.target = %dst,
+        trace_id = tracing::field::Empty,
+    )
+}
+
 /// Reads this pair's committed source offsets back from the target's offsets topic.
 fn load_offsets(pair: &Pair) -> Result<HashMap<(String, i32), i64>, PairError> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -222,6 +250,8 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
         producer.begin_transaction()?;
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut newest_beat: Option<i64> = None;
+        // Each sampled event's mirroring span, ended once its transaction is settled.
+        let mut spans = Vec::new();
         let sent = (|| -> Result<(), PairError> {
             for m in &batch {
                 next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
@@ -250,10 +280,27 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
                     }
                     &mirrored_beats
                 };
+                // The origin's trace continues here: the mirrored record carries the mirroring
+                // span's traceparent in place of the publisher's, so each region's apply hangs
+                // below the hop that brought the event there.
+                let parent = header(ledger_telemetry::TRACEPARENT);
+                let traceparent = if destination == &mirrored_events && ledger_telemetry::sampled(parent.as_deref()) {
+                    let span = mirror_span(m.topic(), destination, m.partition(), m.offset(), src, dst);
+                    ledger_telemetry::continue_trace(&span, parent.as_deref());
+                    let own = ledger_telemetry::traceparent_of(&span);
+                    spans.push(span);
+                    own
+                } else {
+                    None
+                };
                 let mut headers = OwnedHeaders::new();
                 if let Some(hs) = m.headers() {
                     for h in hs.iter() {
-                        headers = headers.insert(Header { key: h.key, value: h.value });
+                        let value = match (&traceparent, h.key == ledger_telemetry::TRACEPARENT) {
+                            (Some(own), true) => Some(own.as_bytes()),
+                            _ => h.value,
+                        };
+                        headers = headers.insert(Header { key: h.key, value });
                     }
                 }
                 let mut record = FutureRecord::<[u8], [u8]>::to(destination).partition(m.partition()).headers(headers);
@@ -274,6 +321,9 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
         })();
         if let Err(e) = sent.and_then(|()| producer.commit_transaction(KAFKA_CALL_TIMEOUT).map_err(PairError::from)) {
             let _ = producer.abort_transaction(KAFKA_CALL_TIMEOUT);
+            for span in &spans {
+                span.in_scope(|| tracing::warn!(error = %e, "mirroring transaction aborted"));
+            }
             // Restart from the committed offsets: the consumer's position is past the aborted batch.
             return Err(e);
         }

@@ -79,6 +79,8 @@ pub struct RouterConfig {
     pub body_limit_bytes: usize,
     /// An upstream that has not answered (status and headers) within this is a 502.
     pub upstream_timeout_ms: u64,
+    /// OTLP/gRPC endpoint spans are exported to (`http://127.0.0.1:4317`); none when empty.
+    pub otlp_endpoint: String,
 }
 
 impl Default for RouterConfig {
@@ -103,6 +105,7 @@ impl Default for RouterConfig {
             // Longer than the node's own request timeout (10 s), so a slow node answers its own
             // 503 before the router gives up with a 502.
             upstream_timeout_ms: 15_000,
+            otlp_endpoint: String::new(),
         }
     }
 }

@@ -8,15 +8,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let flags = Flags::parse();
     let cfg = resolve(&flags, std::env::vars())?;
+    // The router serves every region; its `cloud.region` is where it runs, the default client
+    // region (the first region in the local stack).
+    let region = cfg.default_client_region.clone();
+    let telemetry =
+        ledger_telemetry::init(ledger_telemetry::Service { name: "router", region: &region }, &cfg.otlp_endpoint, None);
     let router = router::start(cfg).await?;
     tracing::info!(addr = %router.addr(), "router listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -26,5 +24,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     router.shutdown().await;
+    telemetry.shutdown();
     Ok(())
 }

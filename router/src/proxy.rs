@@ -101,8 +101,33 @@ fn region_value(name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("invalid-region-name"))
 }
 
-/// Every request that is not the router's own.
-pub(crate) async fn forward(
+/// Every request that is not the router's own. A request carrying a sampled W3C `traceparent` gets
+/// a span in the client's trace (its log lines carry the trace id), but the header goes to the node
+/// as the client sent it: the router never changes what a node sees, so its span and the node's
+/// are siblings under the client's.
+pub(crate) async fn forward(state: State<Arc<App>>, peer: ConnectInfo<SocketAddr>, request: Request) -> Response {
+    use tracing::Instrument;
+    let parent = request.headers().get(ledger_telemetry::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if !ledger_telemetry::sampled(parent.as_deref()) {
+        return forward_untraced(state, peer, request).await;
+    }
+    let name = format!("{} forward", request.method());
+    let span = tracing::info_span!(
+        "router.forward",
+        otel.name = %name,
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    ledger_telemetry::continue_trace(&span, parent.as_deref());
+    let response = forward_untraced(state, peer, request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+async fn forward_untraced(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,

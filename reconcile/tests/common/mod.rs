@@ -45,6 +45,7 @@ fn replicator_config(regions: &[testkit::Region], target: usize, prefix: &str) -
         metrics_addr: "127.0.0.1:0".into(),
         batch_max: 500,
         heartbeat_ms: 200,
+        otlp_endpoint: String::new(),
     }
 }
 

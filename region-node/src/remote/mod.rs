@@ -14,17 +14,21 @@
 
 use crate::storage::StorageError;
 use crate::storage::{remote_load as load, remote_store as store};
+use crate::telemetry;
 use ledger_core::LedgerEvent;
 use ledger_core::apply::{Fate, WaitKey};
 use ledger_core::{AccountId, RegionId};
+use opentelemetry::trace::TraceContextExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// How long to keep gathering records into a batch once one has arrived.
 const BATCH_GATHER: Duration = Duration::from_millis(5);
@@ -138,7 +142,7 @@ pub async fn run(
         };
         let mut batch = Vec::new();
         match first {
-            Ok(m) => batch.push((m.topic().to_owned(), m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec))),
+            Ok(m) => batch.push(Received::of(&m)),
             Err(e) => {
                 tracing::warn!(error = %e, "remote-apply consumer error");
                 tokio::time::sleep(RETRY_BACKOFF).await;
@@ -148,16 +152,15 @@ pub async fn run(
         let until = tokio::time::Instant::now() + BATCH_GATHER;
         while batch.len() < cfg.batch_max {
             match tokio::time::timeout_at(until, consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    batch.push((m.topic().to_owned(), m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)))
-                }
+                Ok(Ok(m)) => batch.push(Received::of(&m)),
                 _ => break,
             }
         }
         let mut events = Vec::new();
         let mut unreadable = Vec::new();
         let mut seen = HashSet::new();
-        for (topic, partition, offset, payload) in &batch {
+        let mut spans = Vec::new();
+        for Received { topic, partition, offset, payload, traceparent } in &batch {
             let parsed = payload
                 .as_deref()
                 .ok_or_else(|| "an empty record".to_owned())
@@ -168,24 +171,33 @@ pub async fn run(
                 Ok(held) if held.event.origin_region == cfg.region => {}
                 Ok(held) => {
                     if seen.insert(held.event.event_id) {
+                        if telemetry::sampled(traceparent.as_deref()) {
+                            spans.push(apply_span(topic, *partition, *offset, &held, traceparent.as_deref()));
+                        }
                         events.push(held);
                     }
                 }
                 Err(reason) => unreadable.push((format!("{topic}:{partition}@{offset}"), payload.clone(), reason)),
             }
         }
-        let applied = until_ok(&shutdown, || async {
-            dead_letter_records(&pool, &unreadable).await?;
-            let woken = apply(&pool, &cfg.region, events.clone()).await?;
-            wake(&pool, &cfg.region, woken).await
+        let round_span = round_span(&spans);
+        let applied = until_ok(&shutdown, || {
+            async {
+                dead_letter_records(&pool, &unreadable).await?;
+                let woken = apply(&pool, &cfg.region, events.clone()).await?;
+                wake(&pool, &cfg.region, woken).await
+            }
+            .instrument(round_span.clone())
         })
         .await;
+        // The events' spans end here: each covers its record's wait for the round that applied it.
+        drop((round_span, spans));
         if !applied {
             break;
         }
         // Offsets only after the events are durably applied, held or set aside.
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for (topic, partition, offset, _) in &batch {
+        for Received { topic, partition, offset, .. } in &batch {
             let e = next.entry((topic.clone(), *partition)).or_insert(offset + 1);
             *e = (*e).max(offset + 1);
         }
@@ -196,6 +208,77 @@ pub async fn run(
         consumer.commit(&tpl, CommitMode::Async)?;
     }
     Ok(())
+}
+
+/// A record as received, detached from the consumer.
+struct Received {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+    /// The `traceparent` header: the replicator's mirroring span, child of the origin's publish.
+    traceparent: Option<String>,
+}
+
+impl Received {
+    fn of(m: &impl Message) -> Self {
+        let traceparent = m.headers().and_then(|hs| {
+            hs.iter()
+                .find(|h| h.key == telemetry::TRACEPARENT)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        });
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+            traceparent,
+        }
+    }
+}
+
+/// One span per received event, continuing the trace its record carries (OpenTelemetry messaging
+/// conventions, a `process` operation), so the origin's trace shows each region's apply.
+fn apply_span(topic: &str, partition: i32, offset: i64, held: &Held, traceparent: Option<&str>) -> tracing::Span {
+    let name = format!("process {topic}");
+    let span = tracing::info_span!(
+        "remote apply",
+        otel.name = %name,
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = %topic,
+        messaging.destination.partition.id = partition,
+        messaging.kafka.offset = offset,
+        messaging.message.id = %held.event.event_id,
+        ledger.origin_region = %held.event.origin_region,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, traceparent);
+    span
+}
+
+/// The round's PostgreSQL work as one database span (OpenTelemetry database conventions). A round
+/// serves events of many traces: it is a child of the first event's span and links the others.
+fn round_span(events: &[tracing::Span]) -> tracing::Span {
+    let Some(first) = events.first() else { return tracing::Span::none() };
+    let span = tracing::info_span!(
+        parent: first,
+        "remote apply round",
+        otel.name = "remote apply round",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.system = "postgresql",
+        db.operation.name = "remote apply round",
+        ledger.events = events.len(),
+    );
+    for other in &events[1..] {
+        span.add_link(other.context().span().span_context().clone());
+    }
+    span
 }
 
 /// Retries `step` with a pause until it succeeds (true) or shutdown (false). Only an unreachable

@@ -44,6 +44,7 @@ fn replicator_config_from(
         metrics_addr: "127.0.0.1:0".into(),
         batch_max: 500,
         heartbeat_ms: 200,
+        otlp_endpoint: String::new(),
     }
 }
 

@@ -77,7 +77,7 @@ where
         event.record(&mut JsonFieldMap(&mut fields));
         let meta = event.metadata();
         let mut line = json!({
-            "timestamp": crate::storage::rfc3339(&chrono::Utc::now()),
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "level": meta.level().as_str(),
             "target": meta.target(),
             "fields": fields,
