@@ -46,6 +46,12 @@ const OUTBOX_WAIT: Duration = Duration::from_secs(30);
 const HISTOGRAM_MAX_US: u64 = 300_000_000;
 /// Progress line interval.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Most closed-loop clients of one phase (each is a task with a connection).
+pub const CLIENTS_MAX: u32 = 1024;
+/// Most connections of the baseline ledger (the stack's PostgreSQL allows 300 in all).
+pub const BASELINE_CONNECTIONS_MAX: u32 = 128;
+
+pub mod compare;
 
 /// Flags of `ledgerctl bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,6 +86,24 @@ pub struct BenchArgs {
     /// Seed of the account-pair and amount draws (default: random, printed and recorded).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Also measure, in this run and on this region's PostgreSQL, the plain PostgreSQL ledger of
+    /// `ledgerctl/sql/baseline.sql` (client statements and PL/pgSQL) and `GET /healthz`, open loop
+    /// at `--rate` and closed loop at each of `--clients`, and report the ratios and targets.
+    #[arg(long)]
+    pub baseline: bool,
+    /// With `--baseline`: the closed-loop client counts (the ceiling is the best of them).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 8, 64])]
+    pub clients: Vec<u32>,
+    /// With `--baseline`: measured seconds of each closed-loop phase (after `--closed-warmup-s`).
+    #[arg(long, default_value_t = 10)]
+    pub closed_s: u64,
+    /// With `--baseline`: warm-up seconds of each closed-loop phase.
+    #[arg(long, default_value_t = 2)]
+    pub closed_warmup_s: u64,
+    /// With `--baseline`: connections of the baseline ledger, as many as the node's pool
+    /// (region-node's `db_pool_max`, 16 unless configured otherwise).
+    #[arg(long, default_value_t = 16)]
+    pub baseline_connections: u32,
 }
 
 impl Default for BenchArgs {
@@ -96,6 +120,11 @@ impl Default for BenchArgs {
             manifest: None,
             api_key: None,
             seed: None,
+            baseline: false,
+            clients: vec![1, 8, 64],
+            closed_s: 10,
+            closed_warmup_s: 2,
+            baseline_connections: 16,
         }
     }
 }
@@ -484,7 +513,18 @@ fn command_line(args: &BenchArgs, manifest: &Path, region: &str, out: &Path, see
         format!("--seed {seed}"),
         format!("--out {}", shell_quote(&out.display().to_string())),
     ];
-    parts.join(" ")
+    let mut line = parts.join(" ");
+    if args.baseline {
+        let clients: Vec<String> = args.clients.iter().map(u32::to_string).collect();
+        line.push_str(&format!(
+            " --baseline --clients {} --closed-s {} --closed-warmup-s {} --baseline-connections {}",
+            clients.join(","),
+            args.closed_s,
+            args.closed_warmup_s,
+            args.baseline_connections
+        ));
+    }
+    line
 }
 
 fn validate(args: &BenchArgs) -> Result<(), BenchError> {
@@ -501,20 +541,111 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     if args.concurrency_max == 0 {
         return bad("--concurrency-max must be at least 1");
     }
+    if args.baseline {
+        if args.clients.is_empty() || args.clients.iter().any(|&c| c == 0 || c > CLIENTS_MAX) {
+            return Err(BenchError::Args(format!("--clients must list counts between 1 and {CLIENTS_MAX}")));
+        }
+        if args.closed_s == 0 {
+            return bad("--closed-s must be at least 1");
+        }
+        if args.baseline_connections == 0 || args.baseline_connections > BASELINE_CONNECTIONS_MAX {
+            return Err(BenchError::Args(format!(
+                "--baseline-connections must be between 1 and {BASELINE_CONNECTIONS_MAX}"
+            )));
+        }
+    }
     Ok(())
 }
 
-/// Shared by the scheduler and the request tasks.
-struct Ctx {
+/// What every phase of a run shares: the clients and the accounts.
+pub(crate) struct Shared {
     /// One attempt per request: the bench counts failures itself, it does not retry them.
-    client: ledger_client::Client,
+    pub(crate) client: ledger_client::Client,
     /// With retries (the same key each time), for opening and funding the accounts.
-    setup: ledger_client::Client,
-    accounts: Vec<String>,
-    run_id: String,
+    pub(crate) setup: ledger_client::Client,
+    /// For `GET /healthz`.
+    pub(crate) http: reqwest::Client,
+    /// The region's base URL.
+    pub(crate) base: String,
+    pub(crate) accounts: Vec<String>,
+    pub(crate) run_id: String,
+}
+
+/// Where one request of the load goes.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// `POST /v1/transfers` on the region, through `ledger-client`.
+    Node,
+    /// The plain PostgreSQL ledger of `ledgerctl/sql/baseline.sql`.
+    Baseline(crate::baseline::Baseline, crate::baseline::Driver),
+    /// `GET /healthz` on the region: an HTTP round trip that does no work, this machine's floor.
+    Healthz,
+}
+
+impl Target {
+    /// Sends one request; `Err` holds the error kind.
+    async fn send(&self, shared: &Shared, key: String, from: u32, to: u32, amount: i64) -> Outcome {
+        let (from, to) = (&shared.accounts[from as usize], &shared.accounts[to as usize]);
+        match self {
+            Target::Node => {
+                let transfer = ledger_client::NewTransfer {
+                    from: from.clone(),
+                    to: to.clone(),
+                    amount,
+                    currency: Some(CURRENCY.to_owned()),
+                    idempotency_key: Some(key),
+                    ..Default::default()
+                };
+                // The client reads the whole answer: the latency is to the complete response, and
+                // the connection goes back to the pool only once drained.
+                match shared.client.transfer(transfer).await {
+                    Ok(a) if !a.replayed => Ok(()),
+                    Ok(_) => Err("replayed".to_owned()),
+                    Err(ledger_client::Error::Problem { status, .. }) => Err(status_kind(status)),
+                    Err(ledger_client::Error::Unavailable { kind, .. }) => Err(kind),
+                    Err(e) => Err(format!("client: {e}")),
+                }
+            }
+            Target::Baseline(ledger, driver) => {
+                match ledger.transfer(*driver, &key, from, to, amount, CURRENCY).await {
+                    Ok(crate::baseline::Outcome::Applied) => Ok(()),
+                    Ok(crate::baseline::Outcome::Replayed) => Err("replayed".to_owned()),
+                    Ok(crate::baseline::Outcome::Refused(why)) => Err(why),
+                    Err(e) => Err(match e.as_database_error().and_then(|d| d.code()) {
+                        Some(code) => format!("db_{code}"),
+                        None => "db".to_owned(),
+                    }),
+                }
+            }
+            Target::Healthz => {
+                let answer = shared.http.get(format!("{}/healthz", shared.base)).send().await;
+                match answer {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        match r.bytes().await {
+                            Ok(_) if status == 200 => Ok(()),
+                            Ok(_) => Err(status_kind(status)),
+                            Err(_) => Err("transport".to_owned()),
+                        }
+                    }
+                    Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+                    Err(e) if e.is_connect() => Err("connect".to_owned()),
+                    Err(_) => Err("transport".to_owned()),
+                }
+            }
+        }
+    }
+}
+
+/// One phase's load: where it goes, and what it records.
+struct Ctx {
+    shared: Arc<Shared>,
+    target: Target,
+    /// Distinguishes the idempotency keys of the phases of one run.
+    phase: String,
     stats: Mutex<Stats>,
     in_flight: AtomicUsize,
-    /// Set when `run` returns or is dropped (e.g. on Ctrl-C): the scheduler sends nothing more.
+    /// Set when the phase returns or is dropped (e.g. on Ctrl-C): the scheduler sends nothing more.
     stop: AtomicBool,
 }
 
@@ -546,23 +677,8 @@ struct Due {
 
 async fn send_one(ctx: Arc<Ctx>, due: Due, _running: tokio::sync::mpsc::Sender<()>) {
     let started = Instant::now();
-    let transfer = ledger_client::NewTransfer {
-        from: ctx.accounts[due.from as usize].clone(),
-        to: ctx.accounts[due.to as usize].clone(),
-        amount: due.amount,
-        currency: Some(CURRENCY.to_owned()),
-        idempotency_key: Some(format!("bench-{}-{}", ctx.run_id, due.i)),
-        ..Default::default()
-    };
-    // The client reads the whole answer: the latency is to the complete response, and the
-    // connection goes back to the pool only once drained.
-    let outcome = match ctx.client.transfer(transfer).await {
-        Ok(a) if !a.replayed => Ok(()),
-        Ok(_) => Err("replayed".to_owned()),
-        Err(ledger_client::Error::Problem { status, .. }) => Err(status_kind(status)),
-        Err(ledger_client::Error::Unavailable { kind, .. }) => Err(kind),
-        Err(e) => Err(format!("client: {e}")),
-    };
+    let key = format!("bench-{}-{}{}", ctx.shared.run_id, ctx.phase, due.i);
+    let outcome = ctx.target.send(&ctx.shared, key, due.from, due.to, due.amount).await;
     let done = Instant::now();
     ctx.stats().record(due.measured, due.intended, Some(started), done, outcome);
     ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -605,7 +721,7 @@ fn schedule(
 
 /// Opens the funding account and the benchmark accounts, then funds each of them, through the
 /// client: a funding transfer retried after a cut connection replays instead of paying twice.
-async fn set_up(ctx: &Arc<Ctx>, world: &str, funding: i64) -> Result<(), BenchError> {
+async fn set_up(ctx: &Arc<Shared>, world: &str, funding: i64) -> Result<(), BenchError> {
     let setup = |what: String| move |e: ledger_client::Error| BenchError::Setup(format!("{what}: {e}"));
     ctx.setup.open_account(world, CURRENCY, true).await.map_err(setup(format!("opening {world}")))?;
     // Phase 0 opens the accounts, phase 1 funds them, each with bounded concurrency.
@@ -696,8 +812,20 @@ async fn outbox_lag(postgres_url: &str, from_unix_s: f64, to_unix_s: f64) -> Res
     })
 }
 
-/// Runs the benchmark described by `args` and writes its report to `--out`.
-pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+/// Everything the phases of a run share, once the accounts are open and funded.
+pub(crate) struct Prepared {
+    pub(crate) manifest_path: PathBuf,
+    pub(crate) region: crate::manifest::RegionEntry,
+    pub(crate) out: PathBuf,
+    pub(crate) seed: u64,
+    pub(crate) shared: Arc<Shared>,
+    /// What each account was funded with.
+    pub(crate) funding: i64,
+}
+
+/// Reads the manifest, builds the clients, and opens and funds the node's accounts for `total`
+/// transfers.
+pub(crate) async fn prepare(args: &BenchArgs, default_out: &str, total: u64) -> Result<Prepared, BenchError> {
     validate(args)?;
     let manifest_path = args.manifest.clone().unwrap_or_else(|| repo_root().join(".devstack").join("env.json"));
     let manifest = Manifest::load(&manifest_path)?.ok_or_else(|| BenchError::NoManifest(manifest_path.clone()))?;
@@ -717,20 +845,16 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .or_else(|| args.api_key.clone())
         .filter(|k| !k.trim().is_empty())
         .ok_or_else(|| BenchError::NoApiKey(manifest_path.clone()))?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| manifest_path.parent().unwrap_or(Path::new(".")).join(format!("bench-{}.json", args.rate)));
+    let out = args.out.clone().unwrap_or_else(|| manifest_path.parent().unwrap_or(Path::new(".")).join(default_out));
     let seed = args.seed.unwrap_or_else(rand::random);
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let command = command_line(args, &manifest_path, &region.name, &out, seed);
     let base = region.http_url.trim_end_matches('/').to_owned();
     eprintln!(
         "bench: region {} at {base}, {} transfers/s for {} s after {} s warm-up, {} accounts, run {run_id}, seed {seed}",
         region.name, args.rate, args.duration_s, args.warmup_s, args.accounts
     );
 
-    let client = reqwest::Client::builder()
+    let http = reqwest::Client::builder()
         .http1_only()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(args.concurrency_max)
@@ -746,31 +870,57 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         ..ledger_client::ClientConfig::new(vec![base.clone()], api_key.trim())
     };
     let client =
-        ledger_client::Client::with_http(once.clone(), client).map_err(|e| BenchError::Setup(e.to_string()))?;
+        ledger_client::Client::with_http(once.clone(), http.clone()).map_err(|e| BenchError::Setup(e.to_string()))?;
     let setup = ledger_client::Client::new(ledger_client::ClientConfig { attempts_max: 8, ..once })
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let ctx = Arc::new(Ctx {
+    let shared = Arc::new(Shared {
         client,
         setup,
+        http,
+        base,
         accounts: (0..args.accounts).map(|i| format!("bench-{run_id}-{i}")).collect(),
-        run_id: run_id.clone(),
-        stats: Mutex::new(Stats::new(Instant::now())),
-        in_flight: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
+        run_id,
     });
-    let _stop = StopOnDrop(ctx.clone());
 
-    let total = total_requests(args.rate, args.warmup_s, args.duration_s);
     let funding = funding_per_account(total, args.accounts);
-    let world = format!("bench-world-{run_id}");
+    let world = format!("bench-world-{}", shared.run_id);
     let setup_started = Instant::now();
-    set_up(&ctx, &world, funding).await?;
+    set_up(&shared, &world, funding).await?;
     eprintln!(
         "bench: opened and funded {} accounts with {funding} each in {:.1} s",
         args.accounts,
         setup_started.elapsed().as_secs_f64()
     );
+    Ok(Prepared { manifest_path, region, out, seed, shared, funding })
+}
 
+/// One open-loop phase, as recorded.
+pub(crate) struct OpenLoop {
+    stats: Stats,
+    window_start: Instant,
+    /// The measured window, seconds since the Unix epoch.
+    pub(crate) from_unix_s: f64,
+    pub(crate) to_unix_s: f64,
+}
+
+/// Sends `args.rate` requests per second to `target` for the warm-up and the window, on the
+/// schedule drawn from `seed` (the same pairs and amounts for every target given the same seed).
+pub(crate) async fn open_loop(
+    shared: &Arc<Shared>,
+    target: Target,
+    phase: &str,
+    args: &BenchArgs,
+    seed: u64,
+) -> Result<OpenLoop, BenchError> {
+    let ctx = Arc::new(Ctx {
+        shared: shared.clone(),
+        target,
+        phase: phase.to_owned(),
+        stats: Mutex::new(Stats::new(Instant::now())),
+        in_flight: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let _stop = StopOnDrop(ctx.clone());
     // A short lead so the first requests are not already late.
     let t0 = Instant::now() + Duration::from_millis(50);
     let anchor = (Instant::now(), SystemTime::now());
@@ -789,7 +939,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 let s = ctx.stats();
                 let errors: u64 = s.errors.values().sum::<u64>() + s.warmup.errors;
                 eprintln!(
-                    "bench: t={:>4.0} s  measured sent {} ok {}  errors {errors}  in flight {in_flight}",
+                    "bench: {}t={:>4.0} s  measured sent {} ok {}  errors {errors}  in flight {in_flight}",
+                    ctx.phase,
                     t0.elapsed().as_secs_f64(),
                     s.sent,
                     s.ok
@@ -811,10 +962,23 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     finished.store(true, Ordering::Release);
     progress.abort();
     scheduler.join().map_err(|_| BenchError::Scheduler("the scheduler thread panicked".into()))?;
+    let stats = std::mem::replace(&mut *ctx.stats(), Stats::new(window_start));
+    Ok(OpenLoop {
+        stats,
+        window_start,
+        from_unix_s: unix_seconds(window_start, anchor),
+        to_unix_s: unix_seconds(window_end, anchor),
+    })
+}
 
-    let mut warnings = Vec::new();
-    let (from_s, to_s) = (unix_seconds(window_start, anchor), unix_seconds(window_end, anchor));
-    let outbox = match outbox_lag(&region.postgres_url, from_s, to_s).await {
+/// The outbox lag of a window, or `None` with a warning saying why.
+pub(crate) async fn outbox_lag_or_warn(
+    postgres_url: &str,
+    from_unix_s: f64,
+    to_unix_s: f64,
+    warnings: &mut Vec<String>,
+) -> Option<OutboxLagMs> {
+    match outbox_lag(postgres_url, from_unix_s, to_unix_s).await {
         Ok(lag) => {
             if lag.unpublished > 0 {
                 warnings.push(format!(
@@ -827,20 +991,41 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             Some(lag)
         }
         Err(e) => {
-            warnings.push(format!("outbox lag not measured: {}: {e}", region.postgres_url));
+            warnings.push(format!("outbox lag not measured: {postgres_url}: {e}"));
             None
         }
-    };
+    }
+}
 
-    let info =
-        RunInfo { region: region.name.clone(), http_url: base, run_id, seed, started_at_unix_s: from_s, command };
-    let report = build_report(args, info, &ctx.stats(), window_start, outbox, warnings);
+/// Writes `value` as pretty JSON to `out`, creating its folder.
+pub(crate) fn write_json(out: &Path, value: &impl Serialize) -> Result<(), BenchError> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| BenchError::Io { path: parent.to_path_buf(), source })?;
     }
-    let text = serde_json::to_string_pretty(&report).expect("a report always serializes");
-    std::fs::write(&out, text + "\n").map_err(|source| BenchError::Io { path: out.clone(), source })?;
+    let text = serde_json::to_string_pretty(value).expect("a report always serializes");
+    std::fs::write(out, text + "\n").map_err(|source| BenchError::Io { path: out.to_path_buf(), source })?;
     eprintln!("bench: result written to {}", out.display());
+    Ok(())
+}
+
+/// Runs the benchmark described by `args` and writes its report to `--out`.
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    let total = total_requests(args.rate, args.warmup_s, args.duration_s);
+    let p = prepare(args, &format!("bench-{}.json", args.rate), total).await?;
+    let command = command_line(args, &p.manifest_path, &p.region.name, &p.out, p.seed);
+    let phase = open_loop(&p.shared, Target::Node, "", args, p.seed).await?;
+    let mut warnings = Vec::new();
+    let outbox = outbox_lag_or_warn(&p.region.postgres_url, phase.from_unix_s, phase.to_unix_s, &mut warnings).await;
+    let info = RunInfo {
+        region: p.region.name.clone(),
+        http_url: p.shared.base.clone(),
+        run_id: p.shared.run_id.clone(),
+        seed: p.seed,
+        started_at_unix_s: phase.from_unix_s,
+        command,
+    };
+    let report = build_report(args, info, &phase.stats, phase.window_start, outbox, warnings);
+    write_json(&p.out, &report)?;
     Ok(report)
 }
 

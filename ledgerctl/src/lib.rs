@@ -9,6 +9,7 @@
 //! (its state folder) before anything else happens, and only processes whose command line still
 //! carries that marker are ever signalled, so `down` stops exactly what `up` started.
 
+pub mod baseline;
 pub mod bench;
 pub mod config;
 pub mod drill;

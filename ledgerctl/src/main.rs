@@ -296,22 +296,22 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench(mut args) => match ledgerctl::bench::run({
+        Cmd::Bench(mut args) => {
             // The manifest of the stack this invocation names (--state-dir), unless given.
             args.manifest.get_or_insert(manifest_path);
-            &args
-        })
-        .await
-        {
-            Ok(report) => {
-                ledgerctl::bench::print(&report);
-                Ok(ExitCode::SUCCESS)
+            let outcome = if args.baseline {
+                ledgerctl::bench::compare::run(&args).await.map(|r| ledgerctl::bench::compare::print(&r))
+            } else {
+                ledgerctl::bench::run(&args).await.map(|r| ledgerctl::bench::print(&r))
+            };
+            match outcome {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("ledgerctl: error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(e) => {
-                eprintln!("ledgerctl: error: {e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
         Cmd::Drill { command: DrillCmd::RegionLoss(args) } => {
             let report = ledgerctl::drill::region_loss(&stack, &manifest_path, &args).await?;
             ledgerctl::drill::print(&report);

@@ -166,6 +166,7 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     assert_eq!(get_status(reconcile_url, "/api/cases", "rct_wrong"), 401);
     audit_verify_names_the_edited_entry(&env, &manifest);
     the_router_sends_each_client_region_to_its_own_region(&env, &manifest);
+    bench_baseline_measures_the_node_beside_a_correct_plain_ledger(&env);
 
     let status = env.run(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
@@ -344,6 +345,65 @@ fn a_region_lost_under_load_comes_back_with_every_acknowledged_transfer_once() {
     assert!(report["failed_attempts"].as_u64().unwrap() > 0, "the loss was felt: {report}");
     // After the restart every part of the lost region is healthy again.
     assert!(env.run(&["status"]).status.success());
+}
+
+/// A short `bench --baseline`: every system measured open and closed loop, the baseline's books
+/// correct, the targets evaluated, the table printed and the JSON written.
+fn bench_baseline_measures_the_node_beside_a_correct_plain_ledger(env: &Env) {
+    let out_path = env.dir.path().join("baseline.json");
+    let bench = env.run(&[
+        "bench",
+        "--baseline",
+        "--rate",
+        "50",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "1",
+        "--accounts",
+        "20",
+        "--clients",
+        "1,4",
+        "--closed-s",
+        "2",
+        "--closed-warmup-s",
+        "1",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&bench.stderr));
+    for line in ["open loop 50/s", "closed loop 2 s", "targets (ratios measured in this run)", "correct"] {
+        assert!(stdout.contains(line), "{line:?} in:\n{stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let systems = report["systems"].as_array().unwrap();
+    let names: Vec<&str> = systems.iter().map(|s| s["system"].as_str().unwrap()).collect();
+    assert_eq!(names, ["GET /healthz", "node", "PL/pgSQL", "plain PostgreSQL"]);
+    for s in systems {
+        assert_eq!(s["open_loop"]["sent"], 100, "{s}");
+        assert_eq!(s["open_loop"]["ok"], 100, "every request of a light load succeeds: {s}");
+        let closed = s["closed_loop"].as_array().unwrap();
+        if s["system"] != "GET /healthz" {
+            assert_eq!(closed.iter().map(|c| c["clients"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4]);
+            assert!(
+                closed.iter().all(|c| c["ok"].as_u64().unwrap() > 0 && c["errors"] == serde_json::json!({})),
+                "{s}"
+            );
+            assert!(s["ceiling_per_s"].as_f64().unwrap() > 0.0);
+        }
+    }
+    let audit = &report["baseline_audit"];
+    assert_eq!(audit["balance_sum"], "0", "{audit}");
+    assert_eq!(audit["overdrawn"], 0);
+    assert!(audit["transfers"].as_i64().unwrap() > 200, "both baselines moved money: {audit}");
+    let targets: Vec<&str> =
+        report["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    // Every target but the one at 8 clients, which this run did not measure.
+    assert_eq!(targets.len(), 5, "{targets:?}");
+    assert!(!targets.iter().any(|t| t.contains("at 8")), "{targets:?}");
+    assert!(report["outbox_lag_ms"]["rows"].as_u64().unwrap() > 0);
+    assert!(report["command"].as_str().unwrap().contains("--baseline --clients 1,4"));
 }
 
 /// `GET path` through the router as a client in `client_region`: the status and `Ledger-Region`.
