@@ -41,9 +41,10 @@ pub struct NodeConfig {
     pub publish_batch_max: i64,
     /// Fallback poll interval of the publisher when no NOTIFY arrives.
     pub publish_poll_ms: u64,
-    /// After a wake-up, how long the publisher lets rows gather before its Kafka transaction:
-    /// the broker's cost is per transaction (markers on every partition), not per record.
-    pub publish_linger_ms: u64,
+    /// Least time between the starts of two publish rounds (one Kafka transaction each): the
+    /// broker's cost is per transaction (markers on every partition), not per record, so this
+    /// bounds it at `1000 / publish_interval_ms` transactions per second.
+    pub publish_interval_ms: u64,
     /// Messages applied to the read models in one PostgreSQL transaction.
     pub consume_batch_max: usize,
     /// A snapshot is written after this many applied events...
@@ -119,7 +120,7 @@ impl Default for NodeConfig {
             queue_commands_max: 20_000,
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,
-            publish_linger_ms: 5,
+            publish_interval_ms: 50,
             consume_batch_max: 2_000,
             snapshot_every_events: 10_000,
             snapshot_every_ms: 5_000,

@@ -127,7 +127,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             transactional_id: format!("{}ledger-outbox-{}", cfg.topic_prefix, region),
             batch_max: cfg.publish_batch_max,
             poll: Duration::from_millis(cfg.publish_poll_ms),
-            linger: Duration::from_millis(cfg.publish_linger_ms),
+            interval: Duration::from_millis(cfg.publish_interval_ms),
         };
         let (pool, background) = (pool.clone(), background.clone());
         supervise::spawn("publisher", &supervised, background.clone(), move || {
