@@ -176,7 +176,7 @@ async fn lead(
         // on every wake-up (under load the publisher wakes for every commit).
         let mut backlog_measured: Option<std::time::Instant> = None;
         let mut pending = Some(Scan::All);
-        let mut round_started: Option<tokio::time::Instant> = None;
+        let mut last_published_round: Option<tokio::time::Instant> = None;
         loop {
             // Still the leader? A lost lock connection means another publisher may take over.
             sqlx::query("SELECT 1").execute(&mut *lock).await?;
@@ -184,12 +184,12 @@ async fn lead(
             // record: one transaction per commit cost it half a core at 100 transfers/s. Rounds
             // at least `interval` apart bound the transactions per second whatever the commit
             // rate, and cost a quiet region nothing: its first row goes at once.
-            if let Some(due) = round_started.map(|t| t + cfg.interval)
+            if let Some(due) = last_published_round.map(|t| t + cfg.interval)
                 && !shutdown.is_cancelled()
             {
                 tokio::time::sleep_until(due).await;
             }
-            round_started = Some(tokio::time::Instant::now());
+            let round_started = tokio::time::Instant::now();
             // A round takes what was notified before it started; what is notified during it waits
             // for the next round, or rounds would follow each other back to back under load.
             while let Ok(wake) = wake_rx.try_recv() {
@@ -197,6 +197,11 @@ async fn lead(
             }
             while let Some(scan) = pending.take() {
                 let (published, last_id) = publish_batch(pool, cfg, &producer, scan).await?;
+                if published > 0 {
+                    // Only a round that made a Kafka transaction counts: an empty poll round must
+                    // not hold back the next commit's rows.
+                    last_published_round = Some(round_started);
+                }
                 if published as i64 >= cfg.batch_max {
                     // A backlog: more may be waiting right after the last row published.
                     pending = Some(Scan::From(last_id + 1));

@@ -46,3 +46,84 @@ async fn two_publishers_at_once_publish_each_row_once() {
     }
     assert_eq!(total as i64, outbox, "one publisher published; the other stood by");
 }
+
+/// The longest time from commit start to marking among the outbox rows after `after_id`, once all
+/// of them are published.
+async fn publish_lag_s(pool: &sqlx::PgPool, after_id: i64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM max(published_at - created_at))::float8 FROM outbox
+             WHERE id > $1 HAVING count(*) FILTER (WHERE published_at IS NULL) = 0 AND count(*) > 0",
+        )
+        .bind(after_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .flatten();
+        if let Some(lag) = lag {
+            return lag;
+        }
+        assert!(std::time::Instant::now() < deadline, "rows after {after_id} left unpublished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn last_outbox_id(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox").fetch_one(pool).await.unwrap()
+}
+
+/// `publish_interval_ms` crossed both ways: a quiet publisher sends a commit's rows at once, the
+/// rows committed right after a round wait for the interval, and under steady load rounds (each
+/// marks its rows with one `published_at`) come no more often than the interval allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rounds_are_at_least_the_interval_apart_and_a_quiet_publisher_sends_at_once() {
+    const INTERVAL_MS: u64 = 700;
+    let node = common::start(|cfg| cfg.publish_interval_ms = INTERVAL_MS).await;
+    node.open("world", "USD", true).await;
+    node.open("alice", "USD", false).await;
+    // Quiet for longer than the interval: the next commit's row goes in a round of its own at once.
+    tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 2)).await;
+    let before = last_outbox_id(&node.db.pool).await;
+    assert_eq!(node.transfer("world", "alice", 1).await.status, 201);
+    let quiet = publish_lag_s(&node.db.pool, before).await;
+    assert!(quiet < 0.35, "a quiet publisher waited {quiet} s");
+    // Right after that round: the next row waits for the interval.
+    let before = last_outbox_id(&node.db.pool).await;
+    assert_eq!(node.transfer("world", "alice", 1).await.status, 201);
+    let waited = publish_lag_s(&node.db.pool, before).await;
+    assert!(waited > 0.3, "a row committed right after a round went after {waited} s, not the interval");
+
+    // Steady load for about three intervals, from eight clients.
+    let before = last_outbox_id(&node.db.pool).await;
+    let node = std::sync::Arc::new(node);
+    let started = std::time::Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let node = node.clone();
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < Duration::from_millis(INTERVAL_MS * 3) {
+                assert_eq!(node.transfer("world", "alice", 1).await.status, 201);
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(n) = clients.join_next().await {
+        sent += n.unwrap();
+    }
+    let loaded_for = started.elapsed();
+    publish_lag_s(&node.db.pool, before).await;
+    let (rows, rounds): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT published_at) FROM outbox WHERE id > $1")
+            .bind(before)
+            .fetch_one(&node.db.pool)
+            .await
+            .unwrap();
+    let allowed = loaded_for.as_millis() as i64 / INTERVAL_MS as i64 + 2;
+    assert!(sent > 50 && rows > 20, "a steady load: {sent} transfers in {rows} outbox rows");
+    assert!(rounds <= allowed, "{rounds} rounds in {loaded_for:?} at one per {INTERVAL_MS} ms (at most {allowed})");
+    assert!(rounds >= 2, "the load spanned several rounds: {rounds}");
+}

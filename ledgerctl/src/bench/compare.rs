@@ -415,7 +415,8 @@ pub fn print(report: &CompareReport) {
     counts.sort_unstable();
     counts.dedup();
     println!();
-    let header: String = counts.iter().map(|c| format!("{:>20}", format!("{c} clients"))).collect();
+    let header: String =
+        counts.iter().map(|c| format!("{:>20}", format!("{c} client{}", if *c == 1 { "" } else { "s" }))).collect();
     println!("closed loop {} s, transfers/s (p99 ms) {header}   ceiling/s", report.closed_s);
     for s in report.systems.iter().filter(|s| !s.closed_loop.is_empty()) {
         let cells: String = counts
