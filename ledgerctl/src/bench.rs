@@ -1261,11 +1261,24 @@ mod tests {
     #[test]
     fn impossible_options_are_refused() {
         assert!(validate(&BenchArgs::default()).is_ok());
+        let widest = BenchArgs {
+            baseline: true,
+            clients: vec![1, CLIENTS_MAX],
+            baseline_connections: BASELINE_CONNECTIONS_MAX,
+            ..BenchArgs::default()
+        };
+        assert!(validate(&widest).is_ok(), "the limits themselves are allowed");
         for bad in [
             BenchArgs { rate: 0, ..BenchArgs::default() },
             BenchArgs { duration_s: 0, ..BenchArgs::default() },
             BenchArgs { accounts: 1, ..BenchArgs::default() },
             BenchArgs { concurrency_max: 0, ..BenchArgs::default() },
+            BenchArgs { baseline: true, clients: vec![], ..BenchArgs::default() },
+            BenchArgs { baseline: true, clients: vec![1, 0], ..BenchArgs::default() },
+            BenchArgs { baseline: true, clients: vec![CLIENTS_MAX + 1], ..BenchArgs::default() },
+            BenchArgs { baseline: true, closed_s: 0, ..BenchArgs::default() },
+            BenchArgs { baseline: true, baseline_connections: 0, ..BenchArgs::default() },
+            BenchArgs { baseline: true, baseline_connections: BASELINE_CONNECTIONS_MAX + 1, ..BenchArgs::default() },
         ] {
             assert!(matches!(validate(&bad), Err(BenchError::Args(_))), "{bad:?}");
         }
