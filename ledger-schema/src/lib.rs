@@ -1,6 +1,7 @@
 //! What every component must agree on about the engines: the regional schema (the embedded
 //! migrations and the region a database belongs to) and the Kafka topics (names, partition counts,
-//! settings, creation).
+//! settings, creation), and how a transactional producer commits without rust-rdkafka's
+//! 100 ms flush sleep.
 //!
 //! Architecture invariant: `ledgerctl`, `region-node`, the replicator and the tests name topics,
 //! size them, create them and migrate databases only through this crate, so a topic one of them
@@ -9,6 +10,7 @@
 
 mod schema;
 mod topics;
+pub mod transactions;
 
 pub use schema::{ClaimError, MIGRATOR, claim_region};
 pub use topics::{

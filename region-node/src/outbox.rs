@@ -12,6 +12,7 @@
 
 use crate::telemetry::{self, metric};
 use chrono::{DateTime, Utc};
+use ledger_schema::transactions;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -25,9 +26,6 @@ use tokio_util::sync::CancellationToken;
 const PUBLISHER_LOCK_KEY: i64 = 0x6f7574626f78;
 /// How long a Kafka transaction call may take before the producer is rebuilt.
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for delivered messages to be released before a commit (see [`drained`]); past
-/// it the commit's own flush takes over.
-const DRAIN_WAIT_MAX: Duration = Duration::from_millis(200);
 /// Pause after a failure before trying again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -337,11 +335,11 @@ async fn publish_batch(
         }
         Ok(())
     })();
-    // Every delivery report is awaited before the commit. `commit_transaction` starts with a
-    // flush that, left to find the reports itself, waits for them in 100 ms steps: that step was
-    // the whole of the outbox-to-Kafka lag (p50 160 ms at any rate).
+    // Every delivery report is awaited before the commit (see `ledger_schema::transactions`):
+    // the commit's own flush waited for them in 100 ms steps, the whole of the outbox-to-Kafka
+    // lag once (p50 160 ms at any rate).
     let sent = match sent {
-        Ok(()) => delivered(deliveries).await,
+        Ok(()) => transactions::delivered(deliveries, KAFKA_CALL_TIMEOUT).await.map_err(PublishError::from),
         Err(e) => Err(e),
     };
     if let Err(e) = sent {
@@ -351,7 +349,7 @@ async fn publish_batch(
     }
     let p = producer.clone();
     if let Err(e) = blocking(move || {
-        drained(&p);
+        transactions::drained(&p);
         p.commit_transaction(KAFKA_CALL_TIMEOUT)
     })
     .await
@@ -371,36 +369,6 @@ async fn publish_batch(
     }
     metrics::counter!(metric::PUBLISHED).increment(rows.len() as u64);
     Ok((rows.len(), ids.iter().copied().max().unwrap_or(0)))
-}
-
-/// Waits, briefly, until librdkafka has released every delivered message. rust-rdkafka's
-/// `commit_transaction` first flushes, and its flush, finding a message still counted, polls the
-/// event queue for up to 100 ms; but the reports on that queue are taken by the producer's own
-/// polling thread, so that poll sleeps its whole 100 ms. A message is counted until its report is
-/// released, a moment after its delivery future resolved: that moment is what this waits out.
-fn drained(producer: &FutureProducer) {
-    let deadline = std::time::Instant::now() + DRAIN_WAIT_MAX;
-    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(100));
-    }
-}
-
-/// Waits for every delivery report; the first failure, or a report that never comes within
-/// `KAFKA_CALL_TIMEOUT`, fails the round (the transaction is then aborted and its rows retried).
-async fn delivered(deliveries: Vec<rdkafka::producer::DeliveryFuture>) -> Result<(), PublishError> {
-    // All are in flight already: awaiting them in turn takes as long as the slowest.
-    let all = async {
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e.into()),
-                // The producer dropped the report: the message's fate is unknown.
-                Err(_) => return Err(KafkaError::Canceled.into()),
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(KAFKA_CALL_TIMEOUT, all).await.map_err(|_| PublishError::Kafka(KafkaError::Canceled))?
 }
 
 #[cfg(test)]

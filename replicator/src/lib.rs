@@ -58,6 +58,11 @@ pub struct ReplicatorConfig {
     /// Records per Kafka transaction.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
+    /// Least time between the starts of two transactions of a pair, in milliseconds (at most
+    /// [`COMMIT_INTERVAL_MS_MAX`]): each costs the target broker CPU whatever it holds, so this
+    /// trades broker CPU against replication lag, as the outbox publisher's `publish_interval_ms`.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
     /// Heartbeat interval.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
@@ -70,6 +75,13 @@ fn default_batch_max() -> usize {
     // Large enough to amortise a transaction commit, small enough to keep one short.
     1_000
 }
+
+fn default_commit_interval_ms() -> u64 {
+    50
+}
+
+/// Largest `commit_interval_ms`: beyond it replication would visibly lag at any rate.
+pub const COMMIT_INTERVAL_MS_MAX: u64 = 10_000;
 
 fn default_heartbeat_ms() -> u64 {
     1_000
@@ -114,10 +126,19 @@ pub enum StartError {
     /// The metrics address cannot be bound.
     #[error("binding {0}: {1}")]
     Bind(String, std::io::Error),
+    /// A setting is out of its range.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Starts one pair task per source, and the metrics endpoint.
 pub async fn start(cfg: ReplicatorConfig) -> Result<Replicator, StartError> {
+    if cfg.commit_interval_ms > COMMIT_INTERVAL_MS_MAX {
+        return Err(StartError::Config(format!(
+            "commit_interval_ms is {}, at most {COMMIT_INTERVAL_MS_MAX}",
+            cfg.commit_interval_ms
+        )));
+    }
     let shutdown = CancellationToken::new();
     // Each replicator owns its recorder (not the process-global one), so its `/metrics` shows
     // exactly its own pairs, also when it shares a process with a node (tests).
@@ -144,6 +165,7 @@ pub async fn start(cfg: ReplicatorConfig) -> Result<Replicator, StartError> {
             target: Source { region: cfg.target_region.clone(), bootstrap: cfg.target_bootstrap.clone() },
             prefix: cfg.topic_prefix.clone(),
             batch_max: cfg.batch_max.max(1),
+            commit_interval: std::time::Duration::from_millis(cfg.commit_interval_ms),
             heartbeat: std::time::Duration::from_millis(cfg.heartbeat_ms.max(10)),
             metrics: recorder.clone(),
         };

@@ -2,6 +2,7 @@
 //! target together with the next source offsets, in one Kafka transaction per batch.
 
 use crate::Source;
+use ledger_schema::transactions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -19,6 +20,8 @@ const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// How long creating the pair's topics may take: no retry within one attempt, as a failing pair
 /// restarts after `RETRY_BACKOFF` anyway (and notices a shutdown in between).
 const TOPICS_TIMEOUT: Duration = Duration::ZERO;
+/// Longest wait for a quiet pair's next record before heartbeats and shutdown are looked at.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often the lag in events is measured.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
@@ -27,6 +30,7 @@ pub(crate) struct Pair {
     pub target: Source,
     pub prefix: String,
     pub batch_max: usize,
+    pub commit_interval: Duration,
     pub heartbeat: Duration,
     pub metrics: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
 }
@@ -216,6 +220,7 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
     tracing::info!(source = %src, target = %dst, "pair mirroring");
 
     let (mut last_beat, mut last_lag) = (Instant::now() - pair.heartbeat, Instant::now() - LAG_EVERY);
+    let mut last_round = Instant::now() - pair.commit_interval;
     let mirrored_events = ledger_schema::mirrored_events_topic(&pair.prefix, src);
     let mirrored_beats = ledger_schema::mirrored_heartbeats_topic(&pair.prefix, src);
     let offsets_topic = pair.offsets_topic();
@@ -235,19 +240,35 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
             pair.gauge("replication_lag_events", lag as f64);
             last_lag = Instant::now();
         }
+        // Rounds start at least `commit_interval` apart: each transaction costs the target broker
+        // CPU whatever it holds (markers on every partition it touched), so under load a round
+        // takes everything that arrived meanwhile. A quiet pair's first record goes at once.
+        while last_round.elapsed() < pair.commit_interval && !shutdown.is_cancelled() {
+            std::thread::sleep(pair.commit_interval.saturating_sub(last_round.elapsed()).min(IDLE_POLL));
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
         let mut batch = Vec::new();
-        let until = Instant::now() + Duration::from_millis(100);
-        while batch.len() < pair.batch_max && Instant::now() < until {
-            match consumer.poll(Duration::from_millis(20)) {
-                Some(Ok(m)) => batch.push(m.detach()),
+        // The first record is waited for, briefly (heartbeats and shutdown are checked between
+        // waits); the rest are only what the consumer already holds.
+        let mut wait = IDLE_POLL;
+        while batch.len() < pair.batch_max {
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    batch.push(m.detach());
+                    wait = Duration::ZERO;
+                }
                 Some(Err(e)) => return Err(e.into()),
-                None => {}
+                None => break,
             }
         }
         if batch.is_empty() {
             continue;
         }
+        last_round = Instant::now();
         producer.begin_transaction()?;
+        let mut deliveries = Vec::with_capacity(batch.len() + 1);
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut newest_beat: Option<i64> = None;
         // Each sampled event's mirroring span, ended once its transaction is settled.
@@ -310,16 +331,31 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
                 if let Some(v) = m.payload() {
                     record = record.payload(v);
                 }
-                producer.send_result(record).map_err(|(e, _)| e)?;
+                deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
             }
             for ((topic, partition), offset) in &next {
                 let key = pair.offset_key(topic, *partition);
                 let value = offset.to_string();
-                producer.send_result(FutureRecord::to(&offsets_topic).key(&key).payload(&value)).map_err(|(e, _)| e)?;
+                deliveries.push(
+                    producer
+                        .send_result(FutureRecord::to(&offsets_topic).key(&key).payload(&value))
+                        .map_err(|(e, _)| e)?,
+                );
             }
             Ok(())
         })();
-        if let Err(e) = sent.and_then(|()| producer.commit_transaction(KAFKA_CALL_TIMEOUT).map_err(PairError::from)) {
+        // Every report awaited and released before the commit (see `ledger_schema::transactions`):
+        // left to the commit's flush, each transaction slept 100 ms.
+        let committed_now = sent
+            .and_then(|()| {
+                futures_lite_block_on(transactions::delivered(std::mem::take(&mut deliveries), KAFKA_CALL_TIMEOUT))
+                    .map_err(PairError::from)
+            })
+            .and_then(|()| {
+                transactions::drained(&producer);
+                producer.commit_transaction(KAFKA_CALL_TIMEOUT).map_err(PairError::from)
+            });
+        if let Err(e) = committed_now {
             let _ = producer.abort_transaction(KAFKA_CALL_TIMEOUT);
             for span in &spans {
                 span.in_scope(|| tracing::warn!(error = %e, "mirroring transaction aborted"));

@@ -32,6 +32,9 @@ pub struct Record {
     pub value: Option<String>,
     /// Headers, as text, in order.
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (the producer's create time unless the topic says otherwise), in
+    /// milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Reads `topic` from the beginning until every partition reports its end (or `timeout` passes),
@@ -76,6 +79,7 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str, timeout: Duration
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis(),
                 });
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {

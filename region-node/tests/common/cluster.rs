@@ -43,6 +43,7 @@ fn replicator_config_from(
         topic_prefix: prefix.to_owned(),
         metrics_addr: "127.0.0.1:0".into(),
         batch_max: 500,
+        commit_interval_ms: 50,
         heartbeat_ms: 200,
         otlp_endpoint: String::new(),
     }
