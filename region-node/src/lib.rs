@@ -93,7 +93,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     let region = RegionId::new(cfg.region.clone()).map_err(|e| StartError::Config(e.to_string()))?;
     // Install the metrics recorder before anything records: a recorder installed later loses those.
     telemetry::prometheus();
-    let pool = pool_options(cfg.db_pool_max).connect(&cfg.database_url).await?;
+    let pool_connect = cfg.database_url.parse::<sqlx::postgres::PgConnectOptions>()?.application_name("region-node");
+    let pool = pool_options(cfg.db_pool_max).connect_with(pool_connect).await?;
     ledger_schema::MIGRATOR.run(&pool).await?;
     ledger_schema::claim_region(&pool, &region).await?;
     if !cfg.bootstrap_api_key.is_empty() {

@@ -165,7 +165,10 @@ pub fn start(region: RegionId, cfg: &NodeConfig) -> Result<(Writer, tokio::task:
     let options = cfg
         .database_url
         .parse::<sqlx::postgres::PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]);
+        .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")])
+        // Named, so PostgreSQL's own views (and scripts/profile-transfer.sh) tell the write path's
+        // backends from the rest of the node's.
+        .application_name("region-node committer");
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("committer".into())
