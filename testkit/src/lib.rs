@@ -218,8 +218,20 @@ impl Region {
         }
     }
 
+    /// Kills the region's PostgreSQL with SIGKILL, as a crash would: no shutdown, nothing flushed
+    /// beyond what each commit already made durable. Locally the postmaster and every process it
+    /// forked are killed by pid at once; a container gets SIGKILL through the Docker API, which
+    /// takes every process in it down. Waits until it is gone. As with [`Region::stop_postgres`],
+    /// keep such a test in a test binary of its own; [`Region::start_postgres`] brings it back.
+    pub fn kill_postgres(&self) {
+        match lock().as_mut().expect("engines started") {
+            Engines::Local(e) => e.kill_postgres(self.index),
+            Engines::Containers(e) => e.kill_postgres(self.index),
+        }
+    }
+
     /// Starts the region's PostgreSQL again on the same port and data, and waits until it accepts
-    /// a login.
+    /// a login (after a kill, once crash recovery is done).
     pub fn start_postgres(&self) {
         match lock().as_mut().expect("engines started") {
             Engines::Local(e) => e.start_postgres(self.index),
@@ -227,19 +239,21 @@ impl Region {
         }
     }
 
-    /// The pid of the region's Kafka broker, for local engines.
+    /// The pid of the region's Kafka broker as this machine sees it (for containers, the
+    /// container's main process); `None` while it is stopped.
     pub fn kafka_pid(&self) -> Option<u32> {
         match lock().as_ref().expect("engines started") {
             Engines::Local(e) => e.kafka_pid(self.index),
-            Engines::Containers(_) => None,
+            Engines::Containers(e) => e.kafka_pid(self.index),
         }
     }
 
-    /// The pid of the region's PostgreSQL server, for local engines.
+    /// The pid of the region's PostgreSQL server (postmaster) as this machine sees it; `None`
+    /// while it is stopped.
     pub fn postgres_pid(&self) -> Option<u32> {
         match lock().as_ref().expect("engines started") {
             Engines::Local(e) => e.postgres_pid(self.index),
-            Engines::Containers(_) => None,
+            Engines::Containers(e) => e.postgres_pid(self.index),
         }
     }
 }
