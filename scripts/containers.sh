@@ -12,8 +12,9 @@
 #   ledger/base:bookworm   minbase + ca-certificates: what our release binaries need (libc, libm,
 #                          libgcc_s, libz are in minbase)
 #   ledger/postgres:15     + Debian's postgresql-15, no cluster (testkit runs initdb)
-#   ledger/kafka:4.4.0     + openjdk-17-jre-headless and the broker jars of kafka/pom.xml in
-#                          /opt/kafka/libs (the same jars the local backend runs)
+#   ledger/kafka:<ver>     + openjdk-17-jre-headless and the broker jars of kafka/pom.xml in
+#                          /opt/kafka/libs (the jars the local backend runs; <ver> is the pom's,
+#                          4.4.0 today)
 # The engine is started as the issue found it works here: no iptables, no bridge. Containers use
 # the host network, so every port stays on loopback as the engines bind it.
 set -euo pipefail
@@ -30,7 +31,9 @@ CACHE=$ROOT/.cache/images
 BASE_TAR=$CACHE/bookworm-minbase.tar
 MIRROR=http://deb.debian.org/debian
 SUITE=bookworm
-KAFKA_VERSION=4.4.0
+# The image's tag is the broker version kafka/pom.xml names (testkit reads the same pom).
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' kafka/pom.xml)
+[ -n "$KAFKA_VERSION" ] || { echo "containers: kafka/pom.xml names no <kafka.version>" >&2; exit 1; }
 # Bump when an image's recipe below changes: images carrying another value are rebuilt.
 RECIPE=1
 export DOCKER_HOST=unix://$SOCK

@@ -215,20 +215,56 @@ impl ContainerEngines {
         }
     }
 
+    /// Waits until the server accepts a login; returns its host pid. The container's state, not
+    /// the pid, tells whether it died: right after a start the pid still runs the container
+    /// runtime's own init, before it becomes `sh` and then `postgres`.
     async fn wait_postgres(&self, pg: &PgServer, container: &ContainerAsync<GenericImage>) -> u32 {
-        let pid = self.main_pid(container).await;
-        if let Err(e) = pg.wait_ready(pid).await {
-            panic!("{e}; the container's output:\n{}", output(container).await);
-        }
-        pid
+        let url = pg.url("postgres");
+        self.wait_ready(container, ledgerctl::postgres::READY_TIMEOUT, "PostgreSQL", || async {
+            use sqlx::Connection;
+            match sqlx::PgConnection::connect(&url).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+        .await
     }
 
+    /// Waits until the broker answers a metadata request; returns its host pid.
     async fn wait_kafka(&self, broker: &KafkaBroker, container: &ContainerAsync<GenericImage>) -> u32 {
-        let pid = self.main_pid(container).await;
-        if let Err(e) = broker.wait_ready(pid).await {
-            panic!("{e}; the container's output:\n{}", output(container).await);
+        let bootstrap = broker.bootstrap();
+        self.wait_ready(container, ledgerctl::kafka::READY_TIMEOUT, "Kafka", || {
+            ledgerctl::kafka::answers_metadata(&bootstrap)
+        })
+        .await
+    }
+
+    async fn wait_ready<F: Future<Output = bool>>(
+        &self,
+        container: &ContainerAsync<GenericImage>,
+        timeout: Duration,
+        what: &str,
+        ready: impl Fn() -> F,
+    ) -> u32 {
+        let started = Instant::now();
+        loop {
+            if ready().await {
+                return self.main_pid(container).await;
+            }
+            if !container.is_running().await.unwrap_or(true) || started.elapsed() > timeout {
+                panic!(
+                    "{what} in container {} not ready after {} s (running: {:?}); its output:\n{}",
+                    container.id(),
+                    started.elapsed().as_secs(),
+                    container.is_running().await,
+                    output(container).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        pid
     }
 
     /// SIGKILL to the container's main process through the engine's API (the kernel then kills
