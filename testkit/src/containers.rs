@@ -16,6 +16,11 @@
 //!   watchdog process (`sh`, with the `docker` CLI) removes the owner's containers once the test
 //!   process is gone, however it went (its pipe from the test process reaches end of file). The next
 //!   run also removes the containers of test processes that no longer exist.
+//!
+//! Debian 12's engine (docker.io 20.10) speaks Docker API 1.41 at most and refuses a request for a
+//! newer version. testcontainers 0.27 (bollard 0.20) names 1.52, yet its requests reach the engine
+//! without any version in the path (bollard/issues/736), so the engine answers with its own: if a
+//! later bollard puts the version back, an engine of API 1.52 or newer is needed.
 
 use ledgerctl::kafka::{KafkaBroker, KafkaJars};
 use ledgerctl::postgres::PgServer;

@@ -10,11 +10,16 @@
 //! ```
 //!
 //! Engines are local processes by default, started exactly as `ledgerctl up` starts them. With
-//! `LEDGER_TEST_BACKEND=containers` and a Docker engine, the same engines run through testcontainers.
+//! `LEDGER_TEST_BACKEND=containers`, the same engines, with the same arguments and configuration
+//! files, run in containers through testcontainers, from the images `scripts/containers.sh up`
+//! builds locally, on the Docker engine `DOCKER_HOST` names (host network, loopback only). Every
+//! [`Region`] method behaves the same on both, so every test runs unchanged on either.
 //!
 //! Architecture invariant: nothing a test process starts outlives it. Local engines are forked with
 //! a parent-death signal (SIGKILL when the test process dies, however it dies) and are also killed
-//! by an exit handler when the test binary returns, panicking tests included.
+//! by an exit handler when the test binary returns, panicking tests included. Containers are
+//! removed by a watchdog process when the test process's pipe to it closes, which also happens
+//! however it dies.
 
 mod containers;
 pub mod kafka_util;
