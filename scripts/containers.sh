@@ -59,8 +59,19 @@ install_missing() {
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  # Debian's package would start a system-wide engine where services may start; ours is private.
-  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Where services start on install (systemd), docker.io would start the system's own engine, with
+  # a bridge and iptables rules; a policy-rc.d refusing every start for the install prevents it.
+  # Ours is private, on loopback.
+  local policy=/usr/sbin/policy-rc.d made=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    made=1
+  fi
+  local rc=0
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || rc=$?
+  [ -z "$made" ] || $sudo rm -f "$policy"
+  [ "$rc" -eq 0 ] || die "apt-get install ${need[*]} failed"
 }
 
 # Runs a command showing its output only when it fails (the CLI warns on every legacy build).
