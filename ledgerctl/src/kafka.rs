@@ -138,15 +138,19 @@ impl KafkaBroker {
         self.config_path().display().to_string()
     }
 
-    fn config_path(&self) -> PathBuf {
+    /// Where the configuration is written (on the broker's command line, hence its marker).
+    pub fn config_path(&self) -> PathBuf {
         self.dir.join("server.properties")
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// Where the broker keeps its log segments; formatted storage has `meta.properties` in it.
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
-    fn server_properties(&self) -> String {
+    /// The broker's configuration (`server.properties`). Shared with the test harness's
+    /// containers, which write it into theirs.
+    pub fn server_properties(&self) -> String {
         let (port, cport) = (self.port, self.controller_port);
         let (mut listeners, mut advertised, mut protocols) = (String::new(), String::new(), String::new());
         for (name, bind, adv) in &self.peers {
@@ -194,7 +198,8 @@ impl KafkaBroker {
         )
     }
 
-    fn log4j_config(&self) -> String {
+    /// The broker's logging configuration (`log4j2.yaml`, naming `dir/logs`).
+    pub fn log4j_config(&self) -> String {
         let logs = self.dir.join("logs");
         format!(
             "Configuration:\n  Appenders:\n    RollingFile:\n      name: server\n      fileName: {logs}/server.log\n      filePattern: {logs}/server.log.%i\n      PatternLayout:\n        pattern: \"[%d] %p %m (%c)%n\"\n      Policies:\n        SizeBasedTriggeringPolicy:\n          size: 20MB\n      DefaultRolloverStrategy:\n        max: 3\n  Loggers:\n    Root:\n      level: INFO\n      AppenderRef:\n        - ref: server\n",
@@ -221,9 +226,7 @@ impl KafkaBroker {
             });
         }
         let mut cmd = Command::new(&self.java);
-        cmd.arg("-Xmx256m");
-        cmd.arg("-cp").arg(jars.classpath()).arg("kafka.tools.StorageTool");
-        cmd.args(format_args(&new_cluster_id())).arg(&config);
+        cmd.args(self.format_java_args(jars, &new_cluster_id()));
         process::log_to(&mut cmd, &self.log)?;
         let status = cmd.status().map_err(StackError::io(&self.java))?;
         if !status.success() {
@@ -240,19 +243,38 @@ impl KafkaBroker {
     /// Starts the broker; returns at once (see [`KafkaBroker::wait_ready`]).
     pub fn start(&self, jars: &KafkaJars, lifetime: Lifetime) -> Result<Child> {
         let mut cmd = Command::new(&self.java);
-        // Start small and grow: three idle brokers should not reserve their whole heap up front.
-        cmd.arg(format!("-Xms{}m", (self.heap_mb / 4).max(64))).arg(format!("-Xmx{}m", self.heap_mb));
-        cmd.args([
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-        ]);
-        cmd.arg(format!("-Dlog4j2.configurationFile={}", self.dir.join("log4j2.yaml").display()));
-        cmd.arg(format!("-Dkafka.logs.dir={}", self.dir.join("logs").display()));
-        cmd.arg("-cp").arg(jars.classpath()).arg("kafka.Kafka").arg(self.config_path());
+        cmd.args(self.server_java_args(jars));
         process::log_to(&mut cmd, &self.log)?;
         process::spawn(cmd, lifetime, "kafka")
+    }
+
+    /// `java`'s arguments to format the storage with `cluster_id` (KRaft), already formatted
+    /// storage left alone. Shared with the test harness's containers.
+    pub fn format_java_args(&self, jars: &KafkaJars, cluster_id: &str) -> Vec<String> {
+        let mut args = vec!["-Xmx256m".to_owned(), "-cp".to_owned(), jars.classpath()];
+        args.push("kafka.tools.StorageTool".to_owned());
+        args.extend(format_args(cluster_id));
+        args.push(self.config_path().display().to_string());
+        args
+    }
+
+    /// `java`'s arguments to run the broker. Shared with the test harness's containers.
+    pub fn server_java_args(&self, jars: &KafkaJars) -> Vec<String> {
+        vec![
+            // Start small and grow: three idle brokers should not reserve their whole heap up front.
+            format!("-Xms{}m", (self.heap_mb / 4).max(64)),
+            format!("-Xmx{}m", self.heap_mb),
+            "-XX:+UseG1GC".to_owned(),
+            "-XX:MaxGCPauseMillis=20".to_owned(),
+            "-XX:+ExitOnOutOfMemoryError".to_owned(),
+            "-Djava.awt.headless=true".to_owned(),
+            format!("-Dlog4j2.configurationFile={}", self.dir.join("log4j2.yaml").display()),
+            format!("-Dkafka.logs.dir={}", self.dir.join("logs").display()),
+            "-cp".to_owned(),
+            jars.classpath(),
+            "kafka.Kafka".to_owned(),
+            self.config_path().display().to_string(),
+        ]
     }
 
     /// Waits until the broker answers a metadata request, failing early if `pid` dies.

@@ -131,9 +131,7 @@ impl PgServer {
         chown(&pwfile, owner)?;
 
         let mut cmd = Command::new(self.bin_dir.join("initdb"));
-        cmd.arg("-D").arg(&self.data_dir);
-        cmd.args(["-U", USER, "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-instructions"]);
-        cmd.arg(format!("--pwfile={}", pwfile.display()));
+        cmd.args(self.initdb_args(&pwfile));
         self.as_owner(&mut cmd, owner);
         process::log_to(&mut cmd, &self.log)?;
         let status = cmd.status().map_err(StackError::io(self.bin_dir.join("initdb")));
@@ -163,8 +161,28 @@ impl PgServer {
     pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
         let owner = run_as()?;
         let mut cmd = Command::new(self.bin_dir.join("postgres"));
-        cmd.arg("-D").arg(&self.data_dir);
-        cmd.arg("-p").arg(self.port.to_string());
+        cmd.args(self.server_args());
+        self.as_owner(&mut cmd, owner);
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "postgres")
+    }
+
+    /// `initdb`'s arguments, the password read from `pwfile`. Shared with the test harness's
+    /// containers, which run the same `initdb` inside an image.
+    pub fn initdb_args(&self, pwfile: &Path) -> Vec<String> {
+        let mut args = vec!["-D".to_owned(), self.data_dir.display().to_string()];
+        args.extend(
+            ["-U", USER, "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-instructions"].map(str::to_owned),
+        );
+        args.push(format!("--pwfile={}", pwfile.display()));
+        args
+    }
+
+    /// The server's arguments: data folder, port and every setting. Shared with the test harness's
+    /// containers, so a PostgreSQL in a container runs exactly as a local one.
+    pub fn server_args(&self) -> Vec<String> {
+        let mut args =
+            vec!["-D".to_owned(), self.data_dir.display().to_string(), "-p".to_owned(), self.port.to_string()];
         for setting in [
             "listen_addresses=127.0.0.1".to_owned(),
             // TCP only: the default socket folder may not exist or be writable on a CI machine.
@@ -180,11 +198,10 @@ impl PgServer {
             "shared_buffers=128MB".to_owned(),
             "log_min_messages=warning".to_owned(),
         ] {
-            cmd.arg("-c").arg(setting);
+            args.push("-c".to_owned());
+            args.push(setting);
         }
-        self.as_owner(&mut cmd, owner);
-        process::log_to(&mut cmd, &self.log)?;
-        process::spawn(cmd, lifetime, "postgres")
+        args
     }
 
     /// A connection URL for `database` on this server.

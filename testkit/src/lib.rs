@@ -10,11 +10,16 @@
 //! ```
 //!
 //! Engines are local processes by default, started exactly as `ledgerctl up` starts them. With
-//! `LEDGER_TEST_BACKEND=containers` and a Docker engine, the same engines run through testcontainers.
+//! `LEDGER_TEST_BACKEND=containers`, the same engines, with the same arguments and configuration
+//! files, run in containers through testcontainers, from the images `scripts/containers.sh up`
+//! builds locally, on the Docker engine `DOCKER_HOST` names (host network, loopback only). Every
+//! [`Region`] method behaves the same on both, so every test runs unchanged on either.
 //!
 //! Architecture invariant: nothing a test process starts outlives it. Local engines are forked with
 //! a parent-death signal (SIGKILL when the test process dies, however it dies) and are also killed
-//! by an exit handler when the test binary returns, panicking tests included.
+//! by an exit handler when the test binary returns, panicking tests included. Containers are
+//! removed by a watchdog process when the test process's pipe to it closes, which also happens
+//! however it dies.
 
 mod containers;
 pub mod kafka_util;
@@ -218,8 +223,20 @@ impl Region {
         }
     }
 
+    /// Kills the region's PostgreSQL with SIGKILL, as a crash would: no shutdown, nothing flushed
+    /// beyond what each commit already made durable. Locally the postmaster and every process it
+    /// forked are killed by pid at once; a container gets SIGKILL through the Docker API, which
+    /// takes every process in it down. Waits until it is gone. As with [`Region::stop_postgres`],
+    /// keep such a test in a test binary of its own; [`Region::start_postgres`] brings it back.
+    pub fn kill_postgres(&self) {
+        match lock().as_mut().expect("engines started") {
+            Engines::Local(e) => e.kill_postgres(self.index),
+            Engines::Containers(e) => e.kill_postgres(self.index),
+        }
+    }
+
     /// Starts the region's PostgreSQL again on the same port and data, and waits until it accepts
-    /// a login.
+    /// a login (after a kill, once crash recovery is done).
     pub fn start_postgres(&self) {
         match lock().as_mut().expect("engines started") {
             Engines::Local(e) => e.start_postgres(self.index),
@@ -227,19 +244,21 @@ impl Region {
         }
     }
 
-    /// The pid of the region's Kafka broker, for local engines.
+    /// The pid of the region's Kafka broker as this machine sees it (for containers, the
+    /// container's main process); `None` while it is stopped.
     pub fn kafka_pid(&self) -> Option<u32> {
         match lock().as_ref().expect("engines started") {
             Engines::Local(e) => e.kafka_pid(self.index),
-            Engines::Containers(_) => None,
+            Engines::Containers(e) => e.kafka_pid(self.index),
         }
     }
 
-    /// The pid of the region's PostgreSQL server, for local engines.
+    /// The pid of the region's PostgreSQL server (postmaster) as this machine sees it; `None`
+    /// while it is stopped.
     pub fn postgres_pid(&self) -> Option<u32> {
         match lock().as_ref().expect("engines started") {
             Engines::Local(e) => e.postgres_pid(self.index),
-            Engines::Containers(_) => None,
+            Engines::Containers(e) => e.postgres_pid(self.index),
         }
     }
 }

@@ -38,6 +38,29 @@ fn remove_folders_of_dead_runs() {
     }
 }
 
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            // The parent pid is the second field after the parenthesised command name.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// True while `pid` runs; a zombie has a /proc entry but runs nothing.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).is_some_and(|c| c != 'Z' && c != 'X'))
+        .unwrap_or(false)
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding an ephemeral port");
     listener.local_addr().expect("ephemeral port").port()
@@ -131,6 +154,30 @@ impl LocalEngines {
                 let _ = child.kill();
             }
             let _ = child.wait();
+        }
+    }
+
+    /// Kills the region's PostgreSQL as a crash of its machine or container would: the postmaster
+    /// and every process it forked at once, with SIGKILL, nothing flushed or shut down. The
+    /// postmaster is stopped first so that it forks nothing more while its children are listed.
+    /// Waits until they are all gone: a new postmaster refuses to start while an old backend still
+    /// holds the shared memory.
+    pub(crate) fn kill_postgres(&mut self, index: usize) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let Some(mut child) = self.regions[index].pg_child.take() else { return };
+        let postmaster = child.id();
+        let _ = kill(Pid::from_raw(postmaster as i32), Signal::SIGSTOP);
+        let children = children_of(postmaster);
+        for pid in &children {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while children.iter().any(|pid| is_alive(*pid)) {
+            assert!(std::time::Instant::now() < deadline, "PostgreSQL's processes outlived SIGKILL by 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
