@@ -11,7 +11,7 @@ use crate::error::{Result, StackError};
 use crate::process::{self, Lifetime};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The query API and UI listen this far above the first region's HTTP port (18140 by default).
 pub const QUERY_PORT_OFFSET: u16 = 60;
@@ -152,30 +152,13 @@ exporters:
     /// Waits until the query API and the OTLP/gRPC receiver answer, failing early if `pid` dies.
     pub async fn wait_ready(&self, pid: u32) -> Result<()> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a client builds");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if !process::is_ours_and_alive(pid, &self.marker()) {
-                return Err(StackError::CommandFailed {
-                    what: "jaeger".into(),
-                    detail: format!("exited: {}", process::last_line(&self.log())),
-                    log: self.log(),
-                });
-            }
+        let (query, otlp) = (format!("{}/api/services", self.url()), self.base_port + OTLP_GRPC_PORT_OFFSET);
+        let awaited = "its query API and OTLP receiver did not answer";
+        process::wait_ready("jaeger", pid, &self.marker(), &self.log(), READY_TIMEOUT, awaited, || async {
             // The collector starts its extensions (the query API) before its receivers.
-            if let Ok(r) = http.get(format!("{}/api/services", self.url())).send().await
-                && r.status().is_success()
-                && tokio::net::TcpStream::connect(("127.0.0.1", self.base_port + OTLP_GRPC_PORT_OFFSET)).await.is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(StackError::CommandFailed {
-                    what: "jaeger".into(),
-                    detail: format!("its query API did not answer within {READY_TIMEOUT:?}"),
-                    log: self.log(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            http.get(&query).send().await.is_ok_and(|r| r.status().is_success())
+                && tokio::net::TcpStream::connect(("127.0.0.1", otlp)).await.is_ok()
+        })
+        .await
     }
 }

@@ -162,6 +162,41 @@ pub fn ensure_port_free(port: u16, what: &str) -> Result<()> {
     }
 }
 
+/// Polls `ready` every 100 ms until it holds, failing early when `pid` (ours by `marker`) dies and
+/// after `timeout` otherwise. `what` names the process and `awaited` what `ready` checks, for the
+/// error, which points at `log`.
+pub async fn wait_ready<F: std::future::Future<Output = bool>>(
+    what: &str,
+    pid: u32,
+    marker: &str,
+    log: &Path,
+    timeout: Duration,
+    awaited: &str,
+    mut ready: impl FnMut() -> F,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !is_ours_and_alive(pid, marker) {
+            return Err(StackError::CommandFailed {
+                what: what.into(),
+                detail: format!("exited: {}", last_line(log)),
+                log: log.to_path_buf(),
+            });
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StackError::CommandFailed {
+                what: what.into(),
+                detail: format!("{awaited} within {timeout:?}"),
+                log: log.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The last non-empty line of a log file, for error messages.
 pub fn last_line(log: &Path) -> String {
     std::fs::read_to_string(log)

@@ -15,7 +15,7 @@ use crate::process::{self, Lifetime};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A broker's peer listeners sit at its client port + 2 + the peer's index, their proxies at
 /// + 6 + the index: both inside the ten ports each region's Kafka has, for up to four regions.
@@ -168,30 +168,14 @@ impl ToxiproxyProcess {
     /// Waits until the API lists every proxy, failing early if `pid` dies.
     pub async fn wait_ready(&self, pid: u32) -> Result<()> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a client builds");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if !process::is_ours_and_alive(pid, &self.marker()) {
-                return Err(StackError::CommandFailed {
-                    what: "toxiproxy-server".into(),
-                    detail: format!("exited: {}", process::last_line(&self.log())),
-                    log: self.log(),
-                });
-            }
-            if let Ok(r) = http.get(format!("{}/proxies", self.url())).send().await
-                && let Ok(listed) = r.json::<serde_json::Map<String, serde_json::Value>>().await
-                && self.links.iter().all(|l| listed.contains_key(&l.name))
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(StackError::CommandFailed {
-                    what: "toxiproxy-server".into(),
-                    detail: format!("its API did not list every proxy within {READY_TIMEOUT:?}"),
-                    log: self.log(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let proxies = format!("{}/proxies", self.url());
+        let awaited = "its API did not list every proxy";
+        process::wait_ready("toxiproxy-server", pid, &self.marker(), &self.log(), READY_TIMEOUT, awaited, || async {
+            let Ok(r) = http.get(&proxies).send().await else { return false };
+            let Ok(listed) = r.json::<serde_json::Map<String, serde_json::Value>>().await else { return false };
+            self.links.iter().all(|l| listed.contains_key(&l.name))
+        })
+        .await
     }
 }
 

@@ -4,6 +4,8 @@
 //! Prometheus; starting the replicator again resolves it. On the way, a live scrape of every
 //! component is checked against `observability/metrics.txt`.
 
+mod common;
+
 use ledger_client::{Client, ClientConfig, NewTransfer};
 use ledgerctl::StackConfig;
 use ledgerctl::stack::{Component, Stack};
@@ -18,10 +20,6 @@ const SOURCE: &str = "us-east";
 const TARGET: &str = "eu-west";
 const ALERT: &str = "LedgerReplicationLagHigh";
 
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 /// A stack on ports nobody uses; `down --purge` when dropped, passed or not.
 struct Guard {
     stack: Stack,
@@ -35,30 +33,17 @@ impl Drop for Guard {
 }
 
 fn config(dir: &tempfile::TempDir) -> StackConfig {
-    let n = REGIONS.len() as u16;
-    loop {
-        let r = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
-        let (pg, kafka, http) = (20000 + (r % 10000), 30000 + (r % 10000) / 10 * 10, 40000 + (r % 10000));
-        let free = (0..n).all(|i| {
-            port_free(pg + i)
-                && (0..10).all(|k| port_free(kafka + 10 * i + k))
-                && port_free(http + i)
-                && port_free(http + 100 + i)
-        }) && [10, 20, 70].iter().all(|o| port_free(http + o));
-        if !free {
-            continue;
-        }
-        let names: Vec<String> = REGIONS.map(String::from).to_vec();
-        let mut cfg = StackConfig::new(&names, pg, kafka, http, dir.path().join("state")).unwrap();
-        // The binaries cargo built next to ledgerctl (the default looks next to this test binary).
-        let bins = PathBuf::from(env!("CARGO_BIN_EXE_ledgerctl"));
-        cfg.node_bin = bins.with_file_name("region-node");
-        cfg.replicator_bin = bins.with_file_name("replicator");
-        cfg.router_bin = bins.with_file_name("router");
-        cfg.reconcile_bin = bins.with_file_name("reconcile");
-        assert!(cfg.prometheus_bin.is_some(), "prometheus missing: install Debian's package (scripts/install-deps.sh)");
-        return cfg;
-    }
+    let (pg, kafka, http) = common::free_port_bases(REGIONS.len() as u16);
+    let names: Vec<String> = REGIONS.map(String::from).to_vec();
+    let mut cfg = StackConfig::new(&names, pg, kafka, http, dir.path().join("state")).unwrap();
+    // The binaries cargo built next to ledgerctl (the default looks next to this test binary).
+    let bins = PathBuf::from(env!("CARGO_BIN_EXE_ledgerctl"));
+    cfg.node_bin = bins.with_file_name("region-node");
+    cfg.replicator_bin = bins.with_file_name("replicator");
+    cfg.router_bin = bins.with_file_name("router");
+    cfg.reconcile_bin = bins.with_file_name("reconcile");
+    assert!(cfg.prometheus_bin.is_some(), "prometheus missing: install Debian's package (scripts/install-deps.sh)");
+    cfg
 }
 
 async fn get_json(url: &str) -> Value {

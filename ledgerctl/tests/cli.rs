@@ -1,6 +1,8 @@
 //! `ledgerctl up | status | down` as a user runs them, against real PostgreSQL and Kafka, and every
 //! bad input the launcher promises to report on one line without leaving anything running.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -16,32 +18,11 @@ struct Env {
     http_base: u16,
 }
 
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 impl Env {
     fn new(regions: &[&str]) -> Self {
-        let n = regions.len() as u16;
-        loop {
-            // uuid's randomness is enough to spread parallel tests over the range.
-            let r = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
-            let pg_base = 20000 + (r % 10000);
-            let kafka_base = 30000 + (r % 10000) / 10 * 10;
-            let http_base = 40000 + (r % 10000);
-            let all_free = (0..n).all(|i| {
-                port_free(pg_base + i)
-                    && port_free(kafka_base + 10 * i)
-                    && port_free(kafka_base + 10 * i + 1)
-                    && port_free(http_base + i)
-                    && port_free(http_base + 100 + i)
-            }) && port_free(http_base + 10)
-                && port_free(http_base + 20);
-            if all_free {
-                let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
-                return Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base };
-            }
-        }
+        let (pg_base, kafka_base, http_base) = common::free_port_bases(regions.len() as u16);
+        let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
+        Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base }
     }
 
     fn state(&self) -> PathBuf {

@@ -3,6 +3,8 @@
 //! spans and the remote apply of both other regions (through the outbox, Kafka and each
 //! replicator), every span's resource naming its service and region.
 
+mod common;
+
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -22,30 +24,11 @@ struct Env {
     http_base: u16,
 }
 
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 impl Env {
     fn new() -> Self {
-        let n = REGIONS.len() as u16;
-        loop {
-            let r = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
-            let (pg_base, kafka_base, http_base) =
-                (20000 + r % 10000, 30000 + (r % 10000) / 10 * 10, 40000 + r % 10000);
-            let regional = (0..n).all(|i| {
-                port_free(pg_base + i)
-                    && (0..10).all(|k| port_free(kafka_base + 10 * i + k))
-                    && port_free(http_base + i)
-                    && port_free(http_base + 100 + i)
-            });
-            // Reconcile, the router and Jaeger's four ports.
-            let shared = [10, 20, 60, 61, 62, 63].iter().all(|o| port_free(http_base + o));
-            if regional && shared {
-                let dir = tempfile::Builder::new().prefix("ledgerctl-tracing-").tempdir().unwrap();
-                return Self { dir, pg_base, kafka_base, http_base };
-            }
-        }
+        let (pg_base, kafka_base, http_base) = common::free_port_bases(REGIONS.len() as u16);
+        let dir = tempfile::Builder::new().prefix("ledgerctl-tracing-").tempdir().unwrap();
+        Self { dir, pg_base, kafka_base, http_base }
     }
 
     fn state(&self) -> PathBuf {
