@@ -18,6 +18,8 @@ FREQ=${FREQ:-499}
 LEDGERCTL=${LEDGERCTL:-./target/release/ledgerctl}
 OUT=${OUT:-bench-out/profile}
 mkdir -p "$OUT"
+# Everything printed is also kept beside the data.
+exec > >(tee "$OUT/profile.txt")
 command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
 
 region=$(jq -r '.regions[0].name' "$MANIFEST")
