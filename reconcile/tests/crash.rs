@@ -79,6 +79,27 @@ async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until the case is resolved; past `WAIT`, fails with the restarted process's log, which
+/// says what its executor was waiting for.
+async fn wait_resolved(api: &Api, token: &str, case_id: &str, dir: &std::path::Path) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let case = api.get(&format!("/api/cases/{case_id}"), token).await.body;
+        if case["state"] == "resolved" {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("reconcile.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "case {case_id} never reached resolved: {case}\nlast lines of reconcile.log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn entries(regions: &Regions, i: usize, account: &str) -> usize {
     regions.get(i, &format!("/v1/accounts/{account}/entries?limit=100")).await.body["entries"]
         .as_array()
@@ -186,7 +207,7 @@ async fn a_kill_at_any_step_finishes_on_restart_with_exactly_one_compensating_tr
         child.0.wait().unwrap();
 
         let mut restarted = spawn(&cfg, dir.path(), None);
-        api.wait_state(viewer, &case_id, "resolved", WAIT).await;
+        wait_resolved(&api, viewer, &case_id, dir.path()).await;
         let balances = regions.converged(&[&account], WAIT).await;
         assert_eq!(balances, vec![30], "{failpoint}: -30 + one reversal of 60");
         for i in 0..3 {
