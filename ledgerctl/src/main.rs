@@ -95,7 +95,7 @@ enum Cmd {
         containers: bool,
         /// Tag of our services' images (default: the git short commit, as
         /// `scripts/containers.sh images` tags them; `latest` is the last built).
-        #[arg(long, requires = "containers")]
+        #[arg(long, env = "LEDGER_IMAGE_TAG")]
         image_tag: Option<String>,
     },
     /// Stop one component, in one region or all.
