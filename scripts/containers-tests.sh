@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The tests that run on the containers backend (LEDGER_TEST_BACKEND=containers): testkit's own,
-# region-node's replication tests and its PostgreSQL crash test. Starts the private Docker engine
+# region-node's replication tests and its PostgreSQL crash test; then `ledgerctl up --containers`
+# (ledgerctl/tests/containers_stack.rs: three regions from our services' images, built here from
+# the release binaries by `scripts/containers.sh images`). Starts the private Docker engine
 # and builds the engine images with scripts/containers.sh (the first time: debootstrap, a few
 # minutes), builds the test binaries, runs them, and stops the engine however the run ends (the
 # images stay in its data root, so the next run starts in seconds).
@@ -19,6 +21,12 @@ export LEDGER_TEST_BACKEND=containers
 # Built before any engine is needed, so the timings below are the tests'.
 cargo test -p testkit --no-run
 cargo test -p region-node --test replication --test postgres_crash --no-run
+cargo test -p ledgerctl --features containers --test containers_stack --no-run
+# Our services' images, tagged with the commit (what `ledgerctl up --containers` runs by default).
+started=$SECONDS
+cargo build --release -p region-node -p replicator -p router -p reconcile --bins
+scripts/containers.sh images
+echo "containers-tests: release binaries and service images in $((SECONDS - started)) s" >&2
 
 run() {
   local started=$SECONDS
@@ -29,3 +37,5 @@ run -p testkit "$@"
 run -p region-node --test replication "$@"
 # A test binary of its own: it kills the region's PostgreSQL container.
 run -p region-node --test postgres_crash "$@"
+# The whole stack from images: the node's contract and convergence across three regions.
+run -p ledgerctl --features containers --test containers_stack "$@"

@@ -83,6 +83,9 @@ pub struct StackConfig {
     pub prometheus_bin: Option<PathBuf>,
     /// Prometheus's port.
     pub prometheus_port: u16,
+    /// Run PostgreSQL, Kafka and our services as containers of these images (see
+    /// [`StackConfig::in_containers`]); `None`: as local processes.
+    pub containers: Option<crate::containers::Images>,
 }
 
 /// The repository root: where `kafka/pom.xml` and `migrations/` are.
@@ -162,7 +165,20 @@ impl StackConfig {
             prometheus_port: http_port_base
                 .checked_add(crate::prometheus::PORT_OFFSET)
                 .ok_or_else(|| StackError::Config("http port base too high".into()))?,
+            containers: None,
         })
+    }
+
+    /// The same stack in containers of `images`: the binaries are the images' (paths inside them).
+    pub fn in_containers(&mut self, images: crate::containers::Images) {
+        use crate::containers::{self, Images};
+        self.pg_bin_dir = PathBuf::from(containers::PG_BIN_DIR);
+        self.java = PathBuf::from(containers::JAVA);
+        self.node_bin = Images::service_bin("region-node");
+        self.replicator_bin = Images::service_bin("replicator");
+        self.router_bin = Images::service_bin("router");
+        self.reconcile_bin = Images::service_bin("reconcile");
+        self.containers = Some(images);
     }
 
     /// The configuration of a running stack, from its manifest: its regions and port bases, its
@@ -178,6 +194,9 @@ impl StackConfig {
         }
         if manifest.tracing_url.is_some() {
             cfg.jaeger_bin = Some(crate::jaeger::default_bin());
+        }
+        if let Some(c) = &manifest.containers {
+            cfg.in_containers(c.images.clone());
         }
         Ok(cfg)
     }

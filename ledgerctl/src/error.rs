@@ -68,6 +68,34 @@ pub enum StackError {
         /// Where its output went.
         log: PathBuf,
     },
+    /// No Docker engine answers (`ledgerctl up --containers`).
+    #[error(
+        "no Docker engine answers at DOCKER_HOST={docker_host:?} ({detail}): start the project's own with `eval \"$(scripts/containers.sh up | tail -n 1)\"`"
+    )]
+    NoEngine {
+        /// The engine asked.
+        docker_host: String,
+        /// The CLI's last line.
+        detail: String,
+    },
+    /// Images the containers need are not in the engine.
+    #[error(
+        "the Docker engine at DOCKER_HOST={docker_host:?} has no image {images}: build the engines' with `scripts/containers.sh up` and ours with `cargo build --release --workspace --bins && scripts/containers.sh images` (or pass --image-tag)"
+    )]
+    MissingImages {
+        /// The engine asked.
+        docker_host: String,
+        /// The missing images, comma-separated.
+        images: String,
+    },
+    /// A Docker command failed.
+    #[error("{what} failed: {detail}")]
+    Docker {
+        /// The command.
+        what: String,
+        /// The CLI's last line of error output.
+        detail: String,
+    },
     /// Bad configuration (region names, ports).
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -102,6 +102,11 @@ impl KafkaJars {
         Ok(Self { libs })
     }
 
+    /// The jars inside the `ledger/kafka` image (see `scripts/containers.sh`).
+    pub fn in_image() -> Self {
+        Self { libs: PathBuf::from("/opt/kafka/libs") }
+    }
+
     fn classpath(&self) -> String {
         format!("{}/*", self.libs.display())
     }
@@ -210,21 +215,10 @@ impl KafkaBroker {
     /// Writes the configuration and formats storage unless it is already formatted.
     pub fn init(&self, jars: &KafkaJars) -> Result<()> {
         check_java(&self.java)?;
-        std::fs::create_dir_all(self.dir.join("logs")).map_err(StackError::io(&self.dir))?;
-        let config = self.config_path();
-        std::fs::write(&config, self.server_properties()).map_err(StackError::io(&config))?;
-        let log4j = self.dir.join("log4j2.yaml");
-        std::fs::write(&log4j, self.log4j_config()).map_err(StackError::io(&log4j))?;
-        let data = self.data_dir();
-        if data.join("meta.properties").is_file() {
+        if self.write_config()? {
             return Ok(());
         }
-        if data.exists() && std::fs::read_dir(&data).map_err(StackError::io(&data))?.next().is_some() {
-            return Err(StackError::CorruptState {
-                path: data,
-                detail: "not empty, yet no meta.properties: not a formatted Kafka log folder".into(),
-            });
-        }
+        let data = self.data_dir();
         let mut cmd = Command::new(&self.java);
         cmd.args(self.format_java_args(jars, &new_cluster_id()));
         process::log_to(&mut cmd, &self.log)?;
@@ -238,6 +232,27 @@ impl KafkaBroker {
             });
         }
         Ok(())
+    }
+
+    /// Writes the configuration files; returns whether the storage is already formatted (an error
+    /// when the data folder holds anything else).
+    pub fn write_config(&self) -> Result<bool> {
+        std::fs::create_dir_all(self.dir.join("logs")).map_err(StackError::io(&self.dir))?;
+        let config = self.config_path();
+        std::fs::write(&config, self.server_properties()).map_err(StackError::io(&config))?;
+        let log4j = self.dir.join("log4j2.yaml");
+        std::fs::write(&log4j, self.log4j_config()).map_err(StackError::io(&log4j))?;
+        let data = self.data_dir();
+        if data.join("meta.properties").is_file() {
+            return Ok(true);
+        }
+        if data.exists() && std::fs::read_dir(&data).map_err(StackError::io(&data))?.next().is_some() {
+            return Err(StackError::CorruptState {
+                path: data,
+                detail: "not empty, yet no meta.properties: not a formatted Kafka log folder".into(),
+            });
+        }
+        Ok(false)
     }
 
     /// Starts the broker; returns at once (see [`KafkaBroker::wait_ready`]).

@@ -12,6 +12,7 @@
 pub mod baseline;
 pub mod bench;
 pub mod config;
+pub mod containers;
 pub mod drill;
 pub mod error;
 pub mod jaeger;

@@ -87,7 +87,17 @@ struct Opts {
 enum Cmd {
     /// Start every region's PostgreSQL, Kafka and node, then the router and the reconcile service;
     /// apply migrations, create topics, write env.json.
-    Up,
+    Up {
+        /// Run PostgreSQL, Kafka, the nodes, replicators, router and reconcile service as containers
+        /// of the local images (`scripts/containers.sh up` and `images` build them) on the engine
+        /// DOCKER_HOST names, on the host network; the rest of the stack's commands then act on them.
+        #[arg(long)]
+        containers: bool,
+        /// Tag of our services' images (default: the git short commit, as
+        /// `scripts/containers.sh images` tags them; `latest` is the last built).
+        #[arg(long, env = "LEDGER_IMAGE_TAG")]
+        image_tag: Option<String>,
+    },
     /// Stop one component, in one region or all.
     Stop {
         /// postgres, kafka, node or replicator.
@@ -204,6 +214,10 @@ impl Opts {
         if self.toxiproxy || self.toxiproxy_bin.is_some() || proxied {
             cfg.toxiproxy_bin = Some(self.toxiproxy_bin.clone().unwrap_or_else(config::default_toxiproxy_bin));
         }
+        // A stack started in containers stays in containers for every later command.
+        if let Some(c) = Manifest::load(&cfg.manifest_path()).ok().flatten().and_then(|m| m.containers) {
+            cfg.in_containers(c.images);
+        }
         let jaeger = self.jaeger_bin.clone().unwrap_or_else(ledgerctl::jaeger::default_bin);
         cfg.jaeger_bin = (!self.no_tracing && jaeger.is_file()).then_some(jaeger);
         Ok(cfg)
@@ -226,7 +240,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
     let mut cfg = cli.opts.config()?;
     // A component restarted (`start`) in a stack brought up without Jaeger gets no OTLP endpoint
     // nobody listens on; `up` decides afresh.
-    if !matches!(cli.command, Cmd::Up)
+    if let Cmd::Up { containers: true, image_tag } = &cli.command {
+        let images = ledgerctl::containers::Images::new(&cfg.kafka_pom, image_tag.clone())?;
+        cfg.in_containers(images);
+    }
+    if !matches!(cli.command, Cmd::Up { .. })
         && Manifest::load(&cfg.manifest_path()).ok().flatten().is_some_and(|m| m.tracing_url.is_none())
     {
         cfg.jaeger_bin = None;
@@ -235,8 +253,17 @@ async fn run(cli: Cli) -> Result<ExitCode, ledgerctl::StackError> {
     let stack_cfg = cfg.clone();
     let stack = Stack::new(cfg);
     match cli.command {
-        Cmd::Up => {
+        Cmd::Up { .. } => {
             let manifest = stack.up().await?;
+            if let Some(c) = &manifest.containers {
+                println!(
+                    "containers: {} (images {}, {}, ledger/*:{})",
+                    c.names.join(" "),
+                    c.images.postgres,
+                    c.images.kafka,
+                    c.images.services_tag
+                );
+            }
             for r in &manifest.regions {
                 println!(
                     "{:<10} postgres {}  kafka {}  http {}",

@@ -52,6 +52,10 @@ pub struct Manifest {
     /// Prometheus's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_pid: Option<u32>,
+    /// Set when PostgreSQL, Kafka and our services run as containers (`ledgerctl up --containers`):
+    /// the images and the containers' names. Pids are then their main processes' on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<crate::containers::ContainersEntry>,
     /// The proxied cross-region links (empty without Toxiproxy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<crate::toxiproxy::Link>,

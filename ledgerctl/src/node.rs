@@ -99,6 +99,14 @@ impl NodeProcess {
     /// Starts the node; returns at once (see [`NodeProcess::wait_ready`]).
     pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
         Self::check_binary(&self.bin)?;
+        let mut cmd = self.command()?;
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "region-node")
+    }
+
+    /// Writes the configuration and returns the command that runs the node on it (as a process,
+    /// or in a container: see [`crate::containers`]).
+    pub fn command(&self) -> Result<Command> {
         self.write_config()?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config").arg(self.config_path());
@@ -106,8 +114,7 @@ impl NodeProcess {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LEDGER_NODE_")) {
             cmd.env_remove(key);
         }
-        process::log_to(&mut cmd, &self.log)?;
-        process::spawn(cmd, lifetime, "region-node")
+        Ok(cmd)
     }
 
     /// Waits until `/readyz` answers 200, failing early if `pid` dies.
@@ -207,6 +214,13 @@ impl ReplicatorProcess {
                 fix: "build it with `cargo build -p replicator` (./dev up does) or set LEDGER_REPLICATOR_BIN",
             });
         }
+        let mut cmd = self.command()?;
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "replicator")
+    }
+
+    /// Writes the configuration and returns the command that runs the replicator on it.
+    pub fn command(&self) -> Result<Command> {
         let mut toml = format!(
             "# Written by ledgerctl up.\ntarget_region = {:?}\ntarget_bootstrap = {:?}\nmetrics_addr = \"127.0.0.1:{}\"\notlp_endpoint = {:?}\n",
             self.region, self.bootstrap, self.metrics_port, self.otlp_endpoint
@@ -218,8 +232,7 @@ impl ReplicatorProcess {
         std::fs::write(&path, toml).map_err(StackError::io(&path))?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config").arg(&path);
-        process::log_to(&mut cmd, &self.log)?;
-        process::spawn(cmd, lifetime, "replicator")
+        Ok(cmd)
     }
 
     /// Waits until `/healthz` answers, failing early if `pid` dies.

@@ -98,6 +98,15 @@ impl PgServer {
     /// Creates the data folder with `initdb` unless it already holds a PostgreSQL 15 cluster.
     pub fn init(&self) -> Result<()> {
         Self::check_binaries(&self.bin_dir)?;
+        if self.has_cluster()? {
+            return Ok(());
+        }
+        self.init_fresh()
+    }
+
+    /// Whether the data folder holds a PostgreSQL 15 cluster: `false` when it is missing or empty,
+    /// an error when it holds anything else.
+    pub fn has_cluster(&self) -> Result<bool> {
         let version_file = self.data_dir.join("PG_VERSION");
         if version_file.exists() {
             let version = std::fs::read_to_string(&version_file).map_err(StackError::io(&version_file))?;
@@ -107,7 +116,7 @@ impl PgServer {
                     detail: format!("it holds a PostgreSQL {} cluster, not 15", version.trim()),
                 });
             }
-            return Ok(());
+            return Ok(true);
         }
         if self.data_dir.exists() {
             let non_empty = std::fs::read_dir(&self.data_dir).map_err(StackError::io(&self.data_dir))?.next().is_some();
@@ -118,6 +127,10 @@ impl PgServer {
                 });
             }
         }
+        Ok(false)
+    }
+
+    fn init_fresh(&self) -> Result<()> {
         let owner = run_as()?;
         std::fs::create_dir_all(&self.data_dir).map_err(StackError::io(&self.data_dir))?;
         std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))

@@ -66,6 +66,13 @@ impl ReconcileProcess {
     /// Starts the service; returns at once.
     pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
         Self::check_binary(&self.bin)?;
+        let mut cmd = self.command()?;
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "reconcile")
+    }
+
+    /// Writes the configuration and returns the command that runs the service on it.
+    pub fn command(&self) -> Result<Command> {
         std::fs::create_dir_all(&self.dir).map_err(StackError::io(&self.dir))?;
         let mut toml = format!(
             "# Written by ledgerctl up.\nhttp_addr = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nnode_api_key = {:?}\notlp_endpoint = {:?}\n",
@@ -83,8 +90,7 @@ impl ReconcileProcess {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("RECONCILE_")) {
             cmd.env_remove(key);
         }
-        process::log_to(&mut cmd, &self.log)?;
-        process::spawn(cmd, lifetime, "reconcile")
+        Ok(cmd)
     }
 
     /// Waits until `/healthz` answers, failing early if `pid` dies.

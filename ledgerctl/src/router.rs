@@ -106,6 +106,13 @@ impl RouterProcess {
     /// Starts the router; returns at once.
     pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
         Self::check_binary(&self.bin)?;
+        let mut cmd = self.command()?;
+        process::log_to(&mut cmd, &self.log)?;
+        process::spawn(cmd, lifetime, "router")
+    }
+
+    /// Writes the configuration and returns the command that runs the router on it.
+    pub fn command(&self) -> Result<Command> {
         std::fs::create_dir_all(&self.dir).map_err(StackError::io(&self.dir))?;
         let path = self.config_path();
         std::fs::write(&path, self.config_toml()).map_err(StackError::io(&path))?;
@@ -116,8 +123,7 @@ impl RouterProcess {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LEDGER_ROUTER_")) {
             cmd.env_remove(key);
         }
-        process::log_to(&mut cmd, &self.log)?;
-        process::spawn(cmd, lifetime, "router")
+        Ok(cmd)
     }
 
     /// Waits until `/_router/healthz` answers, failing early if `pid` dies.

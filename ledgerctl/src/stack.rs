@@ -5,6 +5,7 @@
 //! stops every process it started in this run, so a failed `up` leaves nothing half-started.
 
 use crate::config::{RegionSpec, StackConfig};
+use crate::containers::{self, ContainerSpec, ContainersEntry};
 use crate::error::{Result, StackError};
 use crate::jaeger::JaegerProcess;
 use crate::kafka::{self, KafkaBroker, KafkaJars};
@@ -99,6 +100,8 @@ struct Started {
     pid: u32,
     marker: String,
     signal: Signal,
+    /// Its container, in container mode (removed too).
+    container: Option<String>,
 }
 
 impl Stack {
@@ -256,8 +259,11 @@ impl Stack {
         })
     }
 
-    /// Spawns one component (detached) and returns its pid. Does not wait.
+    /// Spawns one component (detached, or as a container) and returns its pid. Does not wait.
     fn spawn(&self, region: &RegionSpec, component: Component, jars: &KafkaJars, api_key: &str) -> Result<u32> {
+        if self.cfg.containers.is_some() {
+            return self.spawn_container(region, component, api_key);
+        }
         let child = match component {
             Component::Postgres => self.pg(region).start(Lifetime::Detached)?,
             Component::Kafka => self.kafka(region).start(jars, Lifetime::Detached)?,
@@ -265,6 +271,103 @@ impl Stack {
             Component::Replicator => self.replicator(region).start(Lifetime::Detached)?,
         };
         Ok(child.id())
+    }
+
+    /// The container of `component` in `region`: named by its part, region and port (unique on
+    /// the host network, so a test's stack and a developer's share an engine).
+    fn container_name(&self, region: &RegionSpec, component: Component) -> String {
+        let port = ports(region, component)[0].0;
+        format!("ledger-{}-{}-{port}", component.name(), region.name)
+    }
+
+    /// The container of the router or the reconcile service.
+    fn service_container_name(&self, service: &str) -> String {
+        let port = if service == "router" { self.cfg.router_port } else { self.cfg.reconcile_port };
+        format!("ledger-{service}-{port}")
+    }
+
+    /// Every container name of the stack.
+    fn container_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.cfg.regions.iter().flat_map(|r| START_ORDER.map(|c| self.container_name(r, c))).collect();
+        names.extend(["router", "reconcile"].map(|s| self.service_container_name(s)));
+        names
+    }
+
+    /// Starts `component` of `region` in a container, with the command the process mode runs and
+    /// the same configuration files (written here, on the mounted state folder).
+    fn spawn_container(&self, region: &RegionSpec, component: Component, api_key: &str) -> Result<u32> {
+        let images = self.cfg.containers.as_ref().expect("container mode");
+        let dir = self.cfg.region_dir(&region.name);
+        let marker = self.marker(region, component);
+        let (image, script, user, shm_mb, log) = match component {
+            Component::Postgres => {
+                let pg = self.pg(region);
+                (images.postgres.clone(), postgres_script(&pg), Some("0:0".to_owned()), Some(256), pg.log)
+            }
+            Component::Kafka => {
+                let broker = self.kafka(region);
+                (images.kafka.clone(), kafka_script(&broker), Some(containers::current_user()), None, broker.log)
+            }
+            Component::Node => {
+                let node = self.node(region, api_key);
+                let script = containers::exec_logged(&node.command()?, &node.log);
+                (images.service("region-node"), script, Some(containers::current_user()), None, node.log)
+            }
+            Component::Replicator => {
+                let replicator = self.replicator(region);
+                let script = containers::exec_logged(&replicator.command()?, &replicator.log);
+                (images.service("replicator"), script, Some(containers::current_user()), None, replicator.log)
+            }
+        };
+        let spec = ContainerSpec {
+            name: self.container_name(region, component),
+            image,
+            mounts: vec![dir],
+            user,
+            stop_signal: component.stop_signal(),
+            shm_mb,
+            script,
+            state_dir: self.cfg.state_dir.clone(),
+        };
+        containers::run(&spec, &marker, &log)
+    }
+
+    /// Starts the router or the reconcile service in a container of its image; its pid and the
+    /// container's name.
+    fn service_container(
+        &self,
+        service: &str,
+        cmd: &std::process::Command,
+        dir: &std::path::Path,
+        marker: &str,
+        log: &std::path::Path,
+    ) -> Result<(u32, Option<String>)> {
+        let images = self.cfg.containers.as_ref().expect("container mode");
+        let spec = ContainerSpec {
+            name: self.service_container_name(service),
+            image: images.service(service),
+            mounts: vec![dir.to_path_buf()],
+            user: Some(containers::current_user()),
+            stop_signal: Signal::SIGTERM,
+            shm_mb: None,
+            script: containers::exec_logged(cmd, log),
+            state_dir: self.cfg.state_dir.clone(),
+        };
+        Ok((containers::run(&spec, marker, log)?, Some(spec.name)))
+    }
+
+    /// Stops one part, a process or a container (see [`process::stop`], [`containers::stop`]).
+    fn stop_part(&self, container: Option<&str>, pid: u32, marker: &str, signal: Signal) -> bool {
+        match container {
+            Some(name) => containers::stop(name, pid, marker, signal, STOP_GRACE),
+            None => process::stop(pid, marker, signal, STOP_GRACE),
+        }
+    }
+
+    /// The container of a region's part, in container mode.
+    fn container_of(&self, region: &RegionSpec, component: Component) -> Option<String> {
+        self.cfg.containers.as_ref().map(|_| self.container_name(region, component))
     }
 
     /// Waits until a started component serves; for PostgreSQL and Kafka also prepares the database
@@ -307,11 +410,25 @@ impl Stack {
         manifest.api_key = Some(api_key.clone());
 
         // 1. Everything that can be checked without starting anything.
-        PgServer::check_binaries(&cfg.pg_bin_dir)?;
-        kafka::check_java(&cfg.java)?;
-        NodeProcess::check_binary(&cfg.node_bin)?;
-        RouterProcess::check_binary(&cfg.router_bin)?;
-        let jars = KafkaJars::ensure(&cfg.kafka_pom, &cfg.kafka_cache_dir, &cfg.mvn)?;
+        let jars = match &cfg.containers {
+            Some(images) => {
+                containers::check(images)?;
+                manifest.containers = Some(ContainersEntry {
+                    images: images.clone(),
+                    docker_host: std::env::var("DOCKER_HOST").unwrap_or_default(),
+                    names: self.container_names(),
+                });
+                KafkaJars::in_image()
+            }
+            None => {
+                PgServer::check_binaries(&cfg.pg_bin_dir)?;
+                kafka::check_java(&cfg.java)?;
+                NodeProcess::check_binary(&cfg.node_bin)?;
+                RouterProcess::check_binary(&cfg.router_bin)?;
+                manifest.containers = None;
+                KafkaJars::ensure(&cfg.kafka_pom, &cfg.kafka_cache_dir, &cfg.mvn)?
+            }
+        };
         let mut running: Vec<Pids> = Vec::new();
         for region in &cfg.regions {
             let mut known = manifest.region(region.name.as_str()).map(|r| r.pids.clone()).unwrap_or_default();
@@ -367,11 +484,22 @@ impl Stack {
         for (region, pids) in cfg.regions.iter().zip(&running) {
             let dir = cfg.region_dir(&region.name);
             std::fs::create_dir_all(&dir).map_err(StackError::io(&dir))?;
+            // In containers, initdb and the storage format run in the container, from its image.
             if pids.postgres.is_none() {
-                self.pg(region).init()?;
+                match &cfg.containers {
+                    Some(_) => {
+                        self.pg(region).has_cluster()?;
+                    }
+                    None => self.pg(region).init()?,
+                }
             }
             if pids.kafka.is_none() {
-                self.kafka(region).init(&jars)?;
+                match &cfg.containers {
+                    Some(_) => {
+                        self.kafka(region).write_config()?;
+                    }
+                    None => self.kafka(region).init(&jars)?,
+                }
             }
         }
         manifest.regions.retain(|r| cfg.regions.iter().any(|s| s.name.as_str() == r.name));
@@ -398,6 +526,7 @@ impl Stack {
                             pid,
                             marker: self.marker(region, component),
                             signal: component.stop_signal(),
+                            container: self.container_of(region, component),
                         });
                         *component.pid(pids) = Some(pid);
                         let entry = self.entry(region, pids.clone());
@@ -455,8 +584,11 @@ impl Stack {
         let marker = router.marker();
         if manifest.router_pid.filter(|p| process::is_ours_and_alive(*p, &marker)).is_none() {
             process::ensure_port_free(router.port, "the router")?;
-            let pid = router.start(Lifetime::Detached)?.id();
-            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            let (pid, container) = match &self.cfg.containers {
+                Some(_) => self.service_container("router", &router.command()?, &router.dir, &marker, &router.log)?,
+                None => (router.start(Lifetime::Detached)?.id(), None),
+            };
+            started.push(Started { pid, marker, signal: Signal::SIGTERM, container });
             manifest.router_pid = Some(pid);
             manifest.save(&self.cfg.manifest_path())?;
             router.wait_ready(pid).await?;
@@ -489,7 +621,7 @@ impl Stack {
         let marker = j.marker();
         if manifest.jaeger_pid.filter(|p| process::is_ours_and_alive(*p, &marker)).is_none() {
             let pid = j.start(Lifetime::Detached)?.id();
-            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            started.push(Started { pid, marker, signal: Signal::SIGTERM, container: None });
             manifest.jaeger_pid = Some(pid);
             manifest.save(&self.cfg.manifest_path())?;
             j.wait_ready(pid).await?;
@@ -549,7 +681,7 @@ impl Stack {
         let marker = p.marker();
         if manifest.prometheus_pid.filter(|pid| process::is_ours_and_alive(*pid, &marker)).is_none() {
             let pid = p.start(Lifetime::Detached)?.id();
-            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            started.push(Started { pid, marker, signal: Signal::SIGTERM, container: None });
             manifest.prometheus_pid = Some(pid);
             manifest.save(&self.cfg.manifest_path())?;
             p.wait_ready(pid).await?;
@@ -569,7 +701,7 @@ impl Stack {
         let marker = t.marker();
         if manifest.toxiproxy_pid.filter(|p| process::is_ours_and_alive(*p, &marker)).is_none() {
             let pid = t.start(Lifetime::Detached)?.id();
-            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            started.push(Started { pid, marker, signal: Signal::SIGTERM, container: None });
             manifest.toxiproxy_pid = Some(pid);
             manifest.save(&self.cfg.manifest_path())?;
             t.wait_ready(pid).await?;
@@ -581,7 +713,9 @@ impl Stack {
     /// its process (kept if running).
     async fn up_reconcile(&self, manifest: &mut Manifest, started: &mut Vec<Started>, api_key: &str) -> Result<()> {
         let service = self.reconcile(api_key);
-        ReconcileProcess::check_binary(&service.bin)?;
+        if self.cfg.containers.is_none() {
+            ReconcileProcess::check_binary(&service.bin)?;
+        }
         self.pg(&self.cfg.regions[0]).create_database(crate::reconcile::DATABASE).await?;
         manifest.reconcile_users = crate::reconcile::prepare(&service.database_url, &manifest.reconcile_users).await?;
         manifest.reconcile_database_url = Some(service.database_url.clone());
@@ -590,8 +724,13 @@ impl Stack {
         let alive = manifest.reconcile_pid.filter(|p| process::is_ours_and_alive(*p, &marker));
         if alive.is_none() {
             process::ensure_port_free(service.port, "the reconcile service")?;
-            let pid = service.start(Lifetime::Detached)?.id();
-            started.push(Started { pid, marker, signal: Signal::SIGTERM });
+            let (pid, container) = match &self.cfg.containers {
+                Some(_) => {
+                    self.service_container("reconcile", &service.command()?, &service.dir, &marker, &service.log)?
+                }
+                None => (service.start(Lifetime::Detached)?.id(), None),
+            };
+            started.push(Started { pid, marker, signal: Signal::SIGTERM, container });
             manifest.reconcile_pid = Some(pid);
             manifest.save(&self.cfg.manifest_path())?;
             service.wait_ready(pid).await?;
@@ -617,8 +756,16 @@ impl Stack {
         let handles: Vec<_> = started
             .iter()
             .map(|s| {
-                let (pid, marker, signal) = (s.pid, s.marker.clone(), s.signal);
-                std::thread::spawn(move || process::stop(pid, &marker, signal, STOP_GRACE))
+                let (pid, marker, signal, container) = (s.pid, s.marker.clone(), s.signal, s.container.clone());
+                std::thread::spawn(move || match container {
+                    Some(name) => {
+                        containers::stop(&name, pid, &marker, signal, STOP_GRACE);
+                        containers::remove(&name);
+                    }
+                    None => {
+                        process::stop(pid, &marker, signal, STOP_GRACE);
+                    }
+                })
             })
             .collect();
         for h in handles {
@@ -681,8 +828,9 @@ impl Stack {
         for entry in manifest.regions.iter_mut().filter(|r| names.contains(&r.name)) {
             let spec = spec_of(entry)?;
             let marker = self.marker(&spec, component);
+            let container = self.container_of(&spec, component);
             if let Some(pid) = component.pid(&mut entry.pids).take()
-                && process::stop(pid, &marker, signal, STOP_GRACE)
+                && self.stop_part(container.as_deref(), pid, &marker, signal)
             {
                 stopped.push(format!("{} {} (pid {pid})", entry.name, component.name()));
             }
@@ -697,6 +845,7 @@ impl Stack {
         let mut manifest = self.load()?;
         let api_key = manifest.api_key.clone().unwrap_or_else(new_api_key);
         let jars = match component {
+            Component::Kafka if self.cfg.containers.is_some() => KafkaJars::in_image(),
             Component::Kafka => KafkaJars::ensure(&self.cfg.kafka_pom, &self.cfg.kafka_cache_dir, &self.cfg.mvn)?,
             _ => KafkaJars { libs: Default::default() },
         };
@@ -743,14 +892,17 @@ impl Stack {
                 stopped.push(format!("prometheus (pid {pid})"));
             }
             // The router and the reconcile service first: they call the nodes.
+            let in_containers = self.cfg.containers.is_some();
+            let router_container = in_containers.then(|| self.service_container_name("router"));
             if let Some(pid) = manifest.router_pid
-                && process::stop(pid, &self.router().marker(), Signal::SIGTERM, STOP_GRACE)
+                && self.stop_part(router_container.as_deref(), pid, &self.router().marker(), Signal::SIGTERM)
             {
                 stopped.push(format!("router (pid {pid})"));
             }
             if let Some(pid) = manifest.reconcile_pid {
                 let marker = self.reconcile("").marker();
-                if process::stop(pid, &marker, Signal::SIGTERM, STOP_GRACE) {
+                let container = in_containers.then(|| self.service_container_name("reconcile"));
+                if self.stop_part(container.as_deref(), pid, &marker, Signal::SIGTERM) {
                     stopped.push(format!("reconcile (pid {pid})"));
                 }
             }
@@ -768,12 +920,19 @@ impl Stack {
                     let spec = spec_of(region)?;
                     for &component in phase {
                         let Some(pid) = component.pid(&mut region.pids.clone()).to_owned() else { continue };
-                        let (marker, label) = (
+                        let (marker, label, container) = (
                             self.marker(&spec, component),
                             format!("{} {} (pid {pid})", region.name, component.name()),
+                            self.container_of(&spec, component),
                         );
                         handles.push(std::thread::spawn(move || {
-                            process::stop(pid, &marker, component.stop_signal(), STOP_GRACE).then_some(label)
+                            let stopped = match container {
+                                Some(name) => {
+                                    containers::stop(&name, pid, &marker, component.stop_signal(), STOP_GRACE)
+                                }
+                                None => process::stop(pid, &marker, component.stop_signal(), STOP_GRACE),
+                            };
+                            stopped.then_some(label)
                         }));
                     }
                 }
@@ -786,6 +945,13 @@ impl Stack {
                 && process::stop(pid, &jaeger_marker, Signal::SIGTERM, STOP_GRACE)
             {
                 stopped.push(format!("jaeger (pid {pid})"));
+            }
+            // Stopped containers go too: every one of the stack, recorded or not.
+            if in_containers {
+                for name in self.container_names() {
+                    containers::remove(&name);
+                }
+                containers::remove_all_of(&self.cfg.state_dir);
             }
             std::fs::remove_file(&path).map_err(StackError::io(&path))?;
         }
@@ -939,4 +1105,67 @@ async fn node_answers(port: u16) -> std::result::Result<(), String> {
         Ok(Some(status)) => Err(format!("/readyz answered {status}")),
         _ => Err("no answer".into()),
     }
+}
+
+/// The PostgreSQL container's script: as root, the data folder and log handed to the image's
+/// `postgres` user (whose uid need not be the host's); then as that user `initdb` on the first
+/// start and the server, both with [`PgServer`]'s arguments, output appended to the same log as a
+/// local server's. Every step `exec`s, so the server is the container's main process (its pid the
+/// one recorded, a SIGKILL to the container a crash of the postmaster).
+fn postgres_script(pg: &PgServer) -> String {
+    use containers::sh_quote;
+    let data = pg.data_dir.display().to_string();
+    let log = pg.log.display().to_string();
+    let pwfile = std::path::Path::new("/tmp/initdb-password");
+    let mut initdb = std::process::Command::new(pg.bin_dir.join("initdb"));
+    initdb.args(pg.initdb_args(pwfile));
+    let mut server = std::process::Command::new(pg.bin_dir.join("postgres"));
+    server.args(pg.server_args());
+    let as_postgres = format!(
+        "set -e\n\
+         if [ ! -s {version} ]; then\n\
+         printf %s {password} > {pwfile}\n\
+         {initdb} >> {log} 2>&1\n\
+         rm -f {pwfile}\n\
+         fi\n\
+         {server}\n",
+        version = sh_quote(&format!("{data}/PG_VERSION")),
+        password = sh_quote(postgres::PASSWORD),
+        pwfile = sh_quote(&pwfile.display().to_string()),
+        initdb = containers::sh_command(&initdb),
+        log = sh_quote(&log),
+        server = containers::exec_logged(&server, &pg.log),
+    );
+    format!(
+        "set -e\n\
+         mkdir -p {data}\n\
+         touch {log}\n\
+         [ \"$(stat -c %u {data})\" = \"$(id -u postgres)\" ] || chown -R postgres:postgres {data}\n\
+         chown postgres:postgres {log}\n\
+         chmod 700 {data}\n\
+         exec setpriv --reuid=postgres --regid=postgres --init-groups /bin/sh -c {inner}\n",
+        data = sh_quote(&data),
+        log = sh_quote(&log),
+        inner = sh_quote(&as_postgres),
+    )
+}
+
+/// The Kafka container's script: the storage format on the first start (the configuration files
+/// are written by `ledgerctl` on the mounted folder), then the broker, with [`KafkaBroker`]'s
+/// arguments and the image's jars.
+fn kafka_script(broker: &KafkaBroker) -> String {
+    let jars = KafkaJars::in_image();
+    let mut format = std::process::Command::new(&broker.java);
+    format.args(broker.format_java_args(&jars, &kafka::new_cluster_id()));
+    let mut server = std::process::Command::new(&broker.java);
+    server.args(broker.server_java_args(&jars));
+    format!(
+        "set -e\n\
+         if [ ! -f {meta} ]; then {format} >> {log} 2>&1; fi\n\
+         {server}\n",
+        meta = containers::sh_quote(&broker.data_dir().join("meta.properties").display().to_string()),
+        format = containers::sh_command(&format),
+        log = containers::sh_quote(&broker.log.display().to_string()),
+        server = containers::exec_logged(&server, &broker.log),
+    )
 }
