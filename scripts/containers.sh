@@ -144,6 +144,11 @@ engine_down() {
     fi
   fi
   rm -f "$SOCK" "$STATE/dockerd.pid"
+  # dockerd leaves its network namespace bind-mounted in the exec root (nsfs on exec/netns/default)
+  # when it stops; left there, it makes `rm -rf` of the clone fail with "Device or resource busy".
+  local mounted
+  mounted=$(findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r || true)
+  for m in $mounted; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"; done
 }
 
 # --- images ------------------------------------------------------------------------------------
