@@ -98,6 +98,11 @@ fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(f)
 }
 
+/// Time since `at`; forever when it never happened.
+fn since(at: Option<Instant>) -> Duration {
+    at.map_or(Duration::MAX, |t| t.elapsed())
+}
+
 fn millis_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -219,18 +224,20 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
     consumer.assign(&tpl)?;
     tracing::info!(source = %src, target = %dst, "pair mirroring");
 
-    let (mut last_beat, mut last_lag) = (Instant::now() - pair.heartbeat, Instant::now() - LAG_EVERY);
-    let mut last_round = Instant::now() - pair.commit_interval;
+    // `None`: never yet, so due at once. (`Instant::now() - interval` panics when the machine has
+    // been up for less than the interval: an hour-long heartbeat on a fresh CI machine.)
+    let (mut last_beat, mut last_lag, mut last_round): (Option<Instant>, Option<Instant>, Option<Instant>) =
+        (None, None, None);
     let mirrored_events = ledger_schema::mirrored_events_topic(&pair.prefix, src);
     let mirrored_beats = ledger_schema::mirrored_heartbeats_topic(&pair.prefix, src);
     let offsets_topic = pair.offsets_topic();
     while !shutdown.is_cancelled() {
-        if last_beat.elapsed() >= pair.heartbeat {
+        if since(last_beat) >= pair.heartbeat {
             let now = millis_now().to_string();
             let _ = beats.send(BaseRecord::to(&heartbeats).key(dst.as_str()).payload(&now));
-            last_beat = Instant::now();
+            last_beat = Some(Instant::now());
         }
-        if last_lag.elapsed() >= LAG_EVERY {
+        if since(last_lag) >= LAG_EVERY {
             let mut lag = 0i64;
             for ((topic, partition), next) in committed.iter().filter(|((t, _), _)| *t == events) {
                 if let Ok((_, high)) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(1)) {
@@ -238,13 +245,13 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
                 }
             }
             pair.gauge("replication_lag_events", lag as f64);
-            last_lag = Instant::now();
+            last_lag = Some(Instant::now());
         }
         // Rounds start at least `commit_interval` apart: each transaction costs the target broker
         // CPU whatever it holds (markers on every partition it touched), so under load a round
         // takes everything that arrived meanwhile. A quiet pair's first record goes at once.
-        while last_round.elapsed() < pair.commit_interval && !shutdown.is_cancelled() {
-            std::thread::sleep(pair.commit_interval.saturating_sub(last_round.elapsed()).min(IDLE_POLL));
+        while since(last_round) < pair.commit_interval && !shutdown.is_cancelled() {
+            std::thread::sleep(pair.commit_interval.saturating_sub(since(last_round)).min(IDLE_POLL));
         }
         if shutdown.is_cancelled() {
             break;
@@ -266,7 +273,7 @@ fn mirror(pair: &Pair, shutdown: &CancellationToken) -> Result<(), PairError> {
         if batch.is_empty() {
             continue;
         }
-        last_round = Instant::now();
+        last_round = Some(Instant::now());
         producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(batch.len() + 1);
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
