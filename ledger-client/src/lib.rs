@@ -143,6 +143,34 @@ pub struct Account {
     pub version_vector: Value,
 }
 
+/// An account at a point of its history (`GET /v1/accounts/{id}?at=`), as one region recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountAt {
+    /// Its id.
+    pub id: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The point asked for: an RFC 3339 time (string) or an entry position (number).
+    pub at: Value,
+    /// How many entries the account had then.
+    pub entries: i64,
+    /// Balance in minor units after the last of them.
+    pub balance: i64,
+    /// The account's version vector after that entry.
+    pub version_vector: Value,
+    /// When the region recorded that entry (RFC 3339); none before any entry.
+    pub recorded_at: Option<String>,
+}
+
+/// A point of an account's history for [`Client::account_at`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// The entries recorded by this moment.
+    Time(String),
+    /// The account's first n entries.
+    Position(i64),
+}
+
 /// A transfer as the ledger reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
@@ -405,6 +433,18 @@ impl Client {
     pub async fn account(&self, id: &str) -> Result<Answered<Account>, Error> {
         let (_, headers, value, attempts) =
             self.call(reqwest::Method::GET, &format!("/v1/accounts/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// One account's balance at a point of its history, in the region that answers.
+    pub async fn account_at(&self, id: &str, at: &At) -> Result<Answered<AccountAt>, Error> {
+        let at = match at {
+            // `+` of a time zone offset would read as a space in a query string.
+            At::Time(t) => t.replace('+', "%2B"),
+            At::Position(n) => n.to_string(),
+        };
+        let path = format!("/v1/accounts/{id}?at={at}");
+        let (_, headers, value, attempts) = self.call(reqwest::Method::GET, &path, None, None).await?;
         Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
     }
 

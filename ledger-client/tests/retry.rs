@@ -2,7 +2,7 @@
 //! processed the request but before the answer reaches the client: every retry carries the same
 //! key, so money moves once; a final answer (4xx) is never retried.
 
-use ledger_client::{Client, ClientConfig, Error, NewTransfer};
+use ledger_client::{At, Client, ClientConfig, Error, NewTransfer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -119,6 +119,12 @@ async fn retries_across_cut_connections_and_dead_regions_never_double_post() {
     assert!(again.replayed);
     assert_eq!(again.value.id, posted.value.id);
     assert_eq!(direct.account("alice").await.unwrap().value.balance, 255);
+    // The history, point by point: after the first entry, and by a time after both.
+    let first = direct.account_at("alice", &At::Position(1)).await.unwrap().value;
+    assert_eq!((first.entries, first.balance), (1, 250));
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let now = direct.account_at("alice", &At::Time(later)).await.unwrap().value;
+    assert_eq!((now.entries, now.balance), (2, 255));
 
     // The ledger's refusal is final: returned at once, never retried.
     let (proxy, accepted) = cutting_proxy(node.addr(), 0).await;

@@ -96,28 +96,48 @@ pub(super) async fn open(state: State<AppState>, body: JsonBody<OpenBody>) -> Re
     .await
 }
 
-/// The account's authoritative state (read-your-writes).
+/// The account's authoritative state (read-your-writes), or with `at` its balance at a moment of
+/// its history in this region.
 #[utoipa::path(
     get,
     path = "/v1/accounts/{id}",
     tag = "accounts",
     operation_id = "getAccount",
     security(("bearer" = ["read"])),
-    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "alice", description = "The account id")),
+    params(
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9_.:\-]{1,64}$", example = "alice", description = "The account id"),
+        ("at" = Option<String>, Query, example = "2026-11-30T12:00:00Z", description = "A point in time: an RFC 3339 \
+            time (the entries this region had recorded by then) or an entry position (the account's first n entries, \
+            0 to its entry count). The answer is then an `AccountAt`: the balance after that entry, read from the \
+            entry itself (no scan of the history), and the account's version vector after it"),
+    ),
     responses(
-        (status = 200, description = "The account", body = super::openapi::Account),
-        (status = 400, description = "`invalid-account-id`", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The account; with `at`, an `AccountAt`",
+            body = super::openapi::AccountOrAccountAt),
+        (status = 400, description = "`invalid-account-id`, `invalid-query` (an `at` that is neither an RFC 3339 time \
+            nor an entry position, a position past the account's entries, or a parameter not listed)", body = Problem,
+            content_type = "application/problem+json"),
         (status = 401, response = super::openapi::Unauthorized),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, description = "`account-not-found`", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = super::openapi::Unavailable),
     ),
 )]
-pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Response {
-    let id = match parse_account_id(&id) {
-        Ok(id) => id,
-        Err(p) => return p.into_response(),
+pub(super) async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (id, at) = match (parse_account_id(&id), at_param(&query)) {
+        (Ok(id), Ok(at)) => (id, at),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
     };
+    if let Some(at) = at {
+        return match point_in_time(&state.pool, &id, &at).await {
+            Ok(answer) => Json(answer).into_response(),
+            Err(p) => p.into_response(),
+        };
+    }
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1");
     match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_optional(&state.pool).await {
         Ok(Some(row)) => match AccountRow::from_row(&row) {
@@ -127,6 +147,100 @@ pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Re
         Ok(None) => Problem::account_not_found(id.as_str()).into_response(),
         Err(e) => read_problem(e).into_response(),
     }
+}
+
+/// A point of an account's history: a moment, or an entry position.
+#[derive(Debug, Clone, PartialEq)]
+enum At {
+    Time(chrono::DateTime<chrono::Utc>),
+    Position(i64),
+}
+
+fn at_param(query: &HashMap<String, String>) -> Result<Option<At>, Problem> {
+    super::query::only(query, &["at"])?;
+    let Some(raw) = query.get("at") else { return Ok(None) };
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw
+            .parse::<i64>()
+            .map(|n| Some(At::Position(n)))
+            .map_err(|_| Problem::invalid_query(format!("at: entry position {raw} is out of range")));
+    }
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| Some(At::Time(t.to_utc())))
+        .map_err(|e| Problem::invalid_query(format!("at must be an RFC 3339 time or an entry position: {e}")))
+}
+
+/// The balance at `at` from the one entry that ends the history up to it (its `balance_after`): two
+/// index descents whatever the account's history. Entries are stamped in sequence order (migration
+/// 0014), so the latest one stamped by a moment ends a prefix of the history. A posting in another
+/// currency than the account's (kept apart after an account-definition conflict) moves no
+/// `balance`: the balance is that of the last entry in the account's currency.
+async fn point_in_time(pool: &sqlx::PgPool, id: &AccountId, at: &At) -> Result<serde_json::Value, Problem> {
+    let (time, position) = match at {
+        At::Time(t) => (Some(*t), None),
+        At::Position(n) => (None, Some(*n)),
+    };
+    let row = sqlx::query(
+        "SELECT a.currency, a.entry_seq, a.created_at, last.seq, last.created_at AS recorded_at, ae.vector,
+                (SELECT e.balance_after FROM entries e JOIN transfers t ON t.id = e.transfer_id
+                 WHERE e.account_id = a.id AND e.seq <= last.seq AND t.currency = a.currency
+                 ORDER BY e.seq DESC LIMIT 1) AS balance,
+                (SELECT coalesce(jsonb_agg(o.vector), '[]') FROM account_events o
+                 WHERE o.account_id = a.id AND o.opened IS NOT NULL) AS openings
+         FROM accounts a
+         LEFT JOIN LATERAL (
+             SELECT e.seq, e.created_at, e.transfer_id FROM entries e
+             WHERE e.account_id = a.id AND ($2::timestamptz IS NULL OR e.created_at <= $2)
+               AND ($3::int8 IS NULL OR e.seq <= $3)
+             ORDER BY e.created_at DESC, e.seq DESC LIMIT 1) last ON true
+         LEFT JOIN transfers t ON t.id = last.transfer_id
+         LEFT JOIN account_events ae ON ae.account_id = a.id AND ae.event_id = t.event_id
+         WHERE a.id = $1",
+    )
+    .bind(id.as_str())
+    .bind(time)
+    .bind(position)
+    .fetch_optional(pool)
+    .await
+    .map_err(read_problem)?;
+    let Some(row) = row else { return Err(Problem::account_not_found(id.as_str())) };
+    let get = |e: sqlx::Error| read_problem(e);
+    let entries: i64 = row.try_get("entry_seq").map_err(get)?;
+    let created_at: chrono::DateTime<chrono::Utc> = row.try_get("created_at").map_err(get)?;
+    if let Some(n) = position.filter(|n| *n > entries) {
+        return Err(Problem::invalid_query(format!("at: the account has {entries} entries, not {n}")));
+    }
+    if time.is_some_and(|t| t < created_at) {
+        let mut p = Problem::account_not_found(id.as_str());
+        p.detail =
+            format!("account {:?} was not open in this region then (opened {})", id.as_str(), rfc3339(&created_at));
+        return Err(p);
+    }
+    let seq: Option<i64> = row.try_get("seq").map_err(get)?;
+    let vector: serde_json::Value = match row.try_get::<Option<serde_json::Value>, _>("vector").map_err(get)? {
+        Some(v) => v,
+        // Before its first entry the account reflects its opening(s).
+        None => {
+            let mut joined = ledger_core::VersionVector::new();
+            let openings: Vec<ledger_core::VersionVector> =
+                serde_json::from_value(row.try_get("openings").map_err(get)?)
+                    .map_err(|e| Problem::internal(format!("stored vector: {e}")))?;
+            for v in &openings {
+                joined.merge(v);
+            }
+            json!(joined)
+        }
+    };
+    let recorded: Option<chrono::DateTime<chrono::Utc>> = row.try_get("recorded_at").map_err(get)?;
+    Ok(json!({
+        "id": id,
+        "currency": row.try_get::<String, _>("currency").map_err(get)?,
+        "at": match at { At::Time(t) => json!(rfc3339(t)), At::Position(n) => json!(n) },
+        "entries": seq.unwrap_or(0),
+        "balance": row.try_get::<Option<i64>, _>("balance").map_err(get)?.unwrap_or(0),
+        "version_vector": vector,
+        "recorded_at": recorded.as_ref().map(rfc3339),
+    }))
 }
 
 fn page_params(query: &HashMap<String, String>) -> Result<(i64, i64), Problem> {

@@ -58,7 +58,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         serve,
     ),
     components(
-        schemas(Problem, Account, EntriesPage, Entry, AccountView, Transfer, ConflictsPage, Conflict, Resolved,
+        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer, ConflictsPage, Conflict, Resolved,
             ReplicationPage, ReplicationEvent, Readiness, NotReady, TaskState),
         responses(Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unavailable, Internal),
     ),
@@ -243,6 +243,50 @@ pub struct Account {
     /// RFC 3339; the last change.
     #[schema(format = DateTime)]
     pub updated_at: String,
+}
+
+/// An account at a point of its history (`GET /v1/accounts/{id}?at=`), as this region recorded it.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountAt {
+    /// The account id.
+    #[schema(pattern = r"^[A-Za-z0-9_.:\-]{1,64}$")]
+    pub id: String,
+    /// ISO 4217 code, three uppercase letters.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    /// The point asked for, as given: a time or an entry position.
+    pub at: AtPoint,
+    /// How many entries the account had then: the answer reflects exactly its first `entries`.
+    pub entries: i64,
+    /// Minor units: the balance after the last of those entries in the account's currency.
+    pub balance: i64,
+    /// The account's version vector after that entry (before any entry: after its opening).
+    pub version_vector: BTreeMap<String, u64>,
+    /// RFC 3339: when this region recorded that entry; null before any entry.
+    #[schema(format = DateTime, required = true)]
+    pub recorded_at: Option<String>,
+}
+
+/// A point of an account's history.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(untagged)]
+pub enum AtPoint {
+    /// An entry position.
+    Position(i64),
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    Time(String),
+}
+
+/// `GET /v1/accounts/{id}`: the account, or with `at` the account at that point.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(untagged)]
+pub enum AccountOrAccountAt {
+    /// Without `at`.
+    Account(Account),
+    /// With `at`.
+    AccountAt(AccountAt),
 }
 
 /// One entry of an account's history.

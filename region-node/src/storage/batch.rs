@@ -175,7 +175,11 @@ FROM idempotency_keys WHERE key = ANY($2)"
 /// count and vector as they were, so a batch planned against a remembered frozen flag or currency
 /// would otherwise commit a stale refusal, or a transfer in the wrong currency.
 /// The batch's one outbox row lists its records in batch order, and NOTIFY is delivered only when
-/// the transaction commits.
+/// the transaction commits. An entry is stamped no earlier than the account's last committed entry
+/// (another writer's clock may run a little ahead: remote apply, another node), so an account's
+/// entries are stamped in sequence order and a point-in-time read is a prefix (migration 0014). The
+/// last committed entry is in this statement's snapshot: the batch was planned against it, and the
+/// account update checks that it still is the last.
 const WRITE_SQL: &str = "
 WITH new_accounts AS (
     INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
@@ -195,7 +199,9 @@ WITH new_accounts AS (
                                  $23::jsonb[], $24::text[], $25::jsonb[], $26::jsonb[])
 ), new_entries AS (
     INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
-    SELECT *, $1 FROM UNNEST($27::text[], $28::int8[], $29::uuid[], $30::int8[], $31::int8[])
+    SELECT a, s, t, amt, bal, GREATEST($1, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
+                                            ORDER BY p.seq DESC LIMIT 1))
+    FROM UNNEST($27::text[], $28::int8[], $29::uuid[], $30::int8[], $31::int8[]) AS u(a, s, t, amt, bal)
 ), new_keys AS (
     INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
     SELECT k, h, 201, b, $1 FROM UNNEST($32::text[], $33::text[], $34::jsonb[]) AS u(k, h, b)

@@ -300,8 +300,12 @@ async fn write_transfers(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
+        // Stamped no earlier than the account's last entry, as the committer does (its accounts
+        // are locked by now, so this statement sees that entry): entries in sequence order.
         "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
-         SELECT *, $6 FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[])",
+         SELECT a, s, t, amt, bal, GREATEST($6, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
+                                                 ORDER BY p.seq DESC LIMIT 1))
+         FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[]) AS u(a, s, t, amt, bal)",
     )
     .bind(&en.0)
     .bind(&en.1)

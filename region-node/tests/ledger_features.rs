@@ -1,0 +1,145 @@
+//! The features finance products build on (issue 18), over three regions: point-in-time balances
+//! answered from the entries, equal to a replay of them in every region.
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::TestNode;
+use common::cluster::Cluster;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Every entry of an account in one region, paging through `GET /v1/accounts/{id}/entries` (1,000
+/// a page at most, so a history longer than that crosses pages).
+async fn all_entries(node: &TestNode, id: &str) -> Vec<Value> {
+    let (mut out, mut after) = (Vec::new(), 0);
+    loop {
+        let page = node.get(&format!("/v1/accounts/{id}/entries?after={after}&limit=1000")).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        out.extend(page.body["entries"].as_array().unwrap().iter().cloned());
+        match page.body["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().to_utc()
+}
+
+/// The version vector `a` has seen everything `b` has.
+fn dominates(a: &Value, b: &Value) -> bool {
+    b.as_object().unwrap().iter().all(|(region, n)| a[region].as_u64().unwrap_or(0) >= n.as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_balances_equal_a_replay_of_the_entries_in_every_region() {
+    let cluster = Cluster::start().await;
+    let [us, eu, ap] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    us.open("world", "USD", true).await;
+    us.open("pit", "USD", false).await;
+    eu.open("other", "USD", false).await;
+    cluster.converged(Duration::from_secs(120)).await;
+    // 1,500 entries on `pit` from all three regions at once (more than one page of entries, and
+    // local commits interleaved with remote applies on the same account in every region).
+    let mut clients = tokio::task::JoinSet::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let (http, base, key) = (node.http.clone(), node.base.clone(), node.write_key.clone());
+        clients.spawn(async move {
+            for k in 0..500u64 {
+                // Mostly in from `world`; now and then out to `other`, which may be refused when
+                // this region's view of `pit` is short (a refusal writes no entry).
+                let (from, to, amount) =
+                    if k % 5 == 4 { ("pit", "other", 3) } else { ("world", "pit", 1 + (k % 9) * 7) };
+                let body = serde_json::json!({"from": from, "to": to, "amount": amount});
+                let r = http.post(format!("{base}/v1/transfers")).bearer_auth(&key).json(&body).send().await.unwrap();
+                assert!(r.status() == 201 || (from == "pit" && r.status() == 409), "region {n}: {}", r.status());
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    cluster.converged(Duration::from_secs(180)).await;
+
+    let mut finals = Vec::new();
+    for (region, node) in [us, eu, ap].into_iter().enumerate() {
+        let entries = all_entries(node, "pit").await;
+        assert!(entries.len() > 1_000, "region {region}: {} entries", entries.len());
+        let now = node.get("/v1/accounts/pit").await.body;
+        assert_eq!(entries.len() as i64, now["entries"].as_i64().unwrap());
+        // Stamped in sequence order, so a moment ends a prefix of the history.
+        for w in entries.windows(2) {
+            assert!(time(&w[0]["created_at"]) <= time(&w[1]["created_at"]), "region {region}: {w:?}");
+        }
+        // The replay: balance after each prefix, from the amounts alone.
+        let mut replay = vec![0i64];
+        for e in &entries {
+            replay.push(replay.last().unwrap() + e["amount"].as_i64().unwrap());
+        }
+        let positions: Vec<usize> =
+            (0..=entries.len()).step_by(97).chain([1, entries.len() - 1, entries.len()]).collect();
+        let mut previous_vector: Option<Value> = None;
+        for n in positions {
+            let r = node.get(&format!("/v1/accounts/pit?at={n}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.body["entries"].as_i64(), Some(n as i64));
+            assert_eq!(r.body["balance"].as_i64(), Some(replay[n]), "region {region}, position {n}");
+            assert_eq!(r.body["at"].as_i64(), Some(n as i64));
+            if n == entries.len() {
+                assert_eq!(r.body["version_vector"], now["version_vector"], "the last entry's vector is the account's");
+            }
+            if let Some(before) = previous_vector.filter(|_| n > 1) {
+                assert!(dominates(&r.body["version_vector"], &before), "vectors grow along the history");
+            }
+            previous_vector = Some(r.body["version_vector"].clone());
+        }
+        // By time: at each sampled entry's own stamp and a microsecond before it.
+        for k in (0..entries.len()).step_by(89) {
+            let stamp = time(&entries[k]["created_at"]);
+            for t in [stamp, stamp - chrono::Duration::microseconds(1)] {
+                let recorded: Vec<&Value> = entries.iter().filter(|e| time(&e["created_at"]) <= t).collect();
+                let expected: i64 = recorded.iter().map(|e| e["amount"].as_i64().unwrap()).sum();
+                let at = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                let r = node.get(&format!("/v1/accounts/pit?at={}", at.replace('+', "%2B"))).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert_eq!(r.body["entries"].as_i64(), Some(recorded.len() as i64), "region {region} at {at}");
+                assert_eq!(r.body["balance"].as_i64(), Some(expected), "region {region} at {at}");
+                if let Some(last) = recorded.last() {
+                    assert_eq!(r.body["recorded_at"], last["created_at"]);
+                }
+            }
+        }
+        // Before the account was opened here: not found; far in the future: the balance now.
+        let r = node.get("/v1/accounts/pit?at=2000-01-01T00:00:00Z").await;
+        assert_eq!((r.status, r.problem()), (404, "account-not-found"));
+        let r = node.get("/v1/accounts/pit?at=2999-01-01T00:00:00Z").await;
+        assert_eq!(r.body["balance"], now["balance"]);
+        assert_eq!(r.body["version_vector"], now["version_vector"]);
+        finals.push(now["balance"].clone());
+    }
+    assert!(finals.iter().all(|b| *b == finals[0]), "the regions converged: {finals:?}");
+
+    // Bad input changes nothing and is a problem of a documented type.
+    let before = us.fingerprint().await;
+    let count = all_entries(us, "pit").await.len();
+    for (query, status, problem) in [
+        ("at=yesterday", 400, "invalid-query"),
+        ("at=-1", 400, "invalid-query"),
+        ("at=", 400, "invalid-query"),
+        ("at=2026-13-01T00:00:00Z", 400, "invalid-query"),
+        ("at=99999999999999999999", 400, "invalid-query"),
+        (&format!("at={}", count + 1), 400, "invalid-query"),
+        ("at=1&limit=3", 400, "invalid-query"),
+        ("asof=1", 400, "invalid-query"),
+    ] {
+        let r = us.get(&format!("/v1/accounts/pit?{query}")).await;
+        assert_eq!((r.status, r.problem()), (status, problem), "{query}: {}", r.body);
+    }
+    let r = us.get("/v1/accounts/nobody?at=1").await;
+    assert_eq!((r.status, r.problem()), (404, "account-not-found"));
+    let r = us.get("/v1/accounts/bad%20id?at=1").await;
+    assert_eq!((r.status, r.problem()), (400, "invalid-account-id"));
+    assert_eq!(us.fingerprint().await, before, "refused reads wrote nothing");
+}
