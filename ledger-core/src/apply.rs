@@ -60,8 +60,12 @@ pub struct Posting {
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// Per touched account, in the event's account order.
+    /// Per touched account, in the event's account order: the net posting, and the entry number
+    /// and balance the event leaves.
     pub postings: Vec<Posting>,
+    /// Per leg, its debit then its credit: the entries to record (a transfer's two; none for an
+    /// opening), each with its own entry number and the balance after it.
+    pub entries: Vec<Posting>,
     /// Conflicts the event revealed (kind decided, deduplicated by id).
     pub conflicts: Vec<Conflict>,
     /// True when the event is the first transfer this region applied with its idempotency key.
@@ -183,27 +187,41 @@ impl ApplyState {
         // Check first: every posting must land on an opened account and stay within i64.
         let mut after: Vec<Option<(i64, i64)>> = Vec::with_capacity(accounts.len());
         check_shape(event)?;
+        // Per account: (balance held in the event's currency, entry number), moved leg by leg.
+        let mut running: BTreeMap<&AccountId, (i64, i64)> = BTreeMap::new();
         for account in &accounts {
             match (&event.payload, self.accounts.get(*account)) {
-                (EventPayload::AccountOpened { .. }, _) => after.push(None),
-                (EventPayload::TransferPosted { .. }, None) => {
+                (EventPayload::AccountOpened { .. }, _) => {}
+                (_, None) => {
                     return Err(format!("transfer on account {account}, which was never opened here"));
                 }
-                (EventPayload::TransferPosted { currency, .. }, Some(state)) => {
-                    let amount = event.posting_for(account).unwrap_or(0);
+                (_, Some(state)) => {
+                    let currency = event.currency_for(account).expect("a posting event posts to its accounts");
                     // A posting in another currency than the account's (made under a definition
                     // that lost to the winning one) is kept apart, in that currency.
-                    let held = if *currency == state.spec.currency {
+                    let held = if currency == state.spec.currency {
                         state.balance
                     } else {
-                        state.foreign.get(currency).copied().unwrap_or(0)
+                        state.foreign.get(&currency).copied().unwrap_or(0)
                     };
-                    let balance = held
-                        .checked_add(amount)
-                        .ok_or_else(|| format!("balance of {account} out of range: {held} + {amount}"))?;
-                    after.push(Some((balance, state.entry_seq + 1)));
+                    running.insert(*account, (held, state.entry_seq));
                 }
             }
+        }
+        let mut entries = Vec::new();
+        for leg in event.legs() {
+            for (account, amount) in [(leg.from, -leg.amount.minor_units()), (leg.to, leg.amount.minor_units())] {
+                let (held, seq) = running.get_mut(account).expect("every leg's accounts are touched");
+                let balance = held
+                    .checked_add(amount)
+                    .ok_or_else(|| format!("balance of {account} out of range: {held} + {amount}"))?;
+                *held = balance;
+                *seq += 1;
+                entries.push(Posting { account: account.clone(), amount, entry_seq: *seq, balance_after: balance });
+            }
+        }
+        for account in &accounts {
+            after.push(running.get(*account).copied());
         }
         let mut found = Vec::new();
         let mut postings = Vec::with_capacity(accounts.len());
@@ -233,7 +251,8 @@ impl ApplyState {
                     state.spec = winner;
                     state
                 }
-                (EventPayload::TransferPosted { currency, .. }, Some((balance, entry_seq))) => {
+                (_, Some((balance, entry_seq))) => {
+                    let currency = &event.currency_for(account).expect("checked above");
                     let state = self.accounts.get_mut(*account).expect("checked above");
                     if *currency == state.spec.currency {
                         state.balance = balance;
@@ -248,7 +267,7 @@ impl ApplyState {
                     state.entry_seq = entry_seq;
                     state
                 }
-                (_, None) => unreachable!("a transfer's postings were checked above"),
+                (_, None) => unreachable!("a posting event's accounts were checked above"),
             };
             state.version.merge(&incoming.vector);
             postings.push(Posting {
@@ -273,7 +292,7 @@ impl ApplyState {
             }
         }
         let mut first_use_of_key = false;
-        if let EventPayload::TransferPosted { idempotency_key: Some(key), .. } = &event.payload {
+        if let Some(key) = event.idempotency_key() {
             // One key executed in several regions (a client that failed over and retried): one
             // conflict per key listing every execution, the same wherever they arrive first.
             let smallest = (*accounts.iter().min().expect("transfers touch accounts")).clone();
@@ -298,7 +317,7 @@ impl ApplyState {
             }
         }
         self.applied.insert(event.event_id);
-        Ok(Applied { postings, conflicts: merge_conflicts(found).into_values().collect(), first_use_of_key })
+        Ok(Applied { postings, entries, conflicts: merge_conflicts(found).into_values().collect(), first_use_of_key })
     }
 }
 
@@ -381,6 +400,22 @@ pub fn balance_at(balance_now: i64, window: &[AccountEvent], seen: &VersionVecto
 /// What no amount of waiting can fix: a vector missing for a touched account, or one that does not
 /// count the event itself.
 fn check_shape(event: &LedgerEvent) -> Result<(), String> {
+    if let EventPayload::TransactionPosted { legs, .. } = &event.payload {
+        if legs.is_empty() || legs.len() > crate::event::LEGS_MAX {
+            return Err(format!("a transaction of {} legs (1 to {})", legs.len(), crate::event::LEGS_MAX));
+        }
+        let mut currency_of: BTreeMap<&AccountId, crate::currency::Currency> = BTreeMap::new();
+        for leg in legs {
+            if leg.from == leg.to {
+                return Err(format!("a leg from {} to itself", leg.from));
+            }
+            for account in [&leg.from, &leg.to] {
+                if *currency_of.entry(account).or_insert(leg.currency) != leg.currency {
+                    return Err(format!("legs in two currencies on account {account}"));
+                }
+            }
+        }
+    }
     for account in event.accounts() {
         match event.vectors.get(account) {
             None => return Err(format!("no version vector for account {account}")),

@@ -42,6 +42,59 @@ pub enum EventPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_hash: Option<String>,
     },
+    /// Several legs applied at once, all or none (`POST /v1/transactions`): one event, so every
+    /// region applies the legs atomically too.
+    TransactionPosted {
+        /// The transaction's id; leg `i` is stored as transfer [`leg_transfer_id`]`(id, i)`.
+        transaction_id: uuid::Uuid,
+        /// 1 to [`LEGS_MAX`] legs, applied in order.
+        legs: Vec<Leg>,
+        /// Client data.
+        metadata: serde_json::Map<String, serde_json::Value>,
+        /// The client's idempotency key, if it sent one.
+        idempotency_key: Option<String>,
+        /// SHA-256 of the canonical request body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_hash: Option<String>,
+    },
+}
+
+/// The most legs one transaction may have: enough for a payment with fees, taxes and a split, few
+/// enough that one event stays small and one commit's row count bounded.
+pub const LEGS_MAX: usize = 16;
+
+/// One movement of a multi-leg transaction: like a transfer, between two accounts of one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    /// Debited account.
+    pub from: AccountId,
+    /// Credited account.
+    pub to: AccountId,
+    /// Amount in minor units.
+    pub amount: Amount,
+    /// Currency of both accounts.
+    pub currency: Currency,
+}
+
+/// The transfer id of a transaction's leg `index`: derived (UUIDv5 under the transaction's id), so
+/// every region names a leg the same way without carrying the ids in the event.
+pub fn leg_transfer_id(transaction_id: uuid::Uuid, index: usize) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&transaction_id, format!("leg-{index}").as_bytes())
+}
+
+/// A leg of any posting event, with the id of the transfer row it is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegRef<'e> {
+    /// The transfer's id: a transfer's own, or [`leg_transfer_id`] for a transaction's leg.
+    pub transfer_id: uuid::Uuid,
+    /// Debited.
+    pub from: &'e AccountId,
+    /// Credited.
+    pub to: &'e AccountId,
+    /// Minor units.
+    pub amount: Amount,
+    /// Currency.
+    pub currency: Currency,
 }
 
 /// One recorded fact with its identity, origin and causal position.
@@ -65,6 +118,7 @@ impl LedgerEvent {
         match self.payload {
             EventPayload::AccountOpened { .. } => "account.opened",
             EventPayload::TransferPosted { .. } => "transfer.posted",
+            EventPayload::TransactionPosted { .. } => "transaction.posted",
         }
     }
 
@@ -73,24 +127,86 @@ impl LedgerEvent {
         match &self.payload {
             EventPayload::AccountOpened { account } => account.id.to_string(),
             EventPayload::TransferPosted { transfer_id, .. } => transfer_id.to_string(),
+            EventPayload::TransactionPosted { transaction_id, .. } => transaction_id.to_string(),
         }
     }
 
-    /// The accounts it touches, in a fixed order (the order postings are listed).
+    /// The accounts it touches, each once, in a fixed order (the order postings are listed: a
+    /// transaction's accounts as its legs first name them).
     pub fn accounts(&self) -> Vec<&AccountId> {
         match &self.payload {
             EventPayload::AccountOpened { account } => vec![&account.id],
             EventPayload::TransferPosted { from, to, .. } => vec![from, to],
+            EventPayload::TransactionPosted { legs, .. } => {
+                let mut out: Vec<&AccountId> = Vec::with_capacity(legs.len() + 1);
+                for leg in legs {
+                    for account in [&leg.from, &leg.to] {
+                        if !out.contains(&account) {
+                            out.push(account);
+                        }
+                    }
+                }
+                out
+            }
         }
     }
 
-    /// The signed amount this event posts to `account`, if it posts to it.
-    pub fn posting_for(&self, account: &AccountId) -> Option<i64> {
+    /// Its legs (a transfer is one), in order; none for an opening.
+    pub fn legs(&self) -> Vec<LegRef<'_>> {
         match &self.payload {
-            EventPayload::TransferPosted { from, amount, .. } if from == account => Some(-amount.minor_units()),
-            EventPayload::TransferPosted { to, amount, .. } if to == account => Some(amount.minor_units()),
-            _ => None,
+            EventPayload::AccountOpened { .. } => Vec::new(),
+            EventPayload::TransferPosted { transfer_id, from, to, amount, currency, .. } => {
+                vec![LegRef { transfer_id: *transfer_id, from, to, amount: *amount, currency: *currency }]
+            }
+            EventPayload::TransactionPosted { transaction_id, legs, .. } => legs
+                .iter()
+                .enumerate()
+                .map(|(i, l)| LegRef {
+                    transfer_id: leg_transfer_id(*transaction_id, i),
+                    from: &l.from,
+                    to: &l.to,
+                    amount: l.amount,
+                    currency: l.currency,
+                })
+                .collect(),
         }
+    }
+
+    /// The idempotency key it was made with, for a posting event.
+    pub fn idempotency_key(&self) -> Option<&String> {
+        match &self.payload {
+            EventPayload::AccountOpened { .. } => None,
+            EventPayload::TransferPosted { idempotency_key, .. }
+            | EventPayload::TransactionPosted { idempotency_key, .. } => idempotency_key.as_ref(),
+        }
+    }
+
+    /// The currency this event posts to `account` in (every leg touching one account has the
+    /// account's currency), if it posts to it.
+    pub fn currency_for(&self, account: &AccountId) -> Option<Currency> {
+        self.legs().iter().find(|l| l.from == account || l.to == account).map(|l| l.currency)
+    }
+
+    /// How many entries it makes on `account`: one per leg touching it.
+    pub fn entries_for(&self, account: &AccountId) -> i64 {
+        self.legs().iter().map(|l| i64::from(l.from == account) + i64::from(l.to == account)).sum()
+    }
+
+    /// The signed amount this event posts to `account` (a transaction's legs netted), if it posts
+    /// to it. Never overflows: at most [`LEGS_MAX`] legs of at most `AMOUNT_MAX` each.
+    pub fn posting_for(&self, account: &AccountId) -> Option<i64> {
+        let mut net: Option<i64> = None;
+        for leg in self.legs() {
+            let signed = if leg.from == account {
+                -leg.amount.minor_units()
+            } else if leg.to == account {
+                leg.amount.minor_units()
+            } else {
+                continue;
+            };
+            net = Some(net.unwrap_or(0).saturating_add(signed));
+        }
+        net
     }
 }
 

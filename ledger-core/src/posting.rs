@@ -4,9 +4,11 @@
 
 use crate::account::AccountState;
 use crate::currency::Currency;
+use crate::event::{LEGS_MAX, Leg};
 use crate::ids::AccountId;
 use crate::ids::RegionId;
 use crate::money::{Amount, BALANCE_MAX, MoneyError, credit, debit};
+use std::collections::BTreeMap;
 
 /// Why a transfer cannot be posted. Nothing changes when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +52,9 @@ pub enum PostingError {
     /// The account is frozen by an account-definition conflict until it is resolved.
     #[error("account {0} is frozen: two regions opened it with different attributes")]
     Frozen(crate::ids::AccountId),
+    /// A transaction with no legs or more than [`LEGS_MAX`].
+    #[error("a transaction has 1 to {LEGS_MAX} legs, not {0}")]
+    LegCount(usize),
     /// A counter would leave the 64-bit range (an entry sequence); balances are bounded first.
     #[error(transparent)]
     Money(#[from] MoneyError),
@@ -64,6 +69,79 @@ pub fn post_transfer(
     amount: Amount,
     currency: Option<Currency>,
     origin: &RegionId,
+) -> Result<(), PostingError> {
+    post_leg(from, to, amount, currency)?;
+    from.version.increment(origin);
+    to.version.increment(origin);
+    Ok(())
+}
+
+/// What one leg of a transaction did: each side's entry number and balance after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegPosting {
+    /// The debited account's entry number of this leg.
+    pub from_seq: i64,
+    /// Its balance after the leg.
+    pub from_balance: i64,
+    /// The credited account's entry number of this leg.
+    pub to_seq: i64,
+    /// Its balance after the leg.
+    pub to_balance: i64,
+}
+
+/// Posts every leg of a transaction, in order, or none: each leg is judged by the transfer rules
+/// (overdraft, currency, bounds, frozen) on the balances the legs before it left, so a later leg
+/// may spend what an earlier one brought. `accounts` holds every touched account; on success each
+/// touched account's `origin` counter advances once (one event), and one [`LegPosting`] per leg is
+/// returned. On error, the index of the refused leg; nothing changes.
+pub fn post_transaction(
+    accounts: &mut BTreeMap<AccountId, AccountState>,
+    legs: &[Leg],
+    origin: &RegionId,
+) -> Result<Vec<LegPosting>, (usize, PostingError)> {
+    if legs.is_empty() || legs.len() > LEGS_MAX {
+        return Err((legs.len().min(LEGS_MAX), PostingError::LegCount(legs.len())));
+    }
+    let mut work: BTreeMap<AccountId, AccountState> = BTreeMap::new();
+    let mut out = Vec::with_capacity(legs.len());
+    for (i, leg) in legs.iter().enumerate() {
+        if leg.from == leg.to {
+            return Err((i, PostingError::SameAccount));
+        }
+        for id in [&leg.from, &leg.to] {
+            if !work.contains_key(id) {
+                let state = accounts.get(id).ok_or((i, PostingError::UnknownAccount))?;
+                work.insert(id.clone(), state.clone());
+            }
+        }
+        let mut from = work.remove(&leg.from).expect("taken above");
+        let to = work.get_mut(&leg.to).expect("taken above");
+        let posted = post_leg(&mut from, to, leg.amount, Some(leg.currency));
+        let to_after = (to.entry_seq, to.balance);
+        work.insert(leg.from.clone(), from);
+        posted.map_err(|e| (i, e))?;
+        let from = &work[&leg.from];
+        out.push(LegPosting {
+            from_seq: from.entry_seq,
+            from_balance: from.balance,
+            to_seq: to_after.0,
+            to_balance: to_after.1,
+        });
+    }
+    for (id, mut state) in work {
+        state.version.increment(origin);
+        accounts.insert(id, state);
+    }
+    Ok(out)
+}
+
+/// One movement by the transfer rules: balances and entry sequences move, vectors do not (the
+/// caller counts one event per account, however many legs touch it).
+fn post_leg(
+    from: &mut AccountState,
+    to: &mut AccountState,
+    amount: Amount,
+    currency: Option<Currency>,
 ) -> Result<(), PostingError> {
     if from.spec.id == to.spec.id {
         return Err(PostingError::SameAccount);
@@ -98,8 +176,6 @@ pub fn post_transfer(
     to.balance = to_balance;
     from.entry_seq = from_seq;
     to.entry_seq = to_seq;
-    from.version.increment(origin);
-    to.version.increment(origin);
     Ok(())
 }
 
@@ -117,6 +193,12 @@ mod tests {
             allow_negative,
             metadata: Default::default(),
         })
+    }
+
+    /// acc0–acc3 hold USD, acc4–acc7 EUR (as the transaction property test opens them).
+    fn currency_of(id: &AccountId) -> Currency {
+        let n: usize = id.as_str().trim_start_matches("acc").parse().unwrap();
+        Currency::new(if n < 4 { "USD" } else { "EUR" }).unwrap()
     }
 
     fn us() -> RegionId {
@@ -214,6 +296,71 @@ mod tests {
             }
             for balance in [a.balance, b.balance] {
                 prop_assert!((-BALANCE_MAX..=BALANCE_MAX).contains(&balance));
+            }
+        }
+
+        /// Random transactions of up to `LEGS_MAX` legs in two currencies, amounts up to the bound:
+        /// a transaction is applied whole or not at all; when applied, each leg's entry numbers and
+        /// balances are those of posting the legs one by one, money is conserved per currency, no
+        /// account that forbids it goes below zero, and each touched account's vector advances once.
+        #[test]
+        fn transactions_apply_whole_or_not_at_all_and_conserve_money_per_currency(
+            txs in proptest::collection::vec(
+                proptest::collection::vec((0usize..8, 0usize..8, prop_oneof![3 => 1..500i64, 1 => amount()]), 0..=LEGS_MAX + 1),
+                1..60,
+            )
+        ) {
+            let currency = |i: usize| Currency::new(if i < 4 { "USD" } else { "EUR" }).unwrap();
+            let mut accounts: BTreeMap<AccountId, AccountState> = (0..8)
+                .map(|i| {
+                    let mut a = account(&format!("acc{i}"), i % 4 == 0);
+                    a.spec.currency = currency(i);
+                    (a.spec.id.clone(), a)
+                })
+                .collect();
+            let id = |i: usize| AccountId::new(format!("acc{i}")).unwrap();
+            for legs in txs {
+                let legs: Vec<Leg> = legs
+                    .into_iter()
+                    .map(|(f, t, amount)| Leg { from: id(f), to: id(t), amount: Amount::new(amount).unwrap(), currency: currency(f) })
+                    .collect();
+                let before = accounts.clone();
+                match post_transaction(&mut accounts, &legs, &us()) {
+                    Ok(posted) => {
+                        prop_assert!(!legs.is_empty() && legs.len() <= LEGS_MAX);
+                        prop_assert_eq!(posted.len(), legs.len());
+                        // The same legs one by one, on copies.
+                        let mut replay = before.clone();
+                        for (leg, p) in legs.iter().zip(&posted) {
+                            let mut from = replay[&leg.from].clone();
+                            let mut to = replay[&leg.to].clone();
+                            post_transfer(&mut from, &mut to, leg.amount, Some(leg.currency), &us()).unwrap();
+                            prop_assert_eq!((p.from_seq, p.from_balance, p.to_seq, p.to_balance), (from.entry_seq, from.balance, to.entry_seq, to.balance));
+                            replay.insert(leg.from.clone(), from);
+                            replay.insert(leg.to.clone(), to);
+                        }
+                        for (k, a) in &accounts {
+                            prop_assert_eq!((a.balance, a.entry_seq), (replay[k].balance, replay[k].entry_seq));
+                            let touched = legs.iter().any(|l| l.from == *k || l.to == *k);
+                            prop_assert_eq!(a.version.get(&us()), before[k].version.get(&us()) + u64::from(touched));
+                        }
+                    }
+                    Err((i, e)) => {
+                        prop_assert_eq!(&accounts, &before, "a refused transaction changes nothing");
+                        match e {
+                            PostingError::LegCount(n) => prop_assert!(n == 0 || n > LEGS_MAX),
+                            PostingError::SameAccount => prop_assert!(legs[i].from == legs[i].to),
+                            PostingError::CurrencyMismatch { .. } => prop_assert!(currency_of(&legs[i].to) != legs[i].currency),
+                            PostingError::InsufficientFunds { .. } | PostingError::BalanceOutOfRange { .. } => {}
+                            other => prop_assert!(false, "unexpected {other}"),
+                        }
+                    }
+                }
+                for c in ["USD", "EUR"] {
+                    let total: i64 = accounts.values().filter(|a| a.spec.currency.as_str() == c).map(|a| a.balance).sum();
+                    prop_assert_eq!(total, 0, "{} is conserved", c);
+                }
+                prop_assert!(accounts.values().all(|a| a.spec.allow_negative || a.balance >= 0));
             }
         }
 

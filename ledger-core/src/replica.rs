@@ -5,10 +5,10 @@
 
 use crate::account::{AccountSpec, AccountState};
 use crate::apply::{ApplyState, Fate};
-use crate::event::{EventPayload, LedgerEvent};
+use crate::event::{EventPayload, LedgerEvent, Leg};
 use crate::ids::{AccountId, RegionId};
 use crate::money::Amount;
-use crate::posting::{PostingError, post_transfer};
+use crate::posting::{PostingError, post_transaction, post_transfer};
 use crate::replication::Conflict;
 use std::collections::BTreeMap;
 
@@ -103,6 +103,33 @@ impl Replica {
                 request_hash: None,
             },
         };
+        self.apply_local(&event);
+        Ok(Some(event))
+    }
+
+    /// Executes a multi-leg transaction here, all legs or none, as the region node's write path
+    /// does. `Ok(None)` for a replay of its key.
+    pub fn transaction(&mut self, legs: Vec<Leg>, key: Option<String>) -> Result<Option<LedgerEvent>, PostingError> {
+        if key.as_ref().is_some_and(|k| self.state.keys.contains_key(k)) {
+            return Ok(None);
+        }
+        let mut accounts = self.state.accounts.clone();
+        post_transaction(&mut accounts, &legs, &self.region).map_err(|(_, e)| e)?;
+        let event_id = self.mint();
+        let mut event = LedgerEvent {
+            event_id,
+            origin_region: self.region.clone(),
+            occurred_at: String::new(),
+            vectors: BTreeMap::new(),
+            payload: EventPayload::TransactionPosted {
+                transaction_id: event_id,
+                legs,
+                metadata: Default::default(),
+                idempotency_key: key,
+                request_hash: None,
+            },
+        };
+        event.vectors = event.accounts().into_iter().map(|id| (id.clone(), accounts[id].version.clone())).collect();
         self.apply_local(&event);
         Ok(Some(event))
     }
@@ -338,6 +365,55 @@ mod tests {
         assert!(rs[2].transfer(&world, &acc, Amount::new(5).unwrap(), Some("k".into())).unwrap().is_none());
     }
 
+    /// A three-leg transaction (a payment with a fee and a tax) made in one region applies whole in
+    /// the other two, with one event and each account's counter advanced once; one whose last leg
+    /// would overdraw is refused whole.
+    #[test]
+    fn a_three_leg_transaction_applies_whole_everywhere_and_an_overdrawing_leg_refuses_it_whole() {
+        let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(region(i), (i as u128) << 64)).collect();
+        let mut log: Vec<LedgerEvent> = rs[0].open(spec("world", true)).into_iter().collect();
+        for id in ["alice", "shop", "fees", "tax"] {
+            log.extend(rs[0].open(spec(id, false)));
+        }
+        let id = |s: &str| AccountId::new(s).unwrap();
+        let leg = |from: &str, to: &str, amount: i64| Leg {
+            from: id(from),
+            to: id(to),
+            amount: Amount::new(amount).unwrap(),
+            currency: Currency::new("USD").unwrap(),
+        };
+        log.extend(rs[0].transfer(&id("world"), &id("alice"), Amount::new(100).unwrap(), None).unwrap());
+        deliver_all(&mut rs, &log);
+        let before = rs[1].accounts().clone();
+        let refused =
+            rs[1].transaction(vec![leg("alice", "shop", 90), leg("alice", "fees", 5), leg("alice", "tax", 6)], None);
+        assert_eq!(refused, Err(PostingError::InsufficientFunds { balance: 5, amount: 6 }));
+        assert_eq!(rs[1].accounts(), &before, "nothing moved");
+        let made = rs[1]
+            .transaction(
+                vec![leg("alice", "shop", 90), leg("alice", "fees", 5), leg("alice", "tax", 5)],
+                Some("pay".into()),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(made.accounts().len(), 4);
+        deliver_all(&mut rs, std::slice::from_ref(&made));
+        for r in &rs {
+            let balance = |s: &str| r.accounts()[&id(s)].balance;
+            assert_eq!(
+                [balance("alice"), balance("shop"), balance("fees"), balance("tax")],
+                [0, 90, 5, 5],
+                "{}",
+                r.region
+            );
+            assert_eq!(r.accounts()[&id("alice")].version.get(&region(1)), 1, "one event, one count");
+            assert_eq!(r.accounts()[&id("alice")].entry_seq, 4, "one entry per leg");
+            assert!(r.conflicts.is_empty());
+        }
+        // Its key replays in every region once replicated.
+        assert_eq!(rs[2].transaction(vec![leg("alice", "shop", 90)], Some("pay".into())), Ok(None));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         /// `negative`: the definition allows a negative balance (two regions may open one id
@@ -355,6 +431,12 @@ mod tests {
             amount: i64,
             key: Option<u8>,
         },
+        /// Several legs at once (`(from, to, amount)`), all or none.
+        Transaction {
+            region: usize,
+            legs: Vec<(usize, usize, i64)>,
+            key: Option<u8>,
+        },
         Deliver {
             pick: usize,
         },
@@ -365,6 +447,8 @@ mod tests {
             1 => (0..3usize, 0..4usize, proptest::bool::weighted(0.2)).prop_map(|(region, account, negative)| Op::Open { region, account, negative }),
             4 => (0..3usize, 0..5usize, 0..5usize, prop_oneof![4 => 1..80i64, 1 => (crate::money::AMOUNT_MAX - 80)..=crate::money::AMOUNT_MAX], proptest::option::weighted(0.3, 0..6u8))
                 .prop_map(|(region, from, to, amount, key)| Op::Transfer { region, from, to, amount, key }),
+            2 => (0..3usize, proptest::collection::vec((0..5usize, 0..5usize, prop_oneof![4 => 1..80i64, 1 => (crate::money::AMOUNT_MAX - 80)..=crate::money::AMOUNT_MAX]), 1..5), proptest::option::weighted(0.3, 0..6u8))
+                .prop_map(|(region, legs, key)| Op::Transaction { region, legs, key }),
             4 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
         ]
     }
@@ -441,6 +525,16 @@ mod tests {
                         let key = key.map(|k| format!("key-{k}"));
                         if from == to { None } else { rs[region].transfer(&from, &to, Amount::new(amount).unwrap(), key).ok().flatten() }
                     }
+                    Op::Transaction { region, legs, key } => {
+                        let legs: Vec<Leg> = legs.into_iter().filter(|(f, t, _)| f != t).map(|(f, t, amount)| Leg {
+                            from: AccountId::new(account_name(f)).unwrap(),
+                            to: AccountId::new(account_name(t)).unwrap(),
+                            amount: Amount::new(amount).unwrap(),
+                            currency: Currency::new("USD").unwrap(),
+                        }).collect();
+                        let key = key.map(|k| format!("key-{k}"));
+                        if legs.is_empty() { None } else { rs[region].transaction(legs, key).ok().flatten() }
+                    }
                     Op::Deliver { pick } => {
                         if !inflight.is_empty() {
                             let i = pick % inflight.len();
@@ -516,7 +610,7 @@ mod tests {
             // Every key executed more than once is one conflict listing every execution.
             let mut by_key: BTreeMap<String, BTreeSet<uuid::Uuid>> = BTreeMap::new();
             for e in &log {
-                if let EventPayload::TransferPosted { idempotency_key: Some(k), .. } = &e.payload {
+                if let Some(k) = e.idempotency_key() {
                     by_key.entry(k.clone()).or_default().insert(e.event_id);
                 }
             }

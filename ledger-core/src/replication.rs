@@ -90,7 +90,9 @@ impl AccountEvent {
         let vector = event.vectors.get(account)?.clone();
         let (opened, idempotency_key) = match &event.payload {
             EventPayload::AccountOpened { account: spec } => (Some(spec.clone()), None),
-            EventPayload::TransferPosted { idempotency_key, .. } => (None, idempotency_key.clone()),
+            EventPayload::TransferPosted { .. } | EventPayload::TransactionPosted { .. } => {
+                (None, event.idempotency_key().cloned())
+            }
         };
         Some(Self {
             event_id: event.event_id,
