@@ -211,6 +211,50 @@ pub struct NewTransfer {
     pub idempotency_key: Option<String>,
 }
 
+/// One leg of a transaction, to make or as the ledger reports it (then with its transfer `id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TransactionLeg {
+    /// The leg's transfer id; empty when making one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Debited.
+    pub from: String,
+    /// Credited.
+    pub to: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Both accounts' currency.
+    pub currency: String,
+}
+
+/// A multi-leg transaction to make: every leg or none.
+#[derive(Debug, Clone, Default)]
+pub struct NewTransaction {
+    /// 1 to 16 legs, judged in order.
+    pub legs: Vec<TransactionLeg>,
+    /// Client data.
+    pub metadata: Map<String, Value>,
+    /// The key; generated (a UUIDv7) when `None`.
+    pub idempotency_key: Option<String>,
+}
+
+/// A transaction as the ledger reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Its id.
+    pub id: String,
+    /// Its legs, in order.
+    pub legs: Vec<TransactionLeg>,
+    /// The region that accepted it.
+    pub origin_region: String,
+    /// The client's key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Each touched account's version vector after it.
+    #[serde(default)]
+    pub version_vectors: Value,
+}
+
 /// What a successful call returned, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answered<T> {
@@ -427,6 +471,23 @@ impl Client {
         let (_, headers, value, attempts) =
             self.call(reqwest::Method::POST, "/v1/transfers", Some(body), Some(key.clone())).await?;
         Ok(Self::answered(Self::decode(value)?, &headers, attempts, Some(key)))
+    }
+
+    /// Moves every leg or none, with the given key or a new one; every retry sends the same key
+    /// and body.
+    pub async fn transaction(&self, t: NewTransaction) -> Result<Answered<Transaction>, Error> {
+        let key = t.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let body = json!({"legs": t.legs, "metadata": t.metadata});
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::POST, "/v1/transactions", Some(body), Some(key.clone())).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, Some(key)))
+    }
+
+    /// One transaction, as fresh as the session requires.
+    pub async fn get_transaction(&self, id: &str) -> Result<Answered<Transaction>, Error> {
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::GET, &format!("/v1/transactions/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
     }
 
     /// One account, as fresh as the session requires.

@@ -2,7 +2,7 @@
 //! processed the request but before the answer reaches the client: every retry carries the same
 //! key, so money moves once; a final answer (4xx) is never retried.
 
-use ledger_client::{At, Client, ClientConfig, Error, NewTransfer};
+use ledger_client::{At, Client, ClientConfig, Error, NewTransaction, NewTransfer, TransactionLeg};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -119,12 +119,33 @@ async fn retries_across_cut_connections_and_dead_regions_never_double_post() {
     assert!(again.replayed);
     assert_eq!(again.value.id, posted.value.id);
     assert_eq!(direct.account("alice").await.unwrap().value.balance, 255);
+    // A transaction through a proxy that cuts the first answer: retried with its key, made once.
+    let (proxy, _) = cutting_proxy(node.addr(), 1).await;
+    let cut = Client::new(config(vec![proxy], &key)).unwrap();
+    let leg = |from: &str, to: &str, amount| TransactionLeg {
+        from: from.into(),
+        to: to.into(),
+        amount,
+        currency: "USD".into(),
+        ..Default::default()
+    };
+    let made = cut
+        .transaction(NewTransaction {
+            legs: vec![leg("world", "alice", 20), leg("alice", "world", 15)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(made.replayed && made.attempts == 2, "{made:?}");
+    assert_eq!(made.value.legs.len(), 2);
+    assert_eq!(direct.get_transaction(&made.value.id).await.unwrap().value, made.value);
+    assert_eq!(direct.account("alice").await.unwrap().value.balance, 260, "moved once");
     // The history, point by point: after the first entry, and by a time after both.
     let first = direct.account_at("alice", &At::Position(1)).await.unwrap().value;
     assert_eq!((first.entries, first.balance), (1, 250));
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let now = direct.account_at("alice", &At::Time(later)).await.unwrap().value;
-    assert_eq!((now.entries, now.balance), (2, 255));
+    assert_eq!((now.entries, now.balance), (4, 260));
 
     // The ledger's refusal is final: returned at once, never retried.
     let (proxy, accepted) = cutting_proxy(node.addr(), 0).await;

@@ -303,13 +303,15 @@ fn decode(record: &Record) -> Option<RecordChange> {
     let account = AccountId::new(record.account.clone()).ok()?;
     let change = match &event.payload {
         EventPayload::AccountOpened { account: spec } => ViewChange::Opened { currency: spec.currency.to_string() },
-        EventPayload::TransferPosted { transfer_id, currency, .. } => ViewChange::Posted {
-            currency: currency.to_string(),
+        EventPayload::TransferPosted { transfer_id: id, .. }
+        | EventPayload::TransactionPosted { transaction_id: id, .. } => ViewChange::Posted {
+            currency: event.currency_for(&account)?.to_string(),
             amount: event.posting_for(&account)?,
-            transfer_id: *transfer_id,
+            transfer_id: *id,
             occurred_at: chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .unwrap_or_else(|_| chrono::Utc::now()),
+            entries: event.entries_for(&account),
         },
     };
     Some(RecordChange { event_id: event.event_id, account: record.account.clone(), change })

@@ -23,6 +23,9 @@ pub(crate) enum ViewChange {
         transfer_id: uuid::Uuid,
         /// When it happened.
         occurred_at: chrono::DateTime<chrono::Utc>,
+        /// How many authoritative entries it stands for (a transaction's legs on the account are
+        /// one view row, netted), so `entries_applied` keeps counting like `accounts.entry_seq`.
+        entries: i64,
     },
 }
 
@@ -108,13 +111,13 @@ pub(crate) async fn apply_batch<'c>(
 
     let mut entries = EntryColumns::default();
     for c in &new {
-        let ViewChange::Posted { amount, transfer_id, occurred_at, .. } = &c.change else { continue };
+        let ViewChange::Posted { amount, transfer_id, occurred_at, entries: count, .. } = &c.change else { continue };
         let (balance, applied) = balances.entry(c.account.clone()).or_insert((0, 0));
         // The authoritative ledger never lets a balance leave i64; a view that would is corrupt.
         *balance = balance
             .checked_add(*amount)
             .ok_or_else(|| sqlx::Error::Protocol(format!("view balance of {} overflows", c.account)))?;
-        *applied += 1;
+        *applied += count;
         entries.account.push(c.account.as_str());
         entries.event.push(c.event_id);
         entries.transfer.push(*transfer_id);

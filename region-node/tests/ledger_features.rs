@@ -143,3 +143,205 @@ async fn point_in_time_balances_equal_a_replay_of_the_entries_in_every_region() 
     assert_eq!((r.status, r.problem()), (400, "invalid-account-id"));
     assert_eq!(us.fingerprint().await, before, "refused reads wrote nothing");
 }
+
+fn leg(from: &str, to: &str, amount: i64) -> Value {
+    serde_json::json!({"from": from, "to": to, "amount": amount, "currency": "USD"})
+}
+
+/// A transaction as every region must agree on it: everything but the local `created_at`.
+fn comparable(mut t: Value) -> Value {
+    t.as_object_mut().unwrap().remove("created_at");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_leg_transactions_apply_whole_in_every_region_and_one_overdrawing_leg_refuses_all() {
+    let cluster = Cluster::start().await;
+    let [us, eu, ap] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    us.open("world", "USD", true).await;
+    us.open("sink", "USD", true).await;
+    for id in ["alice", "shop", "fees", "tax"] {
+        us.open(id, "USD", false).await;
+    }
+    eu.open("euros", "EUR", false).await;
+    assert_eq!(us.transfer("world", "alice", 100).await.status, 201);
+    cluster.converged(Duration::from_secs(120)).await;
+
+    // In another region than the accounts were opened and funded: the third leg would overdraw,
+    // so nothing moves, and the problem names the leg.
+    let before = eu.fingerprint().await;
+    let r = eu
+        .post(
+            "/v1/transactions",
+            serde_json::json!({"legs": [leg("alice", "shop", 90), leg("alice", "fees", 5), leg("alice", "tax", 6)]}),
+        )
+        .await;
+    assert_eq!((r.status, r.problem()), (409, "insufficient-funds"), "{}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().starts_with("leg 2:"), "{}", r.body);
+    assert_eq!(eu.fingerprint().await, before, "a refused transaction writes nothing");
+
+    // A payment with a fee and a tax, once, with a key; its retry replays it.
+    let body = serde_json::json!({"legs": [leg("alice", "shop", 90), leg("alice", "fees", 5), leg("alice", "tax", 5)], "metadata": {"order": "o-1"}});
+    let made = eu
+        .send(
+            reqwest::Method::POST,
+            "/v1/transactions",
+            Some(&eu.write_key),
+            Some(body.clone()),
+            &[("Idempotency-Key", "pay-1")],
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let again = eu
+        .send(
+            reqwest::Method::POST,
+            "/v1/transactions",
+            Some(&eu.write_key),
+            Some(body),
+            &[("Idempotency-Key", "pay-1")],
+        )
+        .await;
+    assert_eq!((again.status, again.headers["idempotent-replayed"].to_str().unwrap()), (201, "true"));
+    assert_eq!(again.body, made.body);
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(made.body["legs"].as_array().unwrap().len(), 3);
+    assert_eq!(made.headers["location"].to_str().unwrap(), format!("/v1/transactions/{id}"));
+
+    // The largest transaction: 16 legs of the largest amount.
+    let largest: Vec<Value> = (0..16).map(|_| leg("world", "sink", ledger_core::AMOUNT_MAX)).collect();
+    let r = ap.post("/v1/transactions", serde_json::json!({"legs": largest})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // Many at once from every region on shared accounts: 3 x 300 transactions of three legs.
+    let mut clients = tokio::task::JoinSet::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let (http, base, key) = (node.http.clone(), node.base.clone(), node.write_key.clone());
+        clients.spawn(async move {
+            let mut accepted = 0;
+            for k in 0..300i64 {
+                let legs = match k % 3 {
+                    0 => vec![leg("world", "alice", 10 + k), leg("alice", "shop", 5), leg("shop", "fees", 1)],
+                    1 => vec![leg("world", "shop", 7), leg("shop", "tax", 2), leg("tax", "fees", 1)],
+                    _ => vec![leg("alice", "fees", 3), leg("alice", "tax", 3), leg("world", "alice", 1)],
+                };
+                let r = http
+                    .post(format!("{base}/v1/transactions"))
+                    .bearer_auth(&key)
+                    .json(&serde_json::json!({"legs": legs, "metadata": {"region": n, "k": k}}))
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    201 => accepted += 1,
+                    409 => {}
+                    other => panic!("region {n}: {other} {}", r.text().await.unwrap()),
+                }
+            }
+            accepted
+        });
+    }
+    let mut accepted = 0;
+    while let Some(n) = clients.join_next().await {
+        accepted += n.unwrap();
+    }
+    assert!(accepted > 600, "most were accepted: {accepted}");
+    let events = cluster.converged(Duration::from_secs(180)).await;
+    // 7 openings, one transfer, the payment, the largest, and the accepted ones: one event each.
+    assert_eq!(events.len(), 7 + 1 + 1 + 1 + accepted);
+    let reference = cluster.accounts(0).await;
+    for i in 1..3 {
+        assert_eq!(cluster.accounts(i).await, reference, "region {i} has the same balances and vectors");
+    }
+    let payment = comparable(us.get(&format!("/v1/transactions/{id}")).await.body);
+    for node in [us, eu, ap] {
+        let t = node.get(&format!("/v1/transactions/{id}")).await;
+        assert_eq!(t.status, 200, "{}", t.body);
+        assert_eq!(comparable(t.body.clone()), payment);
+        assert_eq!(comparable(t.body), comparable(made.body.clone()), "every region answers as the origin did");
+        for l in payment["legs"].as_array().unwrap() {
+            let transfer = node.get(&format!("/v1/transfers/{}", l["id"].as_str().unwrap())).await;
+            assert_eq!((transfer.status, &transfer.body["amount"]), (200, &l["amount"]));
+        }
+        common::assert_ledger_consistent(&node.db.pool).await;
+        // The read models count one entry per leg, as the ledger does.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = node.get("/v1/views/accounts/alice").await.body;
+            if view["entries_behind"] == 0 {
+                assert_eq!(view["balance"], node.get("/v1/accounts/alice").await.body["balance"]);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the view stays behind: {view}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The same conflicts everywhere (concurrent transactions on shared accounts are concurrency
+    // like any other), and no key executed twice.
+    let first = cluster.conflict_contents(0).await;
+    for i in 1..3 {
+        assert_eq!(cluster.conflict_contents(i).await, first, "region {i}");
+    }
+    assert!(first.iter().all(|c| c["kind"] != "duplicate-intent"), "{first:?}");
+
+    // Bad input: each a problem of a documented type, nothing written.
+    let before = us.fingerprint().await;
+    let seventeen: Vec<Value> = (0..17).map(|_| leg("world", "alice", 1)).collect();
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (serde_json::json!({"legs": []}), 400, "invalid-field"),
+        (serde_json::json!({"legs": seventeen}), 400, "invalid-field"),
+        (serde_json::json!({}), 400, "missing-field"),
+        (serde_json::json!({"legs": [leg("world", "alice", 1)], "memo": 1}), 400, "unknown-field"),
+        (serde_json::json!({"legs": [{"from": "world", "to": "alice", "amount": 1}]}), 400, "missing-field"),
+        (
+            serde_json::json!({"legs": [{"from": "world", "to": "alice", "amount": 1, "currency": "USD", "x": 1}]}),
+            400,
+            "unknown-field",
+        ),
+        (serde_json::json!({"legs": [leg("world", "alice", 1), leg("bad id", "alice", 1)]}), 400, "invalid-account-id"),
+        (serde_json::json!({"legs": [leg("world", "alice", 0)]}), 400, "invalid-amount"),
+        (
+            serde_json::json!({"legs": [leg("world", "alice", 1), leg("world", "alice", ledger_core::AMOUNT_MAX + 1)]}),
+            400,
+            "amount-out-of-range",
+        ),
+        (
+            serde_json::json!({"legs": [{"from": "world", "to": "alice", "amount": 1, "currency": "usd"}]}),
+            400,
+            "invalid-currency",
+        ),
+        (serde_json::json!({"legs": [leg("world", "alice", 1), leg("alice", "alice", 1)]}), 422, "same-account"),
+        (serde_json::json!({"legs": [leg("world", "alice", 1), leg("alice", "nobody", 1)]}), 404, "account-not-found"),
+        (serde_json::json!({"legs": [leg("world", "alice", 1), leg("alice", "euros", 1)]}), 422, "currency-mismatch"),
+        (serde_json::json!({"legs": [leg("alice", "shop", 1_000_000_000)]}), 409, "insufficient-funds"),
+    ];
+    for (body, status, problem) in cases {
+        let r = us.post("/v1/transactions", body.clone()).await;
+        assert_eq!((r.status, r.problem()), (status, problem), "{body}: {}", r.body);
+    }
+    // A key reused with another body, and the read route's refusals.
+    let r = eu
+        .send(
+            reqwest::Method::POST,
+            "/v1/transactions",
+            Some(&eu.write_key),
+            Some(serde_json::json!({"legs": [leg("world", "alice", 1)]})),
+            &[("Idempotency-Key", "pay-1")],
+        )
+        .await;
+    assert_eq!((r.status, r.problem()), (409, "idempotency-key-reused"));
+    let r = us.get("/v1/transactions/not-a-uuid").await;
+    assert_eq!((r.status, r.problem()), (400, "invalid-field"));
+    let r = us.get(&format!("/v1/transactions/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!((r.status, r.problem()), (404, "transaction-not-found"));
+    let r = us
+        .send(
+            reqwest::Method::POST,
+            "/v1/transactions",
+            Some(&us.read_key),
+            Some(serde_json::json!({"legs": [leg("world", "alice", 1)]})),
+            &[],
+        )
+        .await;
+    assert_eq!((r.status, r.problem()), (403, "forbidden"));
+    assert_eq!(us.fingerprint().await, before, "refused requests wrote nothing");
+}

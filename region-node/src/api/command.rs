@@ -12,6 +12,12 @@ impl From<CommandError> for Problem {
             CommandError::IdempotencyKeyReused => Problem::idempotency_key_reused(),
             CommandError::AccountNotFound(id) => Problem::account_not_found(id.as_str()),
             CommandError::SameAccount => Problem::same_account(),
+            CommandError::Leg { leg, error } => {
+                // The leg's own problem, naming the leg: the whole transaction is refused.
+                let mut p = Problem::from(*error);
+                p.detail = format!("leg {leg}: {}", p.detail);
+                p
+            }
             CommandError::QueueFull => Problem::unavailable("the write queue is full; retry later"),
             CommandError::ShuttingDown => Problem::unavailable("the node is shutting down"),
             CommandError::CommitterStopped => Problem::unavailable("the committer stopped before answering"),
@@ -37,5 +43,6 @@ fn posting_problem(e: PostingError) -> Problem {
         PostingError::BalanceOutOfRange { .. } | PostingError::Money(_) => Problem::balance_overflow(e.to_string()),
         PostingError::UnknownAccount => Problem::account_not_found("?"),
         PostingError::Frozen(id) => Problem::account_frozen(id.as_str()),
+        PostingError::LegCount(_) => Problem::invalid_field(e.to_string()),
     }
 }

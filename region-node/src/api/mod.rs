@@ -12,6 +12,7 @@ pub mod problem;
 mod query;
 mod replication;
 pub mod session;
+mod transactions;
 mod transfers;
 
 pub use auth::{Caller, KeyCache, Scope, ensure_key as auth_ensure_key, hash_key};
@@ -70,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views/accounts/{id}", get(accounts::view))
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
+        .route("/v1/transactions", post(transactions::create))
+        .route("/v1/transactions/{id}", get(transactions::get))
         .route("/v1/conflicts", get(conflicts::list))
         .route("/v1/conflicts/{id}/resolve", post(conflicts::resolve))
         .route("/v1/replication/events", get(replication::events))

@@ -9,7 +9,7 @@
 //! checks every response against them, and every object is closed (`additionalProperties: false`)
 //! so a member added to an answer and not here fails it.
 
-use super::{accounts, conflicts, health, replication, transfers};
+use super::{accounts, conflicts, health, replication, transactions, transfers};
 use crate::problem::{Problem, TYPE_BASE, TYPES};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -49,6 +49,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         accounts::view,
         transfers::create,
         transfers::get,
+        transactions::create,
+        transactions::get,
         conflicts::list,
         conflicts::resolve,
         replication::events,
@@ -58,7 +60,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         serve,
     ),
     components(
-        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer, ConflictsPage, Conflict, Resolved,
+        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer, Transaction, TransactionLeg, ConflictsPage, Conflict, Resolved,
             ReplicationPage, ReplicationEvent, Readiness, NotReady, TaskState),
         responses(Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unavailable, Internal),
     ),
@@ -66,6 +68,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
     tags(
         (name = "accounts", description = "Open accounts and read their authoritative state, history and read model"),
         (name = "transfers", description = "Move money between two accounts of one currency"),
+        (name = "transactions", description = "Move money along up to 16 legs at once, all or none"),
         (name = "conflicts", description = "Concurrent updates this region detected, and their resolution"),
         (name = "replication", description = "Anti-entropy between regions (`replication` scope only)"),
         (name = "operations", description = "Liveness, readiness, metrics and this description (no authentication)"),
@@ -287,6 +290,45 @@ pub enum AccountOrAccountAt {
     Account(Account),
     /// With `at`.
     AccountAt(AccountAt),
+}
+
+/// A transaction as `POST /v1/transactions` and `GET /v1/transactions/{id}` answer it.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transaction {
+    /// The transaction id.
+    pub id: uuid::Uuid,
+    /// Its legs, in order; each is also a transfer (`GET /v1/transfers/{id}`).
+    pub legs: Vec<TransactionLeg>,
+    /// The client's metadata, as given.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// The region that accepted it.
+    pub origin_region: String,
+    /// The client's idempotency key, if it sent one.
+    #[schema(required = true)]
+    pub idempotency_key: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Each touched account's version vector after the transaction.
+    pub version_vectors: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// One leg of a transaction.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionLeg {
+    /// The leg's transfer id (derived from the transaction's id and the leg's position).
+    pub id: uuid::Uuid,
+    /// The debited account.
+    pub from: String,
+    /// The credited account.
+    pub to: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
 }
 
 /// One entry of an account's history.

@@ -11,7 +11,7 @@ pub const TYPE_BASE: &str = "https://ledger.dev/problems/";
 /// Every problem type's slug, in the order of the constructors below: the OpenAPI description's
 /// `Problem.type` enumerates these (a test checks each constructor's slug is here and each slug has
 /// a constructor, so a new problem type cannot stay undocumented).
-pub const TYPES: [&str; 31] = [
+pub const TYPES: [&str; 32] = [
     "invalid-json",
     "unknown-field",
     "missing-field",
@@ -25,6 +25,7 @@ pub const TYPES: [&str; 31] = [
     "same-account",
     "account-not-found",
     "transfer-not-found",
+    "transaction-not-found",
     "currency-mismatch",
     "insufficient-funds",
     "balance-overflow",
@@ -139,6 +140,15 @@ impl Problem {
     /// A transfer that does not exist.
     pub fn transfer_not_found(id: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "transfer-not-found", "Transfer not found", format!("no transfer {id:?}"))
+    }
+    /// A transaction that does not exist (here, yet).
+    pub fn transaction_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "transaction-not-found",
+            "Transaction not found",
+            format!("no transaction {id:?}"),
+        )
     }
     /// Currencies differ.
     pub fn currency_mismatch(detail: impl Into<String>) -> Self {

@@ -48,7 +48,7 @@ pub(super) struct TransferBody {
     metadata: serde_json::Map<String, Value>,
 }
 
-fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
+pub(super) fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
     let Value::Number(n) = amount else {
         return Err(Problem::invalid_amount("amount must be a JSON integer of minor units"));
     };
@@ -69,7 +69,7 @@ fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
     }
 }
 
-fn parse_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(super) fn parse_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value.to_str().map_err(|_| Problem::invalid_idempotency_key("the key must be visible ASCII"))?;
     if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {

@@ -30,6 +30,8 @@ pub(crate) struct Writes {
     pub tr_key: Vec<Option<String>>,
     pub tr_from_vector: Vec<Value>,
     pub tr_to_vector: Vec<Value>,
+    pub tr_transaction: Vec<Option<uuid::Uuid>>,
+    pub tr_leg: Vec<Option<i16>>,
     pub en_account: Vec<String>,
     pub en_seq: Vec<i64>,
     pub en_transfer: Vec<uuid::Uuid>,
@@ -150,6 +152,8 @@ pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Comm
         .bind(read.iter().map(|(a, _)| a.state.spec.currency.as_str()).collect::<Vec<_>>())
         .bind(read.iter().map(|(a, _)| a.state.spec.allow_negative).collect::<Vec<_>>())
         .bind(read.iter().map(|(a, _)| a.state.frozen).collect::<Vec<_>>())
+        .bind(&w.tr_transaction)
+        .bind(&w.tr_leg)
         .execute(executor)
         .await?;
     Ok(())
@@ -170,7 +174,7 @@ FROM idempotency_keys WHERE key = ANY($2)"
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
 /// column; `$48`–`$51` and `$52`–`$54` the accounts read as planned against, and whether the batch
-/// changed each. The definition and the frozen flag are compared too: resolving an
+/// changed each; `$55`–`$56` each transfer's transaction and leg (null for a plain transfer). The definition and the frozen flag are compared too: resolving an
 /// account-definition conflict (`storage/resolve.rs`) changes them, and may leave balance, entry
 /// count and vector as they were, so a batch planned against a remembered frozen flag or currency
 /// would otherwise commit a stale refusal, or a transfer in the wrong currency.
@@ -194,9 +198,9 @@ WITH new_accounts AS (
     ORDER BY ord
 ), new_transfers AS (
     INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
-                           from_vector, to_vector, origin_region, created_at)
+                           from_vector, to_vector, transaction_id, leg, origin_region, created_at)
     SELECT *, $2, $1 FROM UNNEST($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::int8[], $22::text[],
-                                 $23::jsonb[], $24::text[], $25::jsonb[], $26::jsonb[])
+                                 $23::jsonb[], $24::text[], $25::jsonb[], $26::jsonb[], $55::uuid[], $56::int2[])
 ), new_entries AS (
     INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
     SELECT a, s, t, amt, bal, GREATEST($1, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s

@@ -40,6 +40,32 @@ pub fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// The transaction representation, shared by `POST /v1/transactions` (and its replays), remote
+/// apply (the idempotency record of a key first used elsewhere) and `GET`. `None` for an event
+/// that is not a transaction.
+pub fn transaction_json(event: &ledger_core::LedgerEvent, created_at: &DateTime<Utc>) -> Option<Value> {
+    let ledger_core::EventPayload::TransactionPosted { transaction_id, metadata, idempotency_key, .. } = &event.payload
+    else {
+        return None;
+    };
+    let legs: Vec<Value> = event
+        .legs()
+        .iter()
+        .map(|l| {
+            json!({"id": l.transfer_id, "from": l.from, "to": l.to, "amount": l.amount.minor_units(), "currency": l.currency})
+        })
+        .collect();
+    Some(json!({
+        "id": transaction_id,
+        "legs": legs,
+        "metadata": metadata,
+        "origin_region": event.origin_region,
+        "idempotency_key": idempotency_key.as_deref().map(crate::idempotency::client_part),
+        "created_at": rfc3339(created_at),
+        "version_vectors": event.vectors,
+    }))
+}
+
 /// The transfer representation, shared by `POST` (and its replays) and `GET`. `idempotency_key`
 /// is the key as stored (scoped to the API key); the representation shows the client's part.
 #[allow(clippy::too_many_arguments)]

@@ -5,7 +5,7 @@ use super::{ACCOUNT_COLUMNS, AccountRow, StorageError};
 use crate::remote::Held;
 use ledger_core::apply::{ApplyState, Episode, KeyUses};
 use ledger_core::replication::{AccountEvent, ConflictKind, key_conflict_id};
-use ledger_core::{AccountId, EventPayload, RegionId, VersionVector};
+use ledger_core::{AccountId, EventPayload, LedgerEvent, RegionId, VersionVector};
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -121,20 +121,20 @@ pub(crate) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loa
         window.entry(account).or_default().push(account_event(&row)?);
     }
 
-    let keys: BTreeSet<&str> = events
-        .iter()
-        .filter_map(|h| match &h.event.payload {
-            EventPayload::TransferPosted { idempotency_key: Some(key), .. } => Some(key.as_str()),
-            _ => None,
-        })
-        .collect();
+    let keys: BTreeSet<&str> = events.iter().filter_map(|h| h.event.idempotency_key().map(String::as_str)).collect();
     let mut first_uses = BTreeMap::new();
     if !keys.is_empty() {
-        // The first transfer applied here with each key: the record names it, the transfer row
-        // holds its vectors.
+        // The first posting applied here with each key: the record names it (a transfer, or a
+        // transaction whose first leg is a transfer row), its event says the rest, as
+        // `ApplyState::apply` would have recorded it.
         let rows = sqlx::query(
-            "SELECT k.key, t.event_id, t.origin_region, t.from_account, t.to_account, t.amount, t.from_vector, t.to_vector
-             FROM idempotency_keys k JOIN transfers t ON t.id = (k.response_body ->> 'id')::uuid
+            "SELECT k.key, e.payload FROM idempotency_keys k
+             JOIN LATERAL (SELECT t.event_id FROM transfers t WHERE t.id = (k.response_body ->> 'id')::uuid
+                           UNION ALL
+                           SELECT t.event_id FROM transfers t
+                           WHERE t.transaction_id = (k.response_body ->> 'id')::uuid AND t.leg = 0
+                           LIMIT 1) t ON true
+             JOIN ledger_events e ON e.event_id = t.event_id
              WHERE k.key = ANY($1)",
         )
         .bind(keys.into_iter().collect::<Vec<_>>())
@@ -142,21 +142,16 @@ pub(crate) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loa
         .await?;
         for row in rows {
             let key: String = row.try_get("key")?;
-            let from = decode_id(row.try_get("from_account")?)?;
-            let to = decode_id(row.try_get("to_account")?)?;
-            let origin = RegionId::new(row.try_get::<String, _>("origin_region")?).map_err(decode)?;
-            let vector: VersionVector = serde_json::from_value(row.try_get("from_vector")?).map_err(decode)?;
-            let seen = AccountEvent {
-                event_id: row.try_get("event_id")?,
-                counter: vector.get(&origin),
-                origin,
-                vector,
-                posting: -row.try_get::<i64, _>("amount")?,
-                opened: None,
-                idempotency_key: Some(key.clone()),
-                episode: None,
+            let event: LedgerEvent = serde_json::from_value(row.try_get("payload")?).map_err(decode)?;
+            let accounts = event.accounts();
+            let (Some(first), Some(smallest)) = (accounts.first(), accounts.iter().min()) else {
+                return Err(decode(format!("the posting of key {key} touches no account")).into());
             };
-            let uses = KeyUses { events: vec![(seen.event_id, seen.origin, seen.vector)], account: from.min(to) };
+            let vector = event.vectors.get(*first).cloned().ok_or_else(|| decode("a posting without its vector"))?;
+            let uses = KeyUses {
+                events: vec![(event.event_id, event.origin_region.clone(), vector)],
+                account: (*smallest).clone(),
+            };
             first_uses.insert(key, uses);
         }
         // A key already executed in several regions: its conflict lists every execution.

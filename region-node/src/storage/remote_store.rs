@@ -4,7 +4,7 @@
 //! held events and the dead letters.
 
 use super::remote_load::Loaded;
-use super::{AccountRow, OUTBOX_CHANNEL, StorageError, transfer_json};
+use super::{AccountRow, OUTBOX_CHANNEL, StorageError, transaction_json, transfer_json};
 use crate::remote::Held;
 use crate::views::{RecordChange, ViewChange};
 use chrono::{DateTime, Utc};
@@ -222,58 +222,66 @@ async fn write_transfers(
 ) -> Result<(), sqlx::Error> {
     let mut tr = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut tr2 = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tr3: (Vec<Option<uuid::Uuid>>, Vec<Option<i16>>) = (Vec::new(), Vec::new());
     let mut en = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut keys = (Vec::new(), Vec::new(), Vec::new());
     for (held, a) in applied {
         let e = &held.event;
-        let EventPayload::TransferPosted {
-            transfer_id,
-            from,
-            to,
-            amount,
-            currency,
-            metadata,
-            idempotency_key,
-            request_hash,
-        } = &e.payload
-        else {
-            continue;
+        let (metadata, request_hash, transaction) = match &e.payload {
+            EventPayload::AccountOpened { .. } => continue,
+            EventPayload::TransferPosted { metadata, request_hash, .. } => (metadata, request_hash, None),
+            EventPayload::TransactionPosted { transaction_id, metadata, request_hash, .. } => {
+                (metadata, request_hash, Some(*transaction_id))
+            }
         };
-        tr.0.push(*transfer_id);
-        tr.1.push(e.event_id);
-        tr.2.push(from.as_str());
-        tr.3.push(to.as_str());
-        tr.4.push(amount.minor_units());
-        tr.5.push(currency.as_str());
-        tr2.0.push(Value::Object(metadata.clone()));
-        tr2.1.push(idempotency_key.as_deref());
-        tr2.2.push(json!(e.vectors[from]));
-        tr2.3.push(json!(e.vectors[to]));
-        tr2.4.push(e.origin_region.as_str());
-        for p in &a.postings {
-            en.0.push(p.account.as_str());
-            en.1.push(p.entry_seq);
-            en.2.push(*transfer_id);
-            en.3.push(p.amount);
-            en.4.push(p.balance_after);
+        let idempotency_key = e.idempotency_key();
+        // Each leg is a transfer row; its two entries follow it in `a.entries`.
+        for ((i, leg), sides) in e.legs().into_iter().enumerate().zip(a.entries.chunks(2)) {
+            tr.0.push(leg.transfer_id);
+            tr.1.push(e.event_id);
+            tr.2.push(leg.from.as_str());
+            tr.3.push(leg.to.as_str());
+            tr.4.push(leg.amount.minor_units());
+            tr.5.push(leg.currency.to_string());
+            tr2.0.push(Value::Object(metadata.clone()));
+            tr2.1.push(idempotency_key.map(String::as_str));
+            tr2.2.push(json!(e.vectors[leg.from]));
+            tr2.3.push(json!(e.vectors[leg.to]));
+            tr2.4.push(e.origin_region.as_str());
+            tr3.0.push(transaction);
+            tr3.1.push(transaction.map(|_| i as i16));
+            for p in sides {
+                en.0.push(p.account.as_str());
+                en.1.push(p.entry_seq);
+                en.2.push(leg.transfer_id);
+                en.3.push(p.amount);
+                en.4.push(p.balance_after);
+            }
         }
         if let (Some(key), true) = (idempotency_key, a.first_use_of_key) {
-            // A retry of this key here is answered as a replay of the transfer made elsewhere.
+            // A retry of this key here is answered as a replay of the posting made elsewhere.
+            let body = match transaction_json(e, &now) {
+                Some(body) => body,
+                None => {
+                    let leg = e.legs()[0];
+                    transfer_json(
+                        leg.transfer_id,
+                        leg.from,
+                        leg.to,
+                        leg.amount.minor_units(),
+                        leg.currency.as_str(),
+                        metadata,
+                        e.origin_region.as_str(),
+                        Some(key),
+                        &now,
+                        &e.vectors[leg.from],
+                        &e.vectors[leg.to],
+                    )
+                }
+            };
             keys.0.push(key.as_str());
             keys.1.push(request_hash.clone().unwrap_or_default());
-            keys.2.push(transfer_json(
-                *transfer_id,
-                from,
-                to,
-                amount.minor_units(),
-                currency.as_str(),
-                metadata,
-                e.origin_region.as_str(),
-                Some(key),
-                &now,
-                &e.vectors[from],
-                &e.vectors[to],
-            ));
+            keys.2.push(body);
         }
     }
     if tr.0.is_empty() {
@@ -281,9 +289,9 @@ async fn write_transfers(
     }
     sqlx::query(
         "INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
-                                from_vector, to_vector, origin_region, created_at)
+                                from_vector, to_vector, origin_region, transaction_id, leg, created_at)
          SELECT *, $12 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[],
-                                   $7::jsonb[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[])",
+                                   $7::jsonb[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[], $13::uuid[], $14::int2[])",
     )
     .bind(&tr.0)
     .bind(&tr.1)
@@ -297,6 +305,8 @@ async fn write_transfers(
     .bind(&tr2.3)
     .bind(&tr2.4)
     .bind(now)
+    .bind(&tr3.0)
+    .bind(&tr3.1)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -346,9 +356,14 @@ async fn write_views(
             let currency = state.accounts[&p.account].spec.currency.to_string();
             let change = match &e.payload {
                 EventPayload::AccountOpened { .. } => ViewChange::Opened { currency },
-                EventPayload::TransferPosted { transfer_id, .. } => {
-                    ViewChange::Posted { currency, amount: p.amount, transfer_id: *transfer_id, occurred_at: now }
-                }
+                EventPayload::TransferPosted { transfer_id: id, .. }
+                | EventPayload::TransactionPosted { transaction_id: id, .. } => ViewChange::Posted {
+                    currency,
+                    amount: p.amount,
+                    transfer_id: *id,
+                    occurred_at: now,
+                    entries: e.entries_for(&p.account),
+                },
             };
             changes.push(RecordChange { event_id: e.event_id, account: p.account.to_string(), change });
         }

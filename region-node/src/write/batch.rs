@@ -3,7 +3,7 @@
 
 use super::{Command, CommandError, OpenAccount, Outcome, Transfer};
 use crate::storage::batch::{Commit, Writes};
-use crate::storage::{AccountRow, StorageError, rfc3339, transfer_json};
+use crate::storage::{AccountRow, StorageError, rfc3339, transaction_json, transfer_json};
 use chrono::{DateTime, Utc};
 use ledger_core::{AccountId, AccountState, EventPayload, LedgerEvent, RegionId};
 use serde_json::{Value, json};
@@ -50,12 +50,12 @@ pub(super) fn accounts_of<'c>(commands: impl IntoIterator<Item = &'c Command>) -
 }
 
 /// The accounts a command reads, in command order (with repeats).
-pub(super) fn touched(command: &Command) -> impl Iterator<Item = &AccountId> {
-    let (a, b) = match command {
-        Command::Open(o) => (&o.spec.id, None),
-        Command::Transfer(t) => (&t.from, Some(&t.to)),
-    };
-    std::iter::once(a).chain(b)
+pub(super) fn touched(command: &Command) -> Box<dyn Iterator<Item = &AccountId> + '_> {
+    match command {
+        Command::Open(o) => Box::new(std::iter::once(&o.spec.id)),
+        Command::Transfer(t) => Box::new([&t.from, &t.to].into_iter()),
+        Command::Transaction(t) => Box::new(t.legs.iter().flat_map(|l| [&l.from, &l.to])),
+    }
 }
 
 /// A batch planned in memory: every command applied in order to the accounts as they were when
@@ -99,6 +99,7 @@ impl Batch {
             let result = match command {
                 Command::Open(o) => batch.open(o),
                 Command::Transfer(t) => batch.transfer(t),
+                Command::Transaction(t) => batch.transaction(t),
             };
             batch.results.push(result);
         }
@@ -112,9 +113,10 @@ impl Batch {
 
     /// Whether a command of `commands` (those planned) carrying an idempotency key was refused.
     pub(super) fn refuses_a_keyed_command(&self, commands: &[Command]) -> bool {
-        commands.iter().zip(&self.results).any(|(command, result)| {
-            result.is_err() && matches!(command, Command::Transfer(t) if t.idempotency_key.is_some())
-        })
+        commands
+            .iter()
+            .zip(&self.results)
+            .any(|(command, result)| result.is_err() && command.idempotency_key().is_some())
     }
 
     /// Each command's reply, and every account the batch touched as it leaves them.
@@ -125,13 +127,7 @@ impl Batch {
 
 async fn run(conn: &mut PgConnection, region: &RegionId, commands: &[Command]) -> Result<Batch, StorageError> {
     let mut tx = conn.begin().await?;
-    let keys: Vec<&str> = commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::Transfer(t) => t.idempotency_key.as_deref(),
-            Command::Open(_) => None,
-        })
-        .collect();
+    let keys: Vec<&str> = commands.iter().filter_map(Command::idempotency_key).collect();
     let touched_ids = accounts_of(commands);
     let ids: Vec<&str> = touched_ids.iter().map(AccountId::as_str).collect();
     let (accounts, records) = crate::storage::batch::read_locked(&mut tx, &ids, &keys).await?;
@@ -253,6 +249,8 @@ impl Batch {
         w.tr_key.push(cmd.idempotency_key.clone());
         w.tr_from_vector.push(json!(from.state.version));
         w.tr_to_vector.push(json!(to.state.version));
+        w.tr_transaction.push(None);
+        w.tr_leg.push(None);
         for (account, amount) in [(&from, -cmd.amount.minor_units()), (&to, cmd.amount.minor_units())] {
             w.en_account.push(account.state.spec.id.to_string());
             w.en_seq.push(account.state.entry_seq);
@@ -268,6 +266,83 @@ impl Batch {
         }
         self.accounts.insert(cmd.from.clone(), from);
         self.accounts.insert(cmd.to.clone(), to);
+        Ok(Outcome::Transferred { body, replayed: false })
+    }
+
+    fn transaction(&mut self, cmd: &super::Transaction) -> Result<Outcome, CommandError> {
+        if let Some((hash, body)) = cmd.idempotency_key.as_ref().and_then(|key| self.keys.get(key)) {
+            return if *hash == cmd.request_hash {
+                Ok(Outcome::Transferred { body: body.clone(), replayed: true })
+            } else {
+                Err(CommandError::IdempotencyKeyReused)
+            };
+        }
+        let mut states: BTreeMap<AccountId, AccountState> = BTreeMap::new();
+        for (i, leg) in cmd.legs.iter().enumerate() {
+            if leg.from == leg.to {
+                return Err(CommandError::Leg { leg: i, error: Box::new(CommandError::SameAccount) });
+            }
+            for id in [&leg.from, &leg.to] {
+                let row = self.accounts.get(id).ok_or_else(|| CommandError::Leg {
+                    leg: i,
+                    error: Box::new(CommandError::AccountNotFound(id.clone())),
+                })?;
+                states.insert(id.clone(), row.state.clone());
+            }
+        }
+        let posted = ledger_core::post_transaction(&mut states, &cmd.legs, &self.region)
+            .map_err(|(leg, e)| CommandError::Leg { leg, error: Box::new(CommandError::Posting(e)) })?;
+        let event = LedgerEvent {
+            event_id: uuid::Uuid::now_v7(),
+            origin_region: self.region.clone(),
+            occurred_at: self.occurred_at(),
+            payload: EventPayload::TransactionPosted {
+                transaction_id: cmd.transaction_id,
+                legs: cmd.legs.clone(),
+                metadata: cmd.metadata.clone(),
+                idempotency_key: cmd.idempotency_key.clone(),
+                request_hash: Some(cmd.request_hash.clone()),
+            },
+            vectors: states.iter().map(|(id, s)| (id.clone(), s.version.clone())).collect(),
+        };
+        self.record_event(&event, cmd.traceparent.clone());
+        let body = transaction_json(&event, &self.now).expect("a transaction event");
+        let w = &mut self.writes;
+        for ((leg, p), i) in event.legs().iter().zip(&posted).zip(0i16..) {
+            w.tr_id.push(leg.transfer_id);
+            w.tr_event.push(event.event_id);
+            w.tr_from.push(leg.from.to_string());
+            w.tr_to.push(leg.to.to_string());
+            w.tr_amount.push(leg.amount.minor_units());
+            w.tr_currency.push(leg.currency.to_string());
+            w.tr_metadata.push(Value::Object(cmd.metadata.clone()));
+            w.tr_key.push(cmd.idempotency_key.clone());
+            w.tr_from_vector.push(json!(event.vectors[leg.from]));
+            w.tr_to_vector.push(json!(event.vectors[leg.to]));
+            w.tr_transaction.push(Some(cmd.transaction_id));
+            w.tr_leg.push(Some(i));
+            for (account, amount, seq, balance) in [
+                (leg.from, -leg.amount.minor_units(), p.from_seq, p.from_balance),
+                (leg.to, leg.amount.minor_units(), p.to_seq, p.to_balance),
+            ] {
+                w.en_account.push(account.to_string());
+                w.en_seq.push(seq);
+                w.en_transfer.push(leg.transfer_id);
+                w.en_amount.push(amount);
+                w.en_balance.push(balance);
+            }
+        }
+        if let Some(key) = &cmd.idempotency_key {
+            w.ik_key.push(key.clone());
+            w.ik_hash.push(cmd.request_hash.clone());
+            w.ik_body.push(body.clone());
+            self.keys.insert(key.clone(), (cmd.request_hash.clone(), body.clone()));
+        }
+        for (id, state) in states {
+            let row = self.accounts.get_mut(&id).expect("read above");
+            row.state = state;
+            row.updated_at = self.now;
+        }
         Ok(Outcome::Transferred { body, replayed: false })
     }
 

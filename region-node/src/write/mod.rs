@@ -50,6 +50,23 @@ pub struct Transfer {
     pub traceparent: Option<String>,
 }
 
+/// Move money along several legs at once, all or none.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Id given to the transaction if it is accepted; its legs' transfer ids derive from it.
+    pub transaction_id: uuid::Uuid,
+    /// 1 to `LEGS_MAX` legs, judged in order.
+    pub legs: Vec<ledger_core::Leg>,
+    /// Client data.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The client's idempotency key, scoped to its API key.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request body.
+    pub request_hash: String,
+    /// The request's W3C traceparent.
+    pub traceparent: Option<String>,
+}
+
 /// A command for the committer.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -57,6 +74,19 @@ pub enum Command {
     Open(OpenAccount),
     /// See [`Transfer`].
     Transfer(Transfer),
+    /// See [`Transaction`].
+    Transaction(Transaction),
+}
+
+impl Command {
+    /// The idempotency key a posting command carries.
+    pub(crate) fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            Command::Transfer(t) => t.idempotency_key.as_deref(),
+            Command::Transaction(t) => t.idempotency_key.as_deref(),
+            Command::Open(_) => None,
+        }
+    }
 }
 
 /// What a committed command produced.
@@ -96,6 +126,14 @@ pub enum CommandError {
     /// A transfer from an account to itself.
     #[error("a transfer between an account and itself")]
     SameAccount,
+    /// A transaction's leg is refused (its index from 0): the whole transaction is.
+    #[error("leg {leg}: {error}")]
+    Leg {
+        /// The refused leg.
+        leg: usize,
+        /// Why.
+        error: Box<CommandError>,
+    },
     /// The committer's queue is full.
     #[error("the write queue is full")]
     QueueFull,
@@ -582,6 +620,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 Command::Transfer(t) => format!("{}>{}", t.from, t.to),
+                Command::Transaction(t) => format!("{}>{}", t.legs[0].from, t.legs[0].to),
                 Command::Open(o) => o.spec.id.to_string(),
             })
             .collect()

@@ -199,6 +199,15 @@ pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
     .await
     .unwrap();
     assert_eq!(half, 0, "transfers without exactly two entries");
+    // A transaction is whole or absent: legs 0..n-1, each once, all from one event.
+    let partial: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT transaction_id FROM transfers WHERE transaction_id IS NOT NULL GROUP BY transaction_id
+                               HAVING count(*) <> max(leg) + 1 OR count(DISTINCT leg) <> count(*) OR count(DISTINCT event_id) <> 1) p",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(partial, 0, "transactions with a leg missing or doubled");
     // The write path keeps these references without foreign keys (migration 0004): checked here.
     let orphans: Vec<(String, i64)> = sqlx::query_as(
         "SELECT 'entry without transfer', count(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM transfers t WHERE t.id = e.transfer_id)
