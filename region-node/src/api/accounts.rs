@@ -181,20 +181,16 @@ async fn point_in_time(pool: &sqlx::PgPool, id: &AccountId, at: &At) -> Result<s
         At::Position(n) => (None, Some(*n)),
     };
     let row = sqlx::query(
-        "SELECT a.currency, a.entry_seq, a.created_at, last.seq, last.created_at AS recorded_at, ae.vector,
+        "SELECT a.currency, a.entry_seq, a.created_at, last.seq, last.created_at AS recorded_at,
                 (SELECT e.balance_after FROM entries e JOIN transfers t ON t.id = e.transfer_id
                  WHERE e.account_id = a.id AND e.seq <= last.seq AND t.currency = a.currency
-                 ORDER BY e.seq DESC LIMIT 1) AS balance,
-                (SELECT coalesce(jsonb_agg(o.vector), '[]') FROM account_events o
-                 WHERE o.account_id = a.id AND o.opened IS NOT NULL) AS openings
+                 ORDER BY e.seq DESC LIMIT 1) AS balance
          FROM accounts a
          LEFT JOIN LATERAL (
-             SELECT e.seq, e.created_at, e.transfer_id FROM entries e
+             SELECT e.seq, e.created_at FROM entries e
              WHERE e.account_id = a.id AND ($2::timestamptz IS NULL OR e.created_at <= $2)
                AND ($3::int8 IS NULL OR e.seq <= $3)
              ORDER BY e.created_at DESC, e.seq DESC LIMIT 1) last ON true
-         LEFT JOIN transfers t ON t.id = last.transfer_id
-         LEFT JOIN account_events ae ON ae.account_id = a.id AND ae.event_id = t.event_id
          WHERE a.id = $1",
     )
     .bind(id.as_str())
@@ -217,20 +213,21 @@ async fn point_in_time(pool: &sqlx::PgPool, id: &AccountId, at: &At) -> Result<s
         return Err(p);
     }
     let seq: Option<i64> = row.try_get("seq").map_err(get)?;
-    let vector: serde_json::Value = match row.try_get::<Option<serde_json::Value>, _>("vector").map_err(get)? {
-        Some(v) => v,
-        // Before its first entry the account reflects its opening(s).
-        None => {
-            let mut joined = ledger_core::VersionVector::new();
-            let openings: Vec<ledger_core::VersionVector> =
-                serde_json::from_value(row.try_get("openings").map_err(get)?)
-                    .map_err(|e| Problem::internal(format!("stored vector: {e}")))?;
-            for v in &openings {
-                joined.merge(v);
-            }
-            json!(joined)
-        }
-    };
+    // An origin's events on an account apply here in its order, so after entry `seq` the account
+    // counts, per origin, the largest counter applied by then: one index descent per origin
+    // (migration 0016).
+    let counters: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT r.origin, (SELECT max(ae.counter) FROM account_events ae
+                           WHERE ae.account_id = $1 AND ae.origin_region = r.origin AND ae.entry_seq <= $2)
+         FROM jsonb_object_keys((SELECT version_vector FROM accounts WHERE id = $1)) AS r(origin)",
+    )
+    .bind(id.as_str())
+    .bind(seq.unwrap_or(0))
+    .fetch_all(pool)
+    .await
+    .map_err(read_problem)?;
+    let vector: serde_json::Map<String, serde_json::Value> =
+        counters.into_iter().filter_map(|(origin, n)| Some((origin, json!(n?)))).collect();
     let recorded: Option<chrono::DateTime<chrono::Utc>> = row.try_get("recorded_at").map_err(get)?;
     Ok(json!({
         "id": id,

@@ -46,6 +46,7 @@ pub(crate) struct Writes {
     pub ae_posting: Vec<i64>,
     pub ae_opened: Vec<Option<Value>>,
     pub ae_key: Vec<Option<String>>,
+    pub ae_entry_seq: Vec<i64>,
     pub ik_key: Vec<String>,
     pub ik_hash: Vec<String>,
     pub ik_body: Vec<Value>,
@@ -154,6 +155,7 @@ pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Comm
         .bind(read.iter().map(|(a, _)| a.state.frozen).collect::<Vec<_>>())
         .bind(&w.tr_transaction)
         .bind(&w.tr_leg)
+        .bind(&w.ae_entry_seq)
         .execute(executor)
         .await?;
     Ok(())
@@ -174,7 +176,8 @@ FROM idempotency_keys WHERE key = ANY($2)"
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
 /// column; `$48`–`$51` and `$52`–`$54` the accounts read as planned against, and whether the batch
-/// changed each; `$55`–`$56` each transfer's transaction and leg (null for a plain transfer). The definition and the frozen flag are compared too: resolving an
+/// changed each; `$55`–`$56` each transfer's transaction and leg (null for a plain transfer); `$57`
+/// each per-account event's entry count after it (migration 0016). The definition and the frozen flag are compared too: resolving an
 /// account-definition conflict (`storage/resolve.rs`) changes them, and may leave balance, entry
 /// count and vector as they were, so a batch planned against a remembered frozen flag or currency
 /// would otherwise commit a stale refusal, or a transfer in the wrong currency.
@@ -223,10 +226,10 @@ WITH new_accounts AS (
       AND a.currency = u.old_currency AND a.allow_negative = u.old_allow_negative AND a.frozen = u.old_frozen
     RETURNING 1
 ), new_account_events AS (
-    INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key)
-    SELECT a, $2, c, e, v, p, o, k
-    FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[])
-      AS u(a, c, e, v, p, o, k)
+    INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key, entry_seq)
+    SELECT a, $2, c, e, v, p, o, k, n
+    FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[], $57::int8[])
+      AS u(a, c, e, v, p, o, k, n)
 ), new_outbox AS (
     -- One row for the whole batch: its records' events and keys, in batch order (migration 0008).
     INSERT INTO outbox (record_events, record_keys, created_at)

@@ -58,7 +58,8 @@ async fn write_events(
     let mut ev = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ae = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ae_episode = Vec::new();
-    for (held, _) in applied {
+    let mut ae_entry_seq = Vec::new();
+    for (held, a) in applied {
         let e = &held.event;
         ev.0.push(e.event_id);
         ev.1.push(e.aggregate_id());
@@ -79,6 +80,7 @@ async fn write_events(
             ae.6.push(seen.opened.map(|spec| json!(spec)));
             ae.7.push(seen.idempotency_key);
             ae_episode.push(episode_of.get(&(account, e.event_id)).copied());
+            ae_entry_seq.push(a.postings.iter().find(|p| p.account == *account).map(|p| p.entry_seq));
         }
     }
     if ev.0.is_empty() {
@@ -98,8 +100,10 @@ async fn write_events(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key, episode)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[], $8::text[], $9::uuid[])",
+        "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key, episode,
+                                     entry_seq)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[], $8::text[], $9::uuid[],
+                              $10::int8[])",
     )
     .bind(&ae.0)
     .bind(&ae.1)
@@ -110,6 +114,7 @@ async fn write_events(
     .bind(&ae.6)
     .bind(&ae.7)
     .bind(&ae_episode)
+    .bind(&ae_entry_seq)
     .execute(&mut *tx)
     .await?;
     Ok(())

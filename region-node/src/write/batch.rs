@@ -178,7 +178,7 @@ impl Batch {
             payload: EventPayload::AccountOpened { account: cmd.spec.clone() },
             vectors: BTreeMap::from([(cmd.spec.id.clone(), state.version.clone())]),
         };
-        self.record_event(&event, cmd.traceparent.clone());
+        self.record_event(&event, cmd.traceparent.clone(), |_| 0);
         let row = AccountRow { state, updated_at: self.now, created_at: self.now };
         self.writes.new_accounts.push(cmd.spec.id.clone());
         self.accounts.insert(cmd.spec.id.clone(), row.clone());
@@ -224,7 +224,8 @@ impl Batch {
                 (cmd.to.clone(), to.state.version.clone()),
             ]),
         };
-        self.record_event(&event, cmd.traceparent.clone());
+        let seqs = (from.state.entry_seq, to.state.entry_seq);
+        self.record_event(&event, cmd.traceparent.clone(), |a| if *a == cmd.from { seqs.0 } else { seqs.1 });
         let body = transfer_json(
             cmd.transfer_id,
             &cmd.from,
@@ -305,7 +306,8 @@ impl Batch {
             },
             vectors: states.iter().map(|(id, s)| (id.clone(), s.version.clone())).collect(),
         };
-        self.record_event(&event, cmd.traceparent.clone());
+        let seqs: BTreeMap<AccountId, i64> = states.iter().map(|(id, s)| (id.clone(), s.entry_seq)).collect();
+        self.record_event(&event, cmd.traceparent.clone(), |a| seqs[a]);
         let body = transaction_json(&event, &self.now).expect("a transaction event");
         let w = &mut self.writes;
         for ((leg, p), i) in event.legs().iter().zip(&posted).zip(0i16..) {
@@ -347,7 +349,12 @@ impl Batch {
     }
 
     /// Queues the event row and one outbox record per touched account, keyed by that account.
-    fn record_event(&mut self, event: &LedgerEvent, traceparent: Option<String>) {
+    fn record_event(
+        &mut self,
+        event: &LedgerEvent,
+        traceparent: Option<String>,
+        entries_after: impl Fn(&AccountId) -> i64,
+    ) {
         let payload = serde_json::to_value(event).expect("events serialize");
         let w = &mut self.writes;
         w.ev_id.push(event.event_id);
@@ -365,6 +372,7 @@ impl Batch {
             w.ae_posting.push(seen.posting);
             w.ae_opened.push(seen.opened.map(|spec| json!(spec)));
             w.ae_key.push(seen.idempotency_key);
+            w.ae_entry_seq.push(entries_after(account));
             w.ob_event.push(event.event_id);
             w.ob_key.push(account.to_string());
         }
