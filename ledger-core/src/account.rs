@@ -34,6 +34,10 @@ pub struct AccountState {
     /// Two regions opened it with different attributes: no new transfer may touch it until the
     /// conflict is resolved.
     pub frozen: bool,
+    /// Reserved by pending transfers from it, neither posted nor voided yet: not available to spend.
+    pub pending_debits: i64,
+    /// Promised to it by pending transfers, neither posted nor voided yet: not yet in its balance.
+    pub pending_credits: i64,
     /// Money held in currencies other than its own: what was posted under a definition in another
     /// currency that lost to the winning one. Kept apart, so a currency's total never changes.
     pub foreign: BTreeMap<Currency, i64>,
@@ -42,7 +46,22 @@ pub struct AccountState {
 impl AccountState {
     /// A freshly opened account: zero balance, nothing posted.
     pub fn opened(spec: AccountSpec) -> Self {
-        Self { spec, balance: 0, entry_seq: 0, version: VersionVector::new(), frozen: false, foreign: BTreeMap::new() }
+        Self {
+            spec,
+            balance: 0,
+            entry_seq: 0,
+            version: VersionVector::new(),
+            frozen: false,
+            pending_debits: 0,
+            pending_credits: 0,
+            foreign: BTreeMap::new(),
+        }
+    }
+
+    /// What may be spent: the balance less what pending transfers reserve. Never overflows: both
+    /// stay within ±`BALANCE_MAX`.
+    pub fn available(&self) -> i64 {
+        self.balance - self.pending_debits
     }
 
     /// Adopts the definition finance chose when resolving an account-definition conflict

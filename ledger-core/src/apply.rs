@@ -114,6 +114,85 @@ pub struct Episode {
     pub kind: ConflictKind,
 }
 
+/// A pending transfer as a region knows it: what it reserved and every settlement applied here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecord {
+    /// The event that reserved it.
+    pub event_id: uuid::Uuid,
+    /// The region that created it (and voids it at its deadline).
+    pub origin: RegionId,
+    /// Its source.
+    pub from: AccountId,
+    /// Its destination.
+    pub to: AccountId,
+    /// Its currency.
+    pub currency: crate::currency::Currency,
+    /// What it reserved, minor units.
+    pub reserved: i64,
+    /// RFC 3339 deadline, if any.
+    pub expires_at: Option<String>,
+    /// Settlements applied here, by event id.
+    pub settlements: Vec<SettlementRecord>,
+}
+
+/// One settlement of a pending transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementRecord {
+    /// Its event.
+    pub event_id: uuid::Uuid,
+    /// Where it was made.
+    pub origin: RegionId,
+    /// The source's vector after it.
+    pub vector: VersionVector,
+    /// The amount posted; `None` for a void.
+    pub posted: Option<i64>,
+    /// A void made by the expiry.
+    pub expired: bool,
+}
+
+/// Where a pending transfer stands, from the settlements applied: the same in every region once
+/// they have applied the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingStatus {
+    /// Reserved, not settled.
+    Pending,
+    /// Posted; the sum of every post (two only after a race, which is a conflict).
+    Posted(i64),
+    /// Voided by a client.
+    Voided,
+    /// Voided at its deadline.
+    Expired,
+}
+
+impl PendingStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingStatus::Pending => "pending",
+            PendingStatus::Posted(_) => "posted",
+            PendingStatus::Voided => "voided",
+            PendingStatus::Expired => "expired",
+        }
+    }
+}
+
+impl PendingRecord {
+    /// Its status: posted if any settlement posted (every post moved money), else voided or
+    /// expired, else pending.
+    pub fn status(&self) -> PendingStatus {
+        let posted: Vec<i64> = self.settlements.iter().filter_map(|s| s.posted).collect();
+        if !posted.is_empty() {
+            PendingStatus::Posted(posted.iter().sum())
+        } else if self.settlements.is_empty() {
+            PendingStatus::Pending
+        } else if self.settlements.iter().all(|s| s.expired) {
+            PendingStatus::Expired
+        } else {
+            PendingStatus::Voided
+        }
+    }
+}
+
 /// What a region knows of some accounts, enough to decide the fate of events touching them.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyState {
@@ -131,6 +210,8 @@ pub struct ApplyState {
     pub episodes: BTreeMap<uuid::Uuid, Episode>,
     /// Episodes merged into another one since this state was built: old id → the id it is now.
     pub superseded: BTreeMap<uuid::Uuid, uuid::Uuid>,
+    /// Pending transfers: at least every one an event to deliver settles.
+    pub pendings: BTreeMap<uuid::Uuid, PendingRecord>,
 }
 
 impl ApplyState {
@@ -208,6 +289,36 @@ impl ApplyState {
                 }
             }
         }
+        // A reservation, or the first settlement of one (which releases it; later ones, made
+        // concurrently elsewhere, only post).
+        let releases = match &event.payload {
+            EventPayload::TransferPending { transfer_id, .. } if self.pendings.contains_key(transfer_id) => {
+                return Err(format!("pending transfer {transfer_id} reserved twice"));
+            }
+            EventPayload::PendingSettled { pending_id, from, to, currency, reserved, .. } => {
+                let Some(p) = self.pendings.get(pending_id) else {
+                    return Err(format!("settles pending transfer {pending_id}, which was never reserved here"));
+                };
+                if (&p.from, &p.to, &p.currency, p.reserved) != (from, to, currency, reserved.minor_units()) {
+                    return Err(format!("settles pending transfer {pending_id} with other terms than it has"));
+                }
+                p.settlements.is_empty()
+            }
+            _ => false,
+        };
+        let mut reservations: BTreeMap<&AccountId, (i64, i64)> = BTreeMap::new();
+        if matches!(event.payload, EventPayload::TransferPending { .. }) || releases {
+            for account in &accounts {
+                let (Some((d, c)), Some(state)) = (event.reservation_for(account), self.accounts.get(*account)) else {
+                    continue;
+                };
+                let (debits, credits) = (state.pending_debits.checked_add(d), state.pending_credits.checked_add(c));
+                let (Some(debits), Some(credits)) = (debits, credits) else {
+                    return Err(format!("pending amounts of {account} out of range"));
+                };
+                reservations.insert(*account, (debits, credits));
+            }
+        }
         let mut entries = Vec::new();
         for leg in event.legs() {
             for (account, amount) in [(leg.from, -leg.amount.minor_units()), (leg.to, leg.amount.minor_units())] {
@@ -269,6 +380,12 @@ impl ApplyState {
                 }
                 (_, None) => unreachable!("a posting event's accounts were checked above"),
             };
+            // Whatever the account's currency (a reservation made under a definition that lost is
+            // released the same way, so the amounts still return to zero).
+            if let Some((debits, credits)) = reservations.get(*account) {
+                state.pending_debits = *debits;
+                state.pending_credits = *credits;
+            }
             state.version.merge(&incoming.vector);
             postings.push(Posting {
                 account: (*account).clone(),
@@ -315,6 +432,49 @@ impl ApplyState {
                 }
                 Some(_) => {}
             }
+        }
+        match &event.payload {
+            EventPayload::TransferPending { transfer_id, from, to, amount, currency, expires_at, .. } => {
+                self.pendings.insert(
+                    *transfer_id,
+                    PendingRecord {
+                        event_id: event.event_id,
+                        origin: event.origin_region.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                        currency: *currency,
+                        reserved: amount.minor_units(),
+                        expires_at: expires_at.clone(),
+                        settlements: Vec::new(),
+                    },
+                );
+            }
+            EventPayload::PendingSettled { pending_id, from, to, settlement, .. } => {
+                let p = self.pendings.get_mut(pending_id).expect("checked above");
+                let (posted, expired) = match settlement {
+                    crate::event::Settlement::Post { amount, .. } => (Some(amount.minor_units()), false),
+                    crate::event::Settlement::Void { expired } => (None, *expired),
+                };
+                p.settlements.push(SettlementRecord {
+                    event_id: event.event_id,
+                    origin: event.origin_region.clone(),
+                    vector: event.vectors[from].clone(),
+                    posted,
+                    expired,
+                });
+                p.settlements.sort_by_key(|s| s.event_id);
+                if p.settlements.len() > 1 {
+                    // Settled in several regions at once (a region settles only what it saw
+                    // pending): one conflict per pending transfer, listing every settlement.
+                    found.push(Conflict {
+                        conflict_id: crate::replication::settlement_conflict_id(*pending_id),
+                        kind: ConflictKind::PendingSettlement,
+                        account: from.clone().min(to.clone()),
+                        sides: p.settlements.iter().map(|s| (s.event_id, s.origin.clone(), s.vector.clone())).collect(),
+                    });
+                }
+            }
+            _ => {}
         }
         self.applied.insert(event.event_id);
         Ok(Applied { postings, entries, conflicts: merge_conflicts(found).into_values().collect(), first_use_of_key })

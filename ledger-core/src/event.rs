@@ -42,6 +42,52 @@ pub enum EventPayload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_hash: Option<String>,
     },
+    /// Money reserved for a transfer that is posted or voided later (`"pending": true`): the
+    /// source's pending debits and the destination's pending credits grow; balances do not move.
+    TransferPending {
+        /// The pending transfer's id.
+        transfer_id: uuid::Uuid,
+        /// The account it will debit.
+        from: AccountId,
+        /// The account it will credit.
+        to: AccountId,
+        /// The amount reserved.
+        amount: Amount,
+        /// Currency of both accounts.
+        currency: Currency,
+        /// Client data.
+        metadata: serde_json::Map<String, serde_json::Value>,
+        /// The client's idempotency key, if it sent one.
+        idempotency_key: Option<String>,
+        /// SHA-256 of the canonical request body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_hash: Option<String>,
+        /// RFC 3339: when the region that created it voids it if nobody has settled it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
+    /// A pending transfer posted (all or part of it) or voided. Every settlement releases the
+    /// reservation once and every post moves its amount, so any order of concurrent settlements
+    /// ends in the same state.
+    PendingSettled {
+        /// The pending transfer.
+        pending_id: uuid::Uuid,
+        /// Its source.
+        from: AccountId,
+        /// Its destination.
+        to: AccountId,
+        /// Its currency.
+        currency: Currency,
+        /// What it reserved.
+        reserved: Amount,
+        /// Post or void.
+        settlement: Settlement,
+        /// The client's idempotency key, if it sent one.
+        idempotency_key: Option<String>,
+        /// SHA-256 of the canonical request body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_hash: Option<String>,
+    },
     /// Several legs applied at once, all or none (`POST /v1/transactions`): one event, so every
     /// region applies the legs atomically too.
     TransactionPosted {
@@ -97,6 +143,24 @@ pub struct LegRef<'e> {
     pub currency: Currency,
 }
 
+/// How a pending transfer was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Settlement {
+    /// Posted: `amount` (at most what was reserved) moves, as transfer `transfer_id`.
+    Post {
+        /// The posted transfer's id.
+        transfer_id: uuid::Uuid,
+        /// Minor units, at most the reserved amount.
+        amount: Amount,
+    },
+    /// Voided: nothing moves. `expired` when the region that created it voided it at its deadline.
+    Void {
+        /// Voided by the expiry, not by a client.
+        expired: bool,
+    },
+}
+
 /// One recorded fact with its identity, origin and causal position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEvent {
@@ -119,6 +183,8 @@ impl LedgerEvent {
             EventPayload::AccountOpened { .. } => "account.opened",
             EventPayload::TransferPosted { .. } => "transfer.posted",
             EventPayload::TransactionPosted { .. } => "transaction.posted",
+            EventPayload::TransferPending { .. } => "transfer.pending",
+            EventPayload::PendingSettled { .. } => "transfer.settled",
         }
     }
 
@@ -128,6 +194,8 @@ impl LedgerEvent {
             EventPayload::AccountOpened { account } => account.id.to_string(),
             EventPayload::TransferPosted { transfer_id, .. } => transfer_id.to_string(),
             EventPayload::TransactionPosted { transaction_id, .. } => transaction_id.to_string(),
+            EventPayload::TransferPending { transfer_id, .. } => transfer_id.to_string(),
+            EventPayload::PendingSettled { pending_id, .. } => pending_id.to_string(),
         }
     }
 
@@ -136,7 +204,9 @@ impl LedgerEvent {
     pub fn accounts(&self) -> Vec<&AccountId> {
         match &self.payload {
             EventPayload::AccountOpened { account } => vec![&account.id],
-            EventPayload::TransferPosted { from, to, .. } => vec![from, to],
+            EventPayload::TransferPosted { from, to, .. }
+            | EventPayload::TransferPending { from, to, .. }
+            | EventPayload::PendingSettled { from, to, .. } => vec![from, to],
             EventPayload::TransactionPosted { legs, .. } => {
                 let mut out: Vec<&AccountId> = Vec::with_capacity(legs.len() + 1);
                 for leg in legs {
@@ -151,10 +221,20 @@ impl LedgerEvent {
         }
     }
 
-    /// Its legs (a transfer is one), in order; none for an opening.
+    /// Its legs: what moves balances, in order (a transfer and a post are one; none for an
+    /// opening, a reservation or a void).
     pub fn legs(&self) -> Vec<LegRef<'_>> {
         match &self.payload {
-            EventPayload::AccountOpened { .. } => Vec::new(),
+            EventPayload::AccountOpened { .. }
+            | EventPayload::TransferPending { .. }
+            | EventPayload::PendingSettled { settlement: Settlement::Void { .. }, .. } => Vec::new(),
+            EventPayload::PendingSettled {
+                from,
+                to,
+                currency,
+                settlement: Settlement::Post { transfer_id, amount },
+                ..
+            } => vec![LegRef { transfer_id: *transfer_id, from, to, amount: *amount, currency: *currency }],
             EventPayload::TransferPosted { transfer_id, from, to, amount, currency, .. } => {
                 vec![LegRef { transfer_id: *transfer_id, from, to, amount: *amount, currency: *currency }]
             }
@@ -177,14 +257,40 @@ impl LedgerEvent {
         match &self.payload {
             EventPayload::AccountOpened { .. } => None,
             EventPayload::TransferPosted { idempotency_key, .. }
-            | EventPayload::TransactionPosted { idempotency_key, .. } => idempotency_key.as_ref(),
+            | EventPayload::TransactionPosted { idempotency_key, .. }
+            | EventPayload::TransferPending { idempotency_key, .. }
+            | EventPayload::PendingSettled { idempotency_key, .. } => idempotency_key.as_ref(),
         }
     }
 
-    /// The currency this event posts to `account` in (every leg touching one account has the
-    /// account's currency), if it posts to it.
+    /// The currency this event moves or reserves money on `account` in (every leg touching one
+    /// account has the account's currency), if it touches it with money.
     pub fn currency_for(&self, account: &AccountId) -> Option<Currency> {
-        self.legs().iter().find(|l| l.from == account || l.to == account).map(|l| l.currency)
+        match &self.payload {
+            EventPayload::TransferPending { from, to, currency, .. }
+            | EventPayload::PendingSettled { from, to, currency, .. } => {
+                (from == account || to == account).then_some(*currency)
+            }
+            _ => self.legs().iter().find(|l| l.from == account || l.to == account).map(|l| l.currency),
+        }
+    }
+
+    /// How this event changes `account`'s pending debits and credits: a reservation adds, the
+    /// first settlement of it takes away (the caller knows whether it is the first).
+    pub fn reservation_for(&self, account: &AccountId) -> Option<(i64, i64)> {
+        let (from, to, amount, sign) = match &self.payload {
+            EventPayload::TransferPending { from, to, amount, .. } => (from, to, amount, 1),
+            EventPayload::PendingSettled { from, to, reserved, .. } => (from, to, reserved, -1),
+            _ => return None,
+        };
+        let amount = sign * amount.minor_units();
+        if from == account {
+            Some((amount, 0))
+        } else if to == account {
+            Some((0, amount))
+        } else {
+            None
+        }
     }
 
     /// How many entries it makes on `account`: one per leg touching it.

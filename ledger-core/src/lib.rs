@@ -22,5 +22,5 @@ pub use currency::Currency;
 pub use event::{EventPayload, LEGS_MAX, LedgerEvent, Leg};
 pub use ids::{AccountId, IdError, RegionId};
 pub use money::{AMOUNT_MAX, Amount, BALANCE_MAX, MoneyError};
-pub use posting::{LegPosting, PostingError, post_transaction, post_transfer};
+pub use posting::{LegPosting, PostingError, post_transaction, post_transfer, reserve, settle};
 pub use vv::VersionVector;

@@ -5,10 +5,10 @@
 
 use crate::account::{AccountSpec, AccountState};
 use crate::apply::{ApplyState, Fate};
-use crate::event::{EventPayload, LedgerEvent, Leg};
+use crate::event::{EventPayload, LedgerEvent, Leg, Settlement};
 use crate::ids::{AccountId, RegionId};
 use crate::money::Amount;
-use crate::posting::{PostingError, post_transaction, post_transfer};
+use crate::posting::{PostingError, post_transaction, post_transfer, reserve, settle};
 use crate::replication::Conflict;
 use std::collections::BTreeMap;
 
@@ -132,6 +132,84 @@ impl Replica {
         event.vectors = event.accounts().into_iter().map(|id| (id.clone(), accounts[id].version.clone())).collect();
         self.apply_local(&event);
         Ok(Some(event))
+    }
+
+    /// Reserves a pending transfer here, as the write path does. `Ok(None)` for a replay of its key.
+    pub fn pending(
+        &mut self,
+        from: &AccountId,
+        to: &AccountId,
+        amount: Amount,
+        key: Option<String>,
+    ) -> Result<Option<LedgerEvent>, PostingError> {
+        if key.as_ref().is_some_and(|k| self.state.keys.contains_key(k)) {
+            return Ok(None);
+        }
+        let accounts = &self.state.accounts;
+        let (Some(mut a), Some(mut b)) = (accounts.get(from).cloned(), accounts.get(to).cloned()) else {
+            return Err(PostingError::UnknownAccount);
+        };
+        reserve(&mut a, &mut b, amount, None, &self.region)?;
+        let event_id = self.mint();
+        let event = LedgerEvent {
+            event_id,
+            origin_region: self.region.clone(),
+            occurred_at: String::new(),
+            vectors: BTreeMap::from([(from.clone(), a.version.clone()), (to.clone(), b.version.clone())]),
+            payload: EventPayload::TransferPending {
+                transfer_id: event_id,
+                from: from.clone(),
+                to: to.clone(),
+                amount,
+                currency: a.spec.currency,
+                metadata: Default::default(),
+                idempotency_key: key,
+                request_hash: None,
+                expires_at: None,
+            },
+        };
+        self.apply_local(&event);
+        Ok(Some(event))
+    }
+
+    /// Posts (`Some(amount)`) or voids a pending transfer this region knows as pending.
+    pub fn settle(
+        &mut self,
+        pending_id: uuid::Uuid,
+        post: Option<Amount>,
+        expired: bool,
+    ) -> Result<LedgerEvent, PostingError> {
+        let p = self.state.pendings.get(&pending_id).filter(|p| p.settlements.is_empty());
+        let p = p.ok_or(PostingError::NotPending(pending_id))?.clone();
+        let accounts = &self.state.accounts;
+        let (Some(mut a), Some(mut b)) = (accounts.get(&p.from).cloned(), accounts.get(&p.to).cloned()) else {
+            return Err(PostingError::UnknownAccount);
+        };
+        let reserved = Amount::new(p.reserved).map_err(PostingError::Money)?;
+        settle(&mut a, &mut b, reserved, post, p.currency, &self.region)?;
+        let event_id = self.mint();
+        let settlement = match post {
+            Some(amount) => Settlement::Post { transfer_id: event_id, amount },
+            None => Settlement::Void { expired },
+        };
+        let event = LedgerEvent {
+            event_id,
+            origin_region: self.region.clone(),
+            occurred_at: String::new(),
+            vectors: BTreeMap::from([(p.from.clone(), a.version.clone()), (p.to.clone(), b.version.clone())]),
+            payload: EventPayload::PendingSettled {
+                pending_id,
+                from: p.from.clone(),
+                to: p.to.clone(),
+                currency: p.currency,
+                reserved,
+                settlement,
+                idempotency_key: None,
+                request_hash: None,
+            },
+        };
+        self.apply_local(&event);
+        Ok(event)
     }
 
     fn apply_local(&mut self, event: &LedgerEvent) {
@@ -414,6 +492,57 @@ mod tests {
         assert_eq!(rs[2].transaction(vec![leg("alice", "shop", 90)], Some("pay".into())), Ok(None));
     }
 
+    /// A pending transfer made in one region, posted in a second and voided in a third at the
+    /// same time: every region ends posted, the reservation released once, the money moved once,
+    /// and one `pending-settlement` conflict naming both settlements; a pending transfer posted in
+    /// another region than its own, with nothing racing, is no conflict.
+    #[test]
+    fn a_post_racing_a_void_has_one_outcome_everywhere_and_is_one_conflict() {
+        let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(region(i), (i as u128) << 64)).collect();
+        let id = |s: &str| AccountId::new(s).unwrap();
+        let mut log: Vec<LedgerEvent> = rs[0].open(spec("world", true)).into_iter().collect();
+        log.extend(rs[0].open(spec("card", false)));
+        log.extend(rs[0].open(spec("shop", false)));
+        log.extend(rs[0].transfer(&id("world"), &id("card"), Amount::new(100).unwrap(), None).unwrap());
+        let hold = rs[0].pending(&id("card"), &id("shop"), Amount::new(60).unwrap(), None).unwrap().unwrap();
+        let calm = rs[0].pending(&id("card"), &id("shop"), Amount::new(10).unwrap(), None).unwrap().unwrap();
+        log.extend([hold.clone(), calm.clone()]);
+        deliver_all(&mut rs, &log);
+        for r in &rs {
+            let card = &r.accounts()[&id("card")];
+            assert_eq!((card.balance, card.pending_debits, card.available()), (100, 70, 30), "{}", r.region);
+            // Reserved money is not there to spend.
+            let mut r = r.clone();
+            assert_eq!(
+                r.transfer(&id("card"), &id("world"), Amount::new(31).unwrap(), None),
+                Err(PostingError::InsufficientFunds { balance: 30, amount: 31 })
+            );
+        }
+        let post = rs[1].settle(hold.aggregate_id().parse().unwrap(), Some(Amount::new(50).unwrap()), false).unwrap();
+        let void = rs[2].settle(hold.aggregate_id().parse().unwrap(), None, false).unwrap();
+        let elsewhere =
+            rs[1].settle(calm.aggregate_id().parse().unwrap(), Some(Amount::new(10).unwrap()), false).unwrap();
+        deliver_all(&mut rs, &[void.clone(), post.clone(), elsewhere]);
+        for r in &rs {
+            let (card, shop) = (&r.accounts()[&id("card")], &r.accounts()[&id("shop")]);
+            assert_eq!((card.balance, card.pending_debits), (40, 0), "{}", r.region);
+            assert_eq!((shop.balance, shop.pending_credits), (60, 0), "{}", r.region);
+            let hold = &r.state.pendings[&hold.aggregate_id().parse().unwrap()];
+            assert_eq!(hold.status(), crate::apply::PendingStatus::Posted(50), "{}", r.region);
+            let races: Vec<&Conflict> =
+                r.conflicts.values().filter(|c| c.kind == ConflictKind::PendingSettlement).collect();
+            assert_eq!(races.len(), 1, "{}", r.region);
+            let mut sides: Vec<uuid::Uuid> = vec![post.event_id, void.event_id];
+            sides.sort();
+            assert_eq!(races[0].sides.iter().map(|s| s.0).collect::<Vec<_>>(), sides);
+        }
+        // Settled: neither posted nor voided again.
+        assert_eq!(
+            rs[0].settle(hold.aggregate_id().parse().unwrap(), None, false).unwrap_err(),
+            PostingError::NotPending(hold.aggregate_id().parse().unwrap())
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         /// `negative`: the definition allows a negative balance (two regions may open one id
@@ -430,6 +559,20 @@ mod tests {
             to: usize,
             amount: i64,
             key: Option<u8>,
+        },
+        /// A pending transfer reserved.
+        Pending {
+            region: usize,
+            from: usize,
+            to: usize,
+            amount: i64,
+        },
+        /// A pending transfer this region knows (`pick` among them) posted (`Some`: at most what it
+        /// reserved, as a share) or voided; possibly in two regions at once.
+        Settle {
+            region: usize,
+            pick: usize,
+            post: Option<u8>,
         },
         /// Several legs at once (`(from, to, amount)`), all or none.
         Transaction {
@@ -449,6 +592,10 @@ mod tests {
                 .prop_map(|(region, from, to, amount, key)| Op::Transfer { region, from, to, amount, key }),
             2 => (0..3usize, proptest::collection::vec((0..5usize, 0..5usize, prop_oneof![4 => 1..80i64, 1 => (crate::money::AMOUNT_MAX - 80)..=crate::money::AMOUNT_MAX]), 1..5), proptest::option::weighted(0.3, 0..6u8))
                 .prop_map(|(region, legs, key)| Op::Transaction { region, legs, key }),
+            2 => (0..3usize, 0..5usize, 0..5usize, prop_oneof![4 => 1..80i64, 1 => (crate::money::AMOUNT_MAX - 80)..=crate::money::AMOUNT_MAX])
+                .prop_map(|(region, from, to, amount)| Op::Pending { region, from, to, amount }),
+            2 => (0..3usize, any::<usize>(), proptest::option::weighted(0.6, 1..=100u8))
+                .prop_map(|(region, pick, post)| Op::Settle { region, pick, post }),
             4 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
         ]
     }
@@ -525,6 +672,18 @@ mod tests {
                         let key = key.map(|k| format!("key-{k}"));
                         if from == to { None } else { rs[region].transfer(&from, &to, Amount::new(amount).unwrap(), key).ok().flatten() }
                     }
+                    Op::Pending { region, from, to, amount } => {
+                        let (from, to) = (AccountId::new(account_name(from)).unwrap(), AccountId::new(account_name(to)).unwrap());
+                        if from == to { None } else { rs[region].pending(&from, &to, Amount::new(amount).unwrap(), None).ok().flatten() }
+                    }
+                    Op::Settle { region, pick, post } => {
+                        let open: Vec<(uuid::Uuid, i64)> = rs[region].state.pendings.iter().filter(|(_, p)| p.settlements.is_empty()).map(|(id, p)| (*id, p.reserved)).collect();
+                        if open.is_empty() { None } else {
+                            let (id, reserved) = open[pick % open.len()];
+                            let post = post.map(|share| Amount::new((reserved as i128 * i128::from(share) / 100).max(1) as i64).unwrap());
+                            rs[region].settle(id, post, false).ok()
+                        }
+                    }
                     Op::Transaction { region, legs, key } => {
                         let legs: Vec<Leg> = legs.into_iter().filter(|(f, t, _)| f != t).map(|(f, t, amount)| Leg {
                             from: AccountId::new(account_name(f)).unwrap(),
@@ -567,7 +726,25 @@ mod tests {
                 prop_assert_eq!(r.state.applied.len(), log.len());
                 prop_assert_eq!(r.accounts().values().map(|a| a.balance).sum::<i64>(), 0);
             }
-            let state = |r: &Replica| r.accounts().iter().map(|(k, a)| (k.clone(), a.balance, a.version.clone(), a.spec.clone())).collect::<Vec<_>>();
+            let state = |r: &Replica| r.accounts().iter().map(|(k, a)| (k.clone(), a.balance, a.pending_debits, a.pending_credits, a.entry_seq, a.version.clone(), a.spec.clone())).collect::<Vec<_>>();
+            // Pending transfers: the same statuses everywhere, and the accounts' pending amounts
+            // are exactly what the unsettled ones reserve.
+            let pendings = |r: &Replica| r.state.pendings.iter().map(|(id, p)| (*id, p.status(), p.settlements.len())).collect::<Vec<_>>();
+            for r in &rs {
+                let open: Vec<&crate::apply::PendingRecord> = r.state.pendings.values().filter(|p| p.settlements.is_empty()).collect();
+                for (id, a) in r.accounts() {
+                    prop_assert_eq!(a.pending_debits, open.iter().filter(|p| p.from == *id).map(|p| p.reserved).sum::<i64>(), "{} {}", r.region, id);
+                    prop_assert_eq!(a.pending_credits, open.iter().filter(|p| p.to == *id).map(|p| p.reserved).sum::<i64>(), "{} {}", r.region, id);
+                }
+            }
+            for r in &rs[1..] {
+                prop_assert_eq!(pendings(r), pendings(&rs[0]));
+            }
+            // A pending transfer settled more than once was settled concurrently: one conflict names every settlement.
+            for (id, p) in &rs[0].state.pendings {
+                let conflict = rs[0].conflicts.get(&crate::replication::settlement_conflict_id(*id));
+                prop_assert_eq!(conflict.map(|c| c.sides.len()).unwrap_or(1), p.settlements.len().max(1));
+            }
             let conflicts = |r: &Replica| r.conflicts.values().map(|c| (c.conflict_id, c.kind, c.account.clone(), c.sides.clone())).collect::<Vec<_>>();
             let episodes = |r: &Replica| r.state.episodes.values().cloned().collect::<Vec<_>>();
             let members = |r: &Replica| {

@@ -90,9 +90,7 @@ impl AccountEvent {
         let vector = event.vectors.get(account)?.clone();
         let (opened, idempotency_key) = match &event.payload {
             EventPayload::AccountOpened { account: spec } => (Some(spec.clone()), None),
-            EventPayload::TransferPosted { .. } | EventPayload::TransactionPosted { .. } => {
-                (None, event.idempotency_key().cloned())
-            }
+            _ => (None, event.idempotency_key().cloned()),
         };
         Some(Self {
             event_id: event.event_id,
@@ -129,6 +127,10 @@ pub enum ConflictKind {
     Overdraft,
     /// Concurrent postings that break nothing.
     ConcurrentBenign,
+    /// One pending transfer settled in two regions at once (a post racing a void, or two posts):
+    /// every post applies and the reservation is released once, the same everywhere; finance
+    /// decides whether money moved as it should.
+    PendingSettlement,
 }
 
 impl ConflictKind {
@@ -139,6 +141,7 @@ impl ConflictKind {
             ConflictKind::AccountDefinition => "account-definition",
             ConflictKind::Overdraft => "overdraft",
             ConflictKind::ConcurrentBenign => "concurrent-benign",
+            ConflictKind::PendingSettlement => "pending-settlement",
         }
     }
 }
@@ -173,6 +176,17 @@ pub fn pair_kind(a: &AccountEvent, b: &AccountEvent) -> Option<ConflictKind> {
 pub fn key_conflict_id(key: &str) -> uuid::Uuid {
     use sha2::Digest;
     let digest = sha2::Sha256::new().chain_update(b"ledger-idempotency-key").chain_update(key.as_bytes()).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The conflict id of a pending transfer settled concurrently in several regions: one per pending
+/// transfer, listing every settlement, the same wherever they arrive first.
+pub fn settlement_conflict_id(pending_id: uuid::Uuid) -> uuid::Uuid {
+    use sha2::Digest;
+    let digest =
+        sha2::Sha256::new().chain_update(b"ledger-pending-settlement").chain_update(pending_id.as_bytes()).finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
