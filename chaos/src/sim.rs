@@ -814,7 +814,10 @@ pub fn check_world(world: &World) -> Result<(), String> {
             let t = truth.entry(account).or_default();
             match &e.payload {
                 EventPayload::AccountOpened { .. } => t.openings.push(e),
-                EventPayload::TransferPosted { .. } | EventPayload::TransactionPosted { .. } => {
+                EventPayload::TransferPosted { .. }
+                | EventPayload::TransactionPosted { .. }
+                | EventPayload::TransferPending { .. }
+                | EventPayload::PendingSettled { .. } => {
                     t.transfers += e.entries_for(account);
                     let currency = e.currency_for(account).expect("a posting event posts to its accounts");
                     *t.money.entry(currency).or_insert(0) += i128::from(e.posting_for(account).unwrap_or(0));

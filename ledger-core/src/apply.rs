@@ -146,6 +146,8 @@ pub struct SettlementRecord {
     pub vector: VersionVector,
     /// The amount posted; `None` for a void.
     pub posted: Option<i64>,
+    /// The posted transfer's id; `None` for a void.
+    pub transfer_id: Option<uuid::Uuid>,
     /// A void made by the expiry.
     pub expired: bool,
 }
@@ -451,15 +453,18 @@ impl ApplyState {
             }
             EventPayload::PendingSettled { pending_id, from, to, settlement, .. } => {
                 let p = self.pendings.get_mut(pending_id).expect("checked above");
-                let (posted, expired) = match settlement {
-                    crate::event::Settlement::Post { amount, .. } => (Some(amount.minor_units()), false),
-                    crate::event::Settlement::Void { expired } => (None, *expired),
+                let (posted, transfer_id, expired) = match settlement {
+                    crate::event::Settlement::Post { amount, transfer_id } => {
+                        (Some(amount.minor_units()), Some(*transfer_id), false)
+                    }
+                    crate::event::Settlement::Void { expired } => (None, None, *expired),
                 };
                 p.settlements.push(SettlementRecord {
                     event_id: event.event_id,
                     origin: event.origin_region.clone(),
                     vector: event.vectors[from].clone(),
                     posted,
+                    transfer_id,
                     expired,
                 });
                 p.settlements.sort_by_key(|s| s.event_id);

@@ -19,7 +19,7 @@ pub mod vv;
 
 pub use account::{AccountSpec, AccountState};
 pub use currency::Currency;
-pub use event::{EventPayload, LEGS_MAX, LedgerEvent, Leg};
+pub use event::{EventPayload, LEGS_MAX, LedgerEvent, Leg, Settlement};
 pub use ids::{AccountId, IdError, RegionId};
 pub use money::{AMOUNT_MAX, Amount, BALANCE_MAX, MoneyError};
 pub use posting::{LegPosting, PostingError, post_transaction, post_transfer, reserve, settle};

@@ -78,7 +78,8 @@ pub fn filter(query: &HashMap<String, String>, page_default: i64) -> Result<Case
         .transpose()?;
     let kind = get("kind");
     if let Some(k) = &kind
-        && !["overdraft", "duplicate-intent", "account-definition", "concurrent-benign"].contains(&k.as_str())
+        && !["overdraft", "duplicate-intent", "account-definition", "concurrent-benign", "pending-settlement"]
+            .contains(&k.as_str())
     {
         return Err(Problem::invalid(format!("unknown kind {k:?}")));
     }

@@ -14,7 +14,7 @@ const RESOLUTION_BUCKETS_S: [f64; 8] = [60.0, 300.0, 900.0, 3600.0, 14_400.0, 86
 async fn figures(state: &AppState) -> Result<String, sqlx::Error> {
     let mut out = String::new();
     let open = sqlx::query(
-        "SELECT k.kind, count(c.id) AS n FROM unnest(ARRAY['overdraft','duplicate-intent','account-definition','concurrent-benign']) AS k(kind)
+        "SELECT k.kind, count(c.id) AS n FROM unnest(ARRAY['overdraft','duplicate-intent','account-definition','concurrent-benign','pending-settlement']) AS k(kind)
          LEFT JOIN cases c ON c.kind = k.kind AND c.state IN ('open', 'proposed', 'approved', 'executing')
          GROUP BY k.kind ORDER BY k.kind",
     )

@@ -40,7 +40,8 @@ pub struct Detected {
     pub status: Option<String>,
 }
 
-const KINDS: [&str; 4] = ["overdraft", "duplicate-intent", "account-definition", "concurrent-benign"];
+const KINDS: [&str; 5] =
+    ["overdraft", "duplicate-intent", "account-definition", "concurrent-benign", "pending-settlement"];
 
 impl Detected {
     /// Reads a report: the fields every source has; `None` when it is not a conflict record.

@@ -286,7 +286,7 @@ async fn queue(
                 label { "Kind "
                     select name="kind" {
                         option value="" { "any" }
-                        @for k in ["overdraft", "duplicate-intent", "account-definition", "concurrent-benign"] {
+                        @for k in ["overdraft", "duplicate-intent", "account-definition", "concurrent-benign", "pending-settlement"] {
                             option value=(k) selected[selected(query.get("kind"), k)] { (k) }
                         }
                     }

@@ -96,6 +96,9 @@ pub struct NodeConfig {
     /// How long a request carrying a session token may wait for this region to apply what the
     /// token names before it is answered 503 `session-not-caught-up` (never a stale answer).
     pub session_wait_ms_max: u64,
+    /// How often this region looks for the pending transfers it created whose deadline passed, to
+    /// void them (0: never; another node of the region may do it).
+    pub pending_expiry_scan_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -147,6 +150,8 @@ impl Default for NodeConfig {
             // Replication lag p99 is 1–2 s at 500 transfers/s (README); waiting a little longer
             // than that serves nearly every failed-over client instead of refusing it.
             session_wait_ms_max: 3_000,
+            // A deadline is honoured to about a second: posts after it are refused at once anyway.
+            pending_expiry_scan_ms: 1_000,
         }
     }
 }

@@ -301,13 +301,20 @@ fn decode(record: &Record) -> Option<RecordChange> {
         return None;
     }
     let account = AccountId::new(record.account.clone()).ok()?;
+    // A reservation or a void moves no balance: nothing for the views. A post moves it as its transfer.
+    let posted_id = match &event.payload {
+        EventPayload::PendingSettled { .. } => Some(event.legs().first()?.transfer_id),
+        _ => None,
+    };
     let change = match &event.payload {
         EventPayload::AccountOpened { account: spec } => ViewChange::Opened { currency: spec.currency.to_string() },
-        EventPayload::TransferPosted { transfer_id: id, .. }
+        EventPayload::TransferPending { .. } => return None,
+        EventPayload::PendingSettled { pending_id: id, .. }
+        | EventPayload::TransferPosted { transfer_id: id, .. }
         | EventPayload::TransactionPosted { transaction_id: id, .. } => ViewChange::Posted {
             currency: event.currency_for(&account)?.to_string(),
             amount: event.posting_for(&account)?,
-            transfer_id: *id,
+            transfer_id: posted_id.unwrap_or(*id),
             occurred_at: chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .unwrap_or_else(|_| chrono::Utc::now()),

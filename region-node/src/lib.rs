@@ -11,6 +11,7 @@ pub mod anti_entropy;
 pub mod api;
 pub mod config;
 pub mod consumer;
+pub mod expiry;
 pub mod idempotency;
 pub mod outbox;
 pub use api::problem;
@@ -178,6 +179,18 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
     tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
     tasks.extend(consumer.iter().map(JoinHandle::abort_handle));
 
+    // Not supervised: it holds a Writer, which must be dropped at shutdown before the committer
+    // can stop, so it ends with `shutdown` and handles its own errors.
+    if cfg.pending_expiry_scan_ms > 0 {
+        let expiry = tokio::spawn(expiry::run(
+            pool.clone(),
+            writer.clone(),
+            region.clone(),
+            Duration::from_millis(cfg.pending_expiry_scan_ms),
+            shutdown.clone(),
+        ));
+        tasks.push(expiry.abort_handle());
+    }
     let session_key = if cfg.session_secret.is_empty() {
         tracing::warn!(
             "no session_secret: Ledger-Session tokens are signed with a key of this process and hold only here"

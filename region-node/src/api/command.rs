@@ -44,5 +44,7 @@ fn posting_problem(e: PostingError) -> Problem {
         PostingError::UnknownAccount => Problem::account_not_found("?"),
         PostingError::Frozen(id) => Problem::account_frozen(id.as_str()),
         PostingError::LegCount(_) => Problem::invalid_field(e.to_string()),
+        PostingError::NotPending(_) => Problem::transfer_not_pending(e.to_string()),
+        PostingError::PostExceedsReserved { .. } => Problem::post_exceeds_pending(e.to_string()),
     }
 }

@@ -71,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views/accounts/{id}", get(accounts::view))
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
+        .route("/v1/transfers/{id}/post", post(transfers::post_pending))
+        .route("/v1/transfers/{id}/void", post(transfers::void_pending))
         .route("/v1/transactions", post(transactions::create))
         .route("/v1/transactions/{id}", get(transactions::get))
         .route("/v1/conflicts", get(conflicts::list))

@@ -49,6 +49,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         accounts::view,
         transfers::create,
         transfers::get,
+        transfers::post_pending,
+        transfers::void_pending,
         transactions::create,
         transactions::get,
         conflicts::list,
@@ -60,7 +62,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         serve,
     ),
     components(
-        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer, Transaction, TransactionLeg, ConflictsPage, Conflict, Resolved,
+        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer, PendingTransfer, TransferOrPending, Transaction, TransactionLeg, ConflictsPage, Conflict, Resolved,
             ReplicationPage, ReplicationEvent, Readiness, NotReady, TaskState),
         responses(Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unavailable, Internal),
     ),
@@ -290,6 +292,60 @@ pub enum AccountOrAccountAt {
     Account(Account),
     /// With `at`.
     AccountAt(AccountAt),
+}
+
+/// A pending (two-phase) transfer with its status.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingTransfer {
+    /// The pending transfer's id.
+    pub id: uuid::Uuid,
+    /// The account it debits when posted.
+    pub from: String,
+    /// The account it credits when posted.
+    pub to: String,
+    /// Minor units reserved.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The client's metadata, as given.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// The region that accepted it (and voids it at `expires_at`).
+    pub origin_region: String,
+    /// The client's idempotency key, if it sent one.
+    #[schema(required = true)]
+    pub idempotency_key: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Always true: tells a pending transfer from a transfer.
+    pub pending: bool,
+    /// `pending`, `posted`, `voided` or `expired`.
+    #[schema(pattern = "^(pending|posted|voided|expired)$")]
+    pub status: String,
+    /// Minor units posted (0 unless posted).
+    pub posted_amount: i64,
+    /// RFC 3339 deadline, if any.
+    #[schema(format = DateTime, required = true)]
+    pub expires_at: Option<String>,
+    /// RFC 3339: when this region first saw it settled.
+    #[schema(format = DateTime, required = true)]
+    pub settled_at: Option<String>,
+    /// The transfers its posts made (more than one only after a race between regions).
+    pub posted_transfer_ids: Vec<uuid::Uuid>,
+    /// Both accounts' version vectors after its last event.
+    pub version_vectors: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// `POST /v1/transfers` and `GET /v1/transfers/{id}`: a transfer, or a pending one.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TransferOrPending {
+    /// A transfer (or a transaction's leg, or a post).
+    Transfer(Transfer),
+    /// A pending transfer.
+    PendingTransfer(PendingTransfer),
 }
 
 /// A transaction as `POST /v1/transactions` and `GET /v1/transactions/{id}` answer it.

@@ -11,7 +11,7 @@ pub const TYPE_BASE: &str = "https://ledger.dev/problems/";
 /// Every problem type's slug, in the order of the constructors below: the OpenAPI description's
 /// `Problem.type` enumerates these (a test checks each constructor's slug is here and each slug has
 /// a constructor, so a new problem type cannot stay undocumented).
-pub const TYPES: [&str; 32] = [
+pub const TYPES: [&str; 34] = [
     "invalid-json",
     "unknown-field",
     "missing-field",
@@ -26,6 +26,8 @@ pub const TYPES: [&str; 32] = [
     "account-not-found",
     "transfer-not-found",
     "transaction-not-found",
+    "transfer-not-pending",
+    "post-exceeds-pending",
     "currency-mismatch",
     "insufficient-funds",
     "balance-overflow",
@@ -140,6 +142,14 @@ impl Problem {
     /// A transfer that does not exist.
     pub fn transfer_not_found(id: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "transfer-not-found", "Transfer not found", format!("no transfer {id:?}"))
+    }
+    /// A post or void of a transfer that is not pending (here): settled, expired, or not two-phase.
+    pub fn transfer_not_pending(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "transfer-not-pending", "Transfer is not pending", detail)
+    }
+    /// A post of more than the pending transfer reserved.
+    pub fn post_exceeds_pending(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "post-exceeds-pending", "Post exceeds the pending amount", detail)
     }
     /// A transaction that does not exist (here, yet).
     pub fn transaction_not_found(id: &str) -> Self {

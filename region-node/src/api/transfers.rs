@@ -46,7 +46,37 @@ pub(super) struct TransferBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     metadata: serde_json::Map<String, Value>,
+    /// Two-phase: reserve the amount now (the source's `available` drops, its `balance` does not)
+    /// and post or void it later (`/v1/transfers/{id}/post`, `/void`).
+    #[serde(default)]
+    pending: bool,
+    /// With `pending`: seconds, 1 to 2,592,000 (30 days), after which the region that created it
+    /// voids it if nobody settled it; none by default.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2_592_000)]
+    timeout_s: Option<i64>,
 }
+
+/// The longest a pending transfer may wait for its settlement: 30 days, a card authorisation's
+/// usual horizon.
+pub(super) const TIMEOUT_S_MAX: i64 = 30 * 24 * 3_600;
+
+/// `POST /v1/transfers/{id}/post`: how much of the reserve to post.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PostPendingRequest)]
+pub(super) struct PostBody {
+    /// Minor units, at most what was reserved (`post-exceeds-pending` otherwise); all of it when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 1800)]
+    amount: Option<Value>,
+}
+
+/// `POST /v1/transfers/{id}/void`: nothing to say (`{}`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = VoidPendingRequest)]
+pub(super) struct VoidBody {}
 
 pub(super) fn parse_amount(amount: &Value) -> Result<Amount, Problem> {
     let Value::Number(n) = amount else {
@@ -110,8 +140,8 @@ fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Cu
     ),
     request_body(content = TransferBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "Committed (or the replay of the transfer made with this key)",
-            body = super::openapi::Transfer,
+        (status = 201, description = "Committed (or the replay of the transfer made with this key); a \
+            `PendingTransfer` with `pending`", body = super::openapi::TransferOrPending,
             headers(
                 ("Location" = String, description = "`/v1/transfers/{id}`"),
                 ("idempotent-replayed" = Option<String>, description = "`true` when answered from the key's record"),
@@ -120,7 +150,8 @@ fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Cu
                 description = "The transfer just made")))),
         (status = 400, description = "`invalid-json`, `unknown-field`, `missing-field`, `invalid-field`, \
             `invalid-account-id`, `invalid-currency`, `invalid-amount`, `amount-out-of-range`, \
-            `invalid-idempotency-key`", body = Problem, content_type = "application/problem+json"),
+            `invalid-idempotency-key`; `invalid-field` also for `timeout_s` out of range or without `pending`",
+            body = Problem, content_type = "application/problem+json"),
         (status = 401, response = super::openapi::Unauthorized),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, description = "`account-not-found`", body = Problem, content_type = "application/problem+json"),
@@ -141,8 +172,31 @@ pub(super) async fn create(
     body: JsonBody<TransferBody>,
 ) -> Response {
     let key = parse_idempotency_key(&headers).map(|key| key.map(|key| idempotency::scoped(&caller.key_hash, &key)));
+    let expires_at = match (body.value.pending, body.value.timeout_s) {
+        (_, Some(t)) if !(1..=TIMEOUT_S_MAX).contains(&t) => {
+            return Problem::invalid_field(format!("timeout_s must be 1 to {TIMEOUT_S_MAX} seconds")).into_response();
+        }
+        (false, Some(_)) => {
+            return Problem::invalid_field("timeout_s is for pending transfers (\"pending\": true)").into_response();
+        }
+        (_, t) => t.map(|t| chrono::Utc::now() + chrono::Duration::seconds(t)),
+    };
     let command = match key.and_then(|key| Ok((key, parse(&body.value)?))) {
-        Ok((idempotency_key, (from, to, amount, currency))) => Transfer {
+        Ok((idempotency_key, (from, to, amount, currency))) if body.value.pending => {
+            Command::Pending(crate::write::PendingTransfer {
+                transfer_id: uuid::Uuid::now_v7(),
+                from,
+                to,
+                amount,
+                currency,
+                metadata: body.value.metadata.clone(),
+                idempotency_key,
+                request_hash: canonical_hash(&body.raw),
+                traceparent: crate::telemetry::traceparent_of(&tracing::Span::current()),
+                expires_at,
+            })
+        }
+        Ok((idempotency_key, (from, to, amount, currency))) => Command::Transfer(Transfer {
             transfer_id: uuid::Uuid::now_v7(),
             from,
             to,
@@ -152,12 +206,18 @@ pub(super) async fn create(
             idempotency_key,
             request_hash: canonical_hash(&body.raw),
             traceparent: crate::telemetry::traceparent_of(&tracing::Span::current()),
-        },
+        }),
         Err(p) => return p.into_response(),
     };
+    submit(&state, command).await
+}
+
+/// Hands a command to the committer and answers `201` with the body it returns (`Location` at the
+/// transfer), marked when it is a replay.
+async fn submit(state: &State<AppState>, command: Command) -> Response {
     let writer = state.writer.clone();
-    with_timeout(&state, async move {
-        match writer.submit(Command::Transfer(command)).await? {
+    with_timeout(state, async move {
+        match writer.submit(command).await? {
             Outcome::Transferred { body, replayed } => {
                 let location = format!("/v1/transfers/{}", body["id"].as_str().unwrap_or_default());
                 let mut response = (StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response();
@@ -172,6 +232,148 @@ pub(super) async fn create(
     .await
 }
 
+/// Settles a pending transfer: posts it (all or part) or voids it.
+async fn settle(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    id: &str,
+    raw: &Value,
+    action: crate::write::SettleAction,
+) -> Response {
+    let Ok(id) = uuid::Uuid::parse_str(id) else {
+        return Problem::invalid_field("a transfer id is a UUID").into_response();
+    };
+    let key = match parse_idempotency_key(&headers) {
+        Ok(key) => key.map(|key| idempotency::scoped(&caller.key_hash, &key)),
+        Err(p) => return p.into_response(),
+    };
+    // A pending transfer's accounts never change: read here, locked by the committer, which then
+    // reads the pending transfer itself.
+    let row = match crate::storage::pending::get(&state.pool, id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return match sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM transfers WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&state.pool)
+                .await
+            {
+                Ok(true) => Problem::transfer_not_pending(format!("transfer {id} is not two-phase")).into_response(),
+                Ok(false) => Problem::transfer_not_found(&id.to_string()).into_response(),
+                Err(e) => read_problem(e).into_response(),
+            };
+        }
+        Err(e) => return read_problem(e).into_response(),
+    };
+    let verb = match action {
+        crate::write::SettleAction::Post(_) => "post",
+        _ => "void",
+    };
+    let command = Command::Settle(crate::write::Settle {
+        pending_id: id,
+        from: row.record.from,
+        to: row.record.to,
+        action,
+        idempotency_key: key,
+        // The same body settling another transfer is another request.
+        request_hash: canonical_hash(&serde_json::json!({ verb: id, "body": raw })),
+        traceparent: crate::telemetry::traceparent_of(&tracing::Span::current()),
+    });
+    submit(&state, command).await
+}
+
+/// Posts a pending transfer: all of the reserve, or `amount` of it; the rest is released.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{id}/post",
+    tag = "transfers",
+    operation_id = "postPendingTransfer",
+    security(("bearer" = ["write"])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The pending transfer's id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "As for `POST /v1/transfers`: a retry answers the original settlement"),
+    ),
+    request_body(content = PostBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Posted: the pending transfer, `status: posted`", body = super::openapi::PendingTransfer,
+            headers(
+                ("Location" = String, description = "`/v1/transfers/{id}`"),
+                ("idempotent-replayed" = Option<String>, description = "`true` when answered from the key's record"),
+            )),
+        (status = 400, description = "`invalid-json`, `unknown-field`, `invalid-field` (the id is not a UUID), \
+            `invalid-amount`, `amount-out-of-range`, `invalid-idempotency-key`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`transfer-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`transfer-not-pending` (posted, voided, expired, or not two-phase), \
+            `insufficient-funds`, `account-frozen`, `idempotency-key-reused`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, description = "`post-exceeds-pending`, `balance-overflow`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn post_pending(
+    state: State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    body: JsonBody<PostBody>,
+) -> Response {
+    let amount = match body.value.amount.as_ref().map(parse_amount).transpose() {
+        Ok(amount) => amount,
+        Err(p) => return p.into_response(),
+    };
+    settle(state, caller, headers, &id, &body.raw, crate::write::SettleAction::Post(amount)).await
+}
+
+/// Voids a pending transfer: the reserve is released, nothing moves.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{id}/void",
+    tag = "transfers",
+    operation_id = "voidPendingTransfer",
+    security(("bearer" = ["write"])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The pending transfer's id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "As for `POST /v1/transfers`: a retry answers the original settlement"),
+    ),
+    request_body(content = VoidBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Voided: the pending transfer, `status: voided`", body = super::openapi::PendingTransfer,
+            headers(
+                ("Location" = String, description = "`/v1/transfers/{id}`"),
+                ("idempotent-replayed" = Option<String>, description = "`true` when answered from the key's record"),
+            )),
+        (status = 400, description = "`invalid-json`, `unknown-field`, `invalid-field` (the id is not a UUID), \
+            `invalid-idempotency-key`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`transfer-not-found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`transfer-not-pending` (posted, voided, expired, or not two-phase), \
+            `idempotency-key-reused`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 500, response = super::openapi::Internal),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn void_pending(
+    state: State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    body: JsonBody<VoidBody>,
+) -> Response {
+    settle(state, caller, headers, &id, &body.raw, crate::write::SettleAction::Void).await
+}
+
 /// One transfer, as `POST /v1/transfers` answered it.
 #[utoipa::path(
     get,
@@ -181,7 +383,8 @@ pub(super) async fn create(
     security(("bearer" = ["read"])),
     params(("id" = String, Path, format = Uuid, description = "The transfer id")),
     responses(
-        (status = 200, description = "The transfer", body = super::openapi::Transfer),
+        (status = 200, description = "The transfer, or the pending transfer with its status",
+            body = super::openapi::TransferOrPending),
         (status = 400, description = "`invalid-field`: the id is not a UUID", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, response = super::openapi::Unauthorized),
@@ -204,7 +407,14 @@ pub(super) async fn get(State(state): State<AppState>, PathId(id): PathId) -> Re
     .await;
     let row = match row {
         Ok(Some(row)) => row,
-        Ok(None) => return Problem::transfer_not_found(&id.to_string()).into_response(),
+        Ok(None) => {
+            // A pending transfer (two-phase) is shown with its status.
+            return match crate::storage::pending::get(&state.pool, id).await {
+                Ok(Some(pending)) => Json(pending.to_json(id)).into_response(),
+                Ok(None) => Problem::transfer_not_found(&id.to_string()).into_response(),
+                Err(e) => read_problem(e).into_response(),
+            };
+        }
         Err(e) => return read_problem(e).into_response(),
     };
     let decoded = (|| -> Result<Value, Box<dyn std::error::Error>> {

@@ -156,6 +156,10 @@ pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Comm
         .bind(&w.tr_transaction)
         .bind(&w.tr_leg)
         .bind(&w.ae_entry_seq)
+        .bind(read.iter().map(|(_, a)| a.state.pending_debits).collect::<Vec<_>>())
+        .bind(read.iter().map(|(_, a)| a.state.pending_credits).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.state.pending_debits).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.state.pending_credits).collect::<Vec<_>>())
         .execute(executor)
         .await?;
     Ok(())
@@ -170,14 +174,16 @@ const READ_SQL: &str = concat!(
     " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE)
 SELECT *, NULL::text AS key, NULL::text AS request_hash, NULL::jsonb AS response_body FROM locked
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, key, request_hash, response_body
 FROM idempotency_keys WHERE key = ANY($2)"
 );
 
 /// Every write of a batch. `$1` now, `$2` this region, `$3` the outbox channel; then one array per
 /// column; `$48`–`$51` and `$52`–`$54` the accounts read as planned against, and whether the batch
 /// changed each; `$55`–`$56` each transfer's transaction and leg (null for a plain transfer); `$57`
-/// each per-account event's entry count after it (migration 0016). The definition and the frozen flag are compared too: resolving an
+/// each per-account event's entry count after it (migration 0016); `$58`–`$61` the pending amounts
+/// of the accounts read and opened (their vector, checked, moves whenever those do). The definition
+/// and the frozen flag are compared too: resolving an
 /// account-definition conflict (`storage/resolve.rs`) changes them, and may leave balance, entry
 /// count and vector as they were, so a batch planned against a remembered frozen flag or currency
 /// would otherwise commit a stale refusal, or a transfer in the wrong currency.
@@ -189,10 +195,11 @@ FROM idempotency_keys WHERE key = ANY($2)"
 /// account update checks that it still is the last.
 const WRITE_SQL: &str = "
 WITH new_accounts AS (
-    INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at)
-    SELECT id, currency, allow_negative, balance, metadata, vv, seq, $1, $1
-    FROM UNNEST($4::text[], $5::text[], $6::bool[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::int8[])
-      AS u(id, currency, allow_negative, balance, metadata, vv, seq)
+    INSERT INTO accounts (id, currency, allow_negative, balance, metadata, version_vector, entry_seq, pending_debits,
+                          pending_credits, created_at, updated_at)
+    SELECT id, currency, allow_negative, balance, metadata, vv, seq, pd, pc, $1, $1
+    FROM UNNEST($4::text[], $5::text[], $6::bool[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::int8[], $60::int8[], $61::int8[])
+      AS u(id, currency, allow_negative, balance, metadata, vv, seq, pd, pc)
 ), events AS (
     INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at, traceparent)
     SELECT id, agg, typ, payload, vv, $2, $1, tp
@@ -218,10 +225,11 @@ WITH new_accounts AS (
     -- The uncorrelated subquery is a one-time filter, run before the first row is updated: every
     -- row is locked in id order first. (Joining `locked` instead rescanned it for each row.)
     UPDATE accounts a SET balance = u.balance, version_vector = u.vv, entry_seq = u.seq,
+                          pending_debits = u.pd, pending_credits = u.pc,
                           updated_at = CASE WHEN u.changed THEN $1 ELSE a.updated_at END
     FROM UNNEST($35::text[], $36::int8[], $37::jsonb[], $38::int8[], $48::int8[], $49::jsonb[], $50::int8[], $51::bool[],
-                $52::text[], $53::bool[], $54::bool[])
-      AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed, old_currency, old_allow_negative, old_frozen)
+                $52::text[], $53::bool[], $54::bool[], $58::int8[], $59::int8[])
+      AS u(id, balance, vv, seq, old_balance, old_vv, old_seq, changed, old_currency, old_allow_negative, old_frozen, pd, pc)
     WHERE (SELECT count(*) FROM locked) >= 0 AND a.id = u.id AND a.balance = u.old_balance AND a.entry_seq = u.old_seq AND a.version_vector = u.old_vv
       AND a.currency = u.old_currency AND a.allow_negative = u.old_allow_negative AND a.frozen = u.old_frozen
     RETURNING 1

@@ -6,6 +6,7 @@
 //! - [`accounts`]: the account row, its columns, and the unlocked read the committer plans against.
 //! - [`batch`]: the committer's locked read and its one write statement.
 //! - [`remote_load`], [`remote_store`]: remote apply's one read and one write per round.
+//! - [`pending`]: pending transfers (two-phase) and their settlements.
 //! - [`resolve`]: a conflict resolved in this region (and an account-definition's account redefined).
 //! - [`error`]: the one classification of database errors, [`StorageError`].
 
@@ -13,13 +14,14 @@
 macro_rules! account_columns {
     () => {
         "id, currency, allow_negative, balance, metadata, version_vector, entry_seq, created_at, updated_at, frozen, \
-         foreign_balances"
+         foreign_balances, pending_debits, pending_credits"
     };
 }
 
 pub mod accounts;
 pub(crate) mod batch;
 pub mod error;
+pub mod pending;
 pub(crate) mod remote_load;
 pub(crate) mod remote_store;
 pub mod resolve;

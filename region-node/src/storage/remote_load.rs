@@ -19,6 +19,8 @@ pub(crate) struct Loaded {
     pub episodes: BTreeMap<uuid::Uuid, Episode>,
     /// The episode of each event of the window on each account, as read.
     pub labels: HashMap<(AccountId, uuid::Uuid), Option<uuid::Uuid>>,
+    /// The pending transfers the events reserve or settle that exist here, as read.
+    pub pendings: BTreeMap<uuid::Uuid, super::pending::PendingRow>,
 }
 
 /// One event a conflict names, as stored in `conflicts.events`.
@@ -203,6 +205,17 @@ pub(crate) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loa
         .flat_map(|(account, events)| events.iter().map(move |h| ((account.clone(), h.event_id), h.episode)))
         .collect();
 
+    // Pending transfers the round reserves (one already here is reserved twice) or settles.
+    let pending_ids: Vec<uuid::Uuid> = events
+        .iter()
+        .filter_map(|h| match &h.event.payload {
+            EventPayload::TransferPending { transfer_id: id, .. }
+            | EventPayload::PendingSettled { pending_id: id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let pendings = super::pending::load(&mut *conn, &pending_ids).await?;
+
     let state = ApplyState {
         accounts: before.iter().map(|(id, row)| (id.clone(), row.state.clone())).collect(),
         window,
@@ -210,8 +223,9 @@ pub(crate) async fn load(conn: &mut PgConnection, events: &[Held]) -> Result<Loa
         applied: applied.into_iter().collect(),
         episodes: episodes.clone(),
         superseded: BTreeMap::new(),
+        pendings: pendings.iter().map(|(id, row)| (*id, row.record.clone())).collect(),
     };
-    Ok(Loaded { state, before, episodes, labels })
+    Ok(Loaded { state, before, episodes, labels, pendings })
 }
 
 fn decode(e: impl std::fmt::Display) -> sqlx::Error {

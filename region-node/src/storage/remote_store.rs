@@ -37,6 +37,7 @@ pub(crate) async fn store(
     write_events(tx, &applied, state, now).await?;
     write_accounts(tx, &applied, state, before, now).await?;
     write_transfers(tx, &applied, now).await?;
+    write_pendings(tx, &applied, state, loaded, now).await?;
     write_views(tx, &applied, state, now).await?;
     write_conflicts(tx, region, &applied, state, loaded).await?;
     write_held(tx, events, fates).await?;
@@ -142,6 +143,8 @@ async fn write_accounts(
         overdrawn: Vec<bool>,
         frozen: Vec<bool>,
         foreign: Vec<Value>,
+        pending_debits: Vec<i64>,
+        pending_credits: Vec<i64>,
     }
     let (mut old, mut new) = (Columns::default(), Columns::default());
     for id in touched {
@@ -156,19 +159,23 @@ async fn write_accounts(
         c.vector.push(json!(a.version));
         // Postings commute, so a remote debit applies even below zero: that is an overdraft
         // conflict for finance, and the flag keeps the no-overdraft CHECK satisfied.
-        c.overdrawn.push(a.balance < 0 && !a.spec.allow_negative);
+        // conflict for finance, and the flag keeps the no-overdraft CHECK satisfied. So does
+        // spending money a pending transfer reserved elsewhere at the same time.
+        c.overdrawn.push(a.available() < 0 && !a.spec.allow_negative);
         c.frozen.push(a.frozen);
         c.foreign.push(json!(a.foreign));
+        c.pending_debits.push(a.pending_debits);
+        c.pending_credits.push(a.pending_credits);
     }
     if !old.id.is_empty() {
         sqlx::query(
             "UPDATE accounts a SET currency = u.currency, allow_negative = u.allow_negative, metadata = u.metadata,
                  balance = u.balance, entry_seq = u.seq, version_vector = u.vv, updated_at = $9,
                  replicated_overdraft = a.replicated_overdraft OR u.overdrawn, frozen = u.frozen,
-                 foreign_balances = u.foreign_balances
+                 foreign_balances = u.foreign_balances, pending_debits = u.pd, pending_credits = u.pc
              FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[], $8::bool[],
-                         $10::bool[], $11::jsonb[])
-               AS u(id, currency, allow_negative, metadata, balance, seq, vv, overdrawn, frozen, foreign_balances)
+                         $10::bool[], $11::jsonb[], $12::int8[], $13::int8[])
+               AS u(id, currency, allow_negative, metadata, balance, seq, vv, overdrawn, frozen, foreign_balances, pd, pc)
              WHERE a.id = ANY($1) AND a.id = u.id",
         )
         .bind(&old.id)
@@ -182,15 +189,18 @@ async fn write_accounts(
         .bind(now)
         .bind(&old.frozen)
         .bind(&old.foreign)
+        .bind(&old.pending_debits)
+        .bind(&old.pending_credits)
         .execute(&mut *tx)
         .await?;
     }
     if !new.id.is_empty() {
         let inserted = sqlx::query(
             "INSERT INTO accounts (id, currency, allow_negative, metadata, balance, entry_seq, version_vector,
-                                   replicated_overdraft, frozen, foreign_balances, created_at, updated_at)
+                                   replicated_overdraft, frozen, foreign_balances, pending_debits, pending_credits,
+                                   created_at, updated_at)
              SELECT *, $9, $9 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::int8[], $6::int8[], $7::jsonb[],
-                                          $8::bool[], $10::bool[], $11::jsonb[])
+                                          $8::bool[], $10::bool[], $11::jsonb[], $12::int8[], $13::int8[])
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&new.id)
@@ -204,6 +214,8 @@ async fn write_accounts(
         .bind(now)
         .bind(&new.frozen)
         .bind(&new.foreign)
+        .bind(&new.pending_debits)
+        .bind(&new.pending_credits)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -232,8 +244,11 @@ async fn write_transfers(
     let mut keys = (Vec::new(), Vec::new(), Vec::new());
     for (held, a) in applied {
         let e = &held.event;
+        let no_metadata = serde_json::Map::new();
         let (metadata, request_hash, transaction) = match &e.payload {
-            EventPayload::AccountOpened { .. } => continue,
+            // Reservations write no transfer; their keys are recorded with the pending transfer.
+            EventPayload::AccountOpened { .. } | EventPayload::TransferPending { .. } => continue,
+            EventPayload::PendingSettled { request_hash, .. } => (&no_metadata, request_hash, None),
             EventPayload::TransferPosted { metadata, request_hash, .. } => (metadata, request_hash, None),
             EventPayload::TransactionPosted { transaction_id, metadata, request_hash, .. } => {
                 (metadata, request_hash, Some(*transaction_id))
@@ -263,7 +278,8 @@ async fn write_transfers(
                 en.4.push(p.balance_after);
             }
         }
-        if let (Some(key), true) = (idempotency_key, a.first_use_of_key) {
+        let settles = matches!(e.payload, EventPayload::PendingSettled { .. });
+        if let (Some(key), true, false) = (idempotency_key, a.first_use_of_key, settles) {
             // A retry of this key here is answered as a replay of the posting made elsewhere.
             let body = match transaction_json(e, &now) {
                 Some(body) => body,
@@ -346,6 +362,72 @@ async fn write_transfers(
     Ok(())
 }
 
+/// Pending transfers reserved or settled in the round, as the round leaves them, with the
+/// idempotency records of keys first used here by them (a retry here replays the answer).
+async fn write_pendings(
+    tx: &mut PgConnection,
+    applied: &[(&Held, &ledger_core::apply::Applied)],
+    state: &ApplyState,
+    loaded: &Loaded,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut rows: BTreeMap<uuid::Uuid, super::pending::PendingRow> = BTreeMap::new();
+    let mut keys = (Vec::new(), Vec::new(), Vec::new());
+    for (held, a) in applied {
+        let e = &held.event;
+        let (id, request_hash) = match &e.payload {
+            EventPayload::TransferPending { transfer_id, metadata, idempotency_key, request_hash, .. } => {
+                let record = state.pendings[transfer_id].clone();
+                let row = super::pending::PendingRow {
+                    record,
+                    metadata: metadata.clone(),
+                    idempotency_key: idempotency_key.clone(),
+                    vectors: BTreeMap::new(),
+                    created_at: now,
+                    settled_at: None,
+                };
+                rows.insert(*transfer_id, row);
+                (*transfer_id, request_hash)
+            }
+            EventPayload::PendingSettled { pending_id, request_hash, .. } => {
+                let Some(row) = rows.get(pending_id).or_else(|| loaded.pendings.get(pending_id)) else {
+                    // Applied, so its pending transfer was known: in the round or here before it.
+                    return Err(sqlx::Error::Protocol(format!("pending transfer {pending_id} vanished")));
+                };
+                let mut row = row.clone();
+                row.settled_at = row.settled_at.or(Some(now));
+                rows.insert(*pending_id, row);
+                (*pending_id, request_hash)
+            }
+            _ => continue,
+        };
+        let row = rows.get_mut(&id).expect("inserted above");
+        row.vectors = e.vectors.clone();
+        // Each row as the whole round leaves it (a later event of the round may settle it).
+        row.record = state.pendings[&id].clone();
+        if let (Some(key), true) = (e.idempotency_key(), a.first_use_of_key) {
+            keys.0.push(key.clone());
+            keys.1.push(request_hash.clone().unwrap_or_default());
+            keys.2.push(row.to_json(id));
+        }
+    }
+    super::pending::write(&mut *tx, &rows, now).await?;
+    if !keys.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
+             SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&keys.0)
+        .bind(&keys.1)
+        .bind(&keys.2)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The read models follow in the same transaction: remote events never pass through this region's
 /// own topic.
 async fn write_views(
@@ -361,6 +443,18 @@ async fn write_views(
             let currency = state.accounts[&p.account].spec.currency.to_string();
             let change = match &e.payload {
                 EventPayload::AccountOpened { .. } => ViewChange::Opened { currency },
+                // A reservation or a void moves no balance; a post moves it as a transfer.
+                EventPayload::TransferPending { .. } => continue,
+                EventPayload::PendingSettled { .. } => match e.legs().first() {
+                    Some(leg) => ViewChange::Posted {
+                        currency,
+                        amount: p.amount,
+                        transfer_id: leg.transfer_id,
+                        occurred_at: now,
+                        entries: e.entries_for(&p.account),
+                    },
+                    None => continue,
+                },
                 EventPayload::TransferPosted { transfer_id: id, .. }
                 | EventPayload::TransactionPosted { transaction_id: id, .. } => ViewChange::Posted {
                     currency,

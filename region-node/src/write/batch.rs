@@ -3,8 +3,10 @@
 
 use super::{Command, CommandError, OpenAccount, Outcome, Transfer};
 use crate::storage::batch::{Commit, Writes};
+use crate::storage::pending::PendingRow;
 use crate::storage::{AccountRow, StorageError, rfc3339, transaction_json, transfer_json};
 use chrono::{DateTime, Utc};
+use ledger_core::apply::{PendingRecord, SettlementRecord};
 use ledger_core::{AccountId, AccountState, EventPayload, LedgerEvent, RegionId};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -38,6 +40,9 @@ pub(super) async fn run_with_retry(
 pub(super) async fn run_planned(conn: &mut PgConnection, batch: &Batch) -> Result<(), StorageError> {
     // An implicit transaction: it commits at the Sync that follows the statement, and the statement
     // counts as done only once PostgreSQL is ready for the next one, that is, after the commit.
+    // Two-phase commands never come this way (`plan` refuses them): they need the pending rows
+    // read under the account locks, and written.
+    debug_assert!(batch.pending_writes.is_empty());
     crate::storage::batch::flush(&mut *conn, &batch.commit()).await
 }
 
@@ -55,6 +60,8 @@ pub(super) fn touched(command: &Command) -> Box<dyn Iterator<Item = &AccountId> 
         Command::Open(o) => Box::new(std::iter::once(&o.spec.id)),
         Command::Transfer(t) => Box::new([&t.from, &t.to].into_iter()),
         Command::Transaction(t) => Box::new(t.legs.iter().flat_map(|l| [&l.from, &l.to])),
+        Command::Pending(t) => Box::new([&t.from, &t.to].into_iter()),
+        Command::Settle(t) => Box::new([&t.from, &t.to].into_iter()),
     }
 }
 
@@ -72,6 +79,10 @@ pub(super) struct Batch {
     accounts: HashMap<AccountId, AccountRow>,
     /// Idempotency records: committed ones plus those written earlier in this batch.
     keys: HashMap<String, (String, Value)>,
+    /// Pending transfers its settlements read (under the account locks), and those it makes.
+    pendings: BTreeMap<uuid::Uuid, PendingRow>,
+    /// The pending transfers it reserves or settles, to write.
+    pending_writes: Vec<uuid::Uuid>,
     writes: Writes,
     /// Each command's reply, in command order.
     pub results: Vec<Result<Outcome, CommandError>>,
@@ -84,6 +95,7 @@ impl Batch {
         region: &RegionId,
         accounts: HashMap<AccountId, AccountRow>,
         keys: HashMap<String, (String, Value)>,
+        pendings: BTreeMap<uuid::Uuid, PendingRow>,
         commands: &[Command],
     ) -> Self {
         let mut batch = Batch {
@@ -92,6 +104,8 @@ impl Batch {
             before: accounts.clone(),
             accounts,
             keys,
+            pendings,
+            pending_writes: Vec::new(),
             writes: Writes::default(),
             results: Vec::with_capacity(commands.len()),
         };
@@ -100,6 +114,8 @@ impl Batch {
                 Command::Open(o) => batch.open(o),
                 Command::Transfer(t) => batch.transfer(t),
                 Command::Transaction(t) => batch.transaction(t),
+                Command::Pending(t) => batch.pending(t),
+                Command::Settle(t) => batch.settle(t),
             };
             batch.results.push(result);
         }
@@ -131,9 +147,22 @@ async fn run(conn: &mut PgConnection, region: &RegionId, commands: &[Command]) -
     let touched_ids = accounts_of(commands);
     let ids: Vec<&str> = touched_ids.iter().map(AccountId::as_str).collect();
     let (accounts, records) = crate::storage::batch::read_locked(&mut tx, &ids, &keys).await?;
-    let batch = Batch::plan(region, accounts, records, commands);
+    // Read after their accounts are locked: every settlement locks them too, so a pending
+    // transfer's status cannot change before this batch commits.
+    let settled: Vec<uuid::Uuid> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Settle(s) => Some(s.pending_id),
+            _ => None,
+        })
+        .collect();
+    let pendings = crate::storage::pending::load(&mut tx, &settled).await?;
+    let batch = Batch::plan(region, accounts, records, pendings, commands);
     if batch.has_writes() {
         crate::storage::batch::flush(&mut *tx, &batch.commit()).await?;
+        let written: BTreeMap<uuid::Uuid, PendingRow> =
+            batch.pending_writes.iter().map(|id| (*id, batch.pendings[id].clone())).collect();
+        crate::storage::pending::write(&mut tx, &written, batch.now).await?;
         tx.commit().await?;
     } else {
         tx.rollback().await?;
@@ -346,6 +375,194 @@ impl Batch {
             row.updated_at = self.now;
         }
         Ok(Outcome::Transferred { body, replayed: false })
+    }
+
+    fn pending(&mut self, cmd: &super::PendingTransfer) -> Result<Outcome, CommandError> {
+        if let Some(replayed) = self.replay(cmd.idempotency_key.as_ref(), &cmd.request_hash) {
+            return replayed;
+        }
+        if cmd.from == cmd.to {
+            return Err(CommandError::SameAccount);
+        }
+        let mut from =
+            self.accounts.get(&cmd.from).ok_or_else(|| CommandError::AccountNotFound(cmd.from.clone()))?.clone();
+        let mut to = self.accounts.get(&cmd.to).ok_or_else(|| CommandError::AccountNotFound(cmd.to.clone()))?.clone();
+        ledger_core::reserve(&mut from.state, &mut to.state, cmd.amount, cmd.currency, &self.region)
+            .map_err(CommandError::Posting)?;
+        let currency = from.state.spec.currency;
+        let expires_at = cmd.expires_at.as_ref().map(rfc3339);
+        let event = LedgerEvent {
+            event_id: uuid::Uuid::now_v7(),
+            origin_region: self.region.clone(),
+            occurred_at: self.occurred_at(),
+            payload: EventPayload::TransferPending {
+                transfer_id: cmd.transfer_id,
+                from: cmd.from.clone(),
+                to: cmd.to.clone(),
+                amount: cmd.amount,
+                currency,
+                metadata: cmd.metadata.clone(),
+                idempotency_key: cmd.idempotency_key.clone(),
+                request_hash: Some(cmd.request_hash.clone()),
+                expires_at: expires_at.clone(),
+            },
+            vectors: BTreeMap::from([
+                (cmd.from.clone(), from.state.version.clone()),
+                (cmd.to.clone(), to.state.version.clone()),
+            ]),
+        };
+        self.record_event(&event, cmd.traceparent.clone());
+        let row = PendingRow {
+            record: PendingRecord {
+                event_id: event.event_id,
+                origin: self.region.clone(),
+                from: cmd.from.clone(),
+                to: cmd.to.clone(),
+                currency,
+                reserved: cmd.amount.minor_units(),
+                expires_at,
+                settlements: Vec::new(),
+            },
+            metadata: cmd.metadata.clone(),
+            idempotency_key: cmd.idempotency_key.clone(),
+            vectors: event.vectors.clone(),
+            created_at: self.now,
+            settled_at: None,
+        };
+        let body = row.to_json(cmd.transfer_id);
+        self.pendings.insert(cmd.transfer_id, row);
+        self.pending_writes.push(cmd.transfer_id);
+        self.keep_key(cmd.idempotency_key.as_ref(), &cmd.request_hash, &body);
+        from.updated_at = self.now;
+        to.updated_at = self.now;
+        self.accounts.insert(cmd.from.clone(), from);
+        self.accounts.insert(cmd.to.clone(), to);
+        Ok(Outcome::Transferred { body, replayed: false })
+    }
+
+    fn settle(&mut self, cmd: &super::Settle) -> Result<Outcome, CommandError> {
+        use super::SettleAction;
+        if let Some(replayed) = self.replay(cmd.idempotency_key.as_ref(), &cmd.request_hash) {
+            return replayed;
+        }
+        let not_pending = || CommandError::Posting(ledger_core::PostingError::NotPending(cmd.pending_id));
+        let row = self.pendings.get(&cmd.pending_id).ok_or_else(not_pending)?;
+        if !row.record.settlements.is_empty() {
+            return Err(not_pending());
+        }
+        // Past its deadline nobody may post it; the region that made it voids it.
+        let expired = row
+            .record
+            .expires_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t <= self.now);
+        let (post, void_expired) = match cmd.action {
+            SettleAction::Post(_) if expired => return Err(not_pending()),
+            SettleAction::Expire if !expired => return Err(not_pending()),
+            SettleAction::Post(amount) => (Some(amount), false),
+            SettleAction::Void => (None, false),
+            SettleAction::Expire => (None, true),
+        };
+        let record = row.record.clone();
+        let reserved = ledger_core::Amount::new(record.reserved).map_err(|e| CommandError::Posting(e.into()))?;
+        let post = post.map(|amount| amount.unwrap_or(reserved));
+        let mut from =
+            self.accounts.get(&record.from).ok_or_else(|| CommandError::AccountNotFound(record.from.clone()))?.clone();
+        let mut to =
+            self.accounts.get(&record.to).ok_or_else(|| CommandError::AccountNotFound(record.to.clone()))?.clone();
+        ledger_core::settle(&mut from.state, &mut to.state, reserved, post, record.currency, &self.region)
+            .map_err(CommandError::Posting)?;
+        let settlement = match post {
+            Some(amount) => ledger_core::Settlement::Post { transfer_id: uuid::Uuid::now_v7(), amount },
+            None => ledger_core::Settlement::Void { expired: void_expired },
+        };
+        let event = LedgerEvent {
+            event_id: uuid::Uuid::now_v7(),
+            origin_region: self.region.clone(),
+            occurred_at: self.occurred_at(),
+            payload: EventPayload::PendingSettled {
+                pending_id: cmd.pending_id,
+                from: record.from.clone(),
+                to: record.to.clone(),
+                currency: record.currency,
+                reserved,
+                settlement,
+                idempotency_key: cmd.idempotency_key.clone(),
+                request_hash: Some(cmd.request_hash.clone()),
+            },
+            vectors: BTreeMap::from([
+                (record.from.clone(), from.state.version.clone()),
+                (record.to.clone(), to.state.version.clone()),
+            ]),
+        };
+        self.record_event(&event, cmd.traceparent.clone());
+        if let ledger_core::Settlement::Post { transfer_id, amount } = settlement {
+            // The post is a transfer of its own, with its two entries.
+            let w = &mut self.writes;
+            w.tr_id.push(transfer_id);
+            w.tr_event.push(event.event_id);
+            w.tr_from.push(record.from.to_string());
+            w.tr_to.push(record.to.to_string());
+            w.tr_amount.push(amount.minor_units());
+            w.tr_currency.push(record.currency.to_string());
+            w.tr_metadata.push(Value::Object(self.pendings[&cmd.pending_id].metadata.clone()));
+            w.tr_key.push(cmd.idempotency_key.clone());
+            w.tr_from_vector.push(json!(from.state.version));
+            w.tr_to_vector.push(json!(to.state.version));
+            w.tr_transaction.push(None);
+            w.tr_leg.push(None);
+            for (account, amount) in [(&from, -amount.minor_units()), (&to, amount.minor_units())] {
+                w.en_account.push(account.state.spec.id.to_string());
+                w.en_seq.push(account.state.entry_seq);
+                w.en_transfer.push(transfer_id);
+                w.en_amount.push(amount);
+                w.en_balance.push(account.state.balance);
+            }
+        }
+        let row = self.pendings.get_mut(&cmd.pending_id).expect("read above");
+        row.record.settlements.push(SettlementRecord {
+            event_id: event.event_id,
+            origin: self.region.clone(),
+            vector: from.state.version.clone(),
+            posted: post.map(ledger_core::Amount::minor_units),
+            transfer_id: match settlement {
+                ledger_core::Settlement::Post { transfer_id, .. } => Some(transfer_id),
+                ledger_core::Settlement::Void { .. } => None,
+            },
+            expired: void_expired,
+        });
+        row.vectors = event.vectors.clone();
+        row.settled_at = Some(self.now);
+        let body = row.to_json(cmd.pending_id);
+        self.pending_writes.push(cmd.pending_id);
+        self.keep_key(cmd.idempotency_key.as_ref(), &cmd.request_hash, &body);
+        from.updated_at = self.now;
+        to.updated_at = self.now;
+        self.accounts.insert(record.from.clone(), from);
+        self.accounts.insert(record.to.clone(), to);
+        Ok(Outcome::Transferred { body, replayed: false })
+    }
+
+    /// The answer to a key already used: its replay, or a refusal when the body differs.
+    fn replay(&self, key: Option<&String>, request_hash: &str) -> Option<Result<Outcome, CommandError>> {
+        let (hash, body) = self.keys.get(key?)?;
+        Some(if hash == request_hash {
+            Ok(Outcome::Transferred { body: body.clone(), replayed: true })
+        } else {
+            Err(CommandError::IdempotencyKeyReused)
+        })
+    }
+
+    /// Records the key's answer, to commit and to replay within the batch.
+    fn keep_key(&mut self, key: Option<&String>, request_hash: &str, body: &Value) {
+        if let Some(key) = key {
+            let w = &mut self.writes;
+            w.ik_key.push(key.clone());
+            w.ik_hash.push(request_hash.to_owned());
+            w.ik_body.push(body.clone());
+            self.keys.insert(key.clone(), (request_hash.to_owned(), body.clone()));
+        }
     }
 
     /// Queues the event row and one outbox record per touched account, keyed by that account.

@@ -67,6 +67,62 @@ pub struct Transaction {
     pub traceparent: Option<String>,
 }
 
+/// Reserve money for a transfer posted or voided later.
+#[derive(Debug, Clone)]
+pub struct PendingTransfer {
+    /// Id given to the pending transfer if it is accepted.
+    pub transfer_id: uuid::Uuid,
+    /// The account it will debit.
+    pub from: AccountId,
+    /// The account it will credit.
+    pub to: AccountId,
+    /// Amount reserved.
+    pub amount: Amount,
+    /// Currency asked for; the accounts' when absent.
+    pub currency: Option<Currency>,
+    /// Client data.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The client's idempotency key, scoped to its API key.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request body.
+    pub request_hash: String,
+    /// The request's W3C traceparent.
+    pub traceparent: Option<String>,
+    /// When this region voids it if nobody settled it.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How to settle a pending transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleAction {
+    /// Post this much (at most the reserve; all of it when `None`).
+    Post(Option<Amount>),
+    /// Void it at a client's request.
+    Void,
+    /// Void it because its deadline passed (the expiry of the region that created it).
+    Expire,
+}
+
+/// Post or void a pending transfer.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    /// The pending transfer.
+    pub pending_id: uuid::Uuid,
+    /// Its accounts, as read before queueing (a pending transfer's accounts never change): the
+    /// committer locks them, then reads the pending transfer itself.
+    pub from: AccountId,
+    /// See `from`.
+    pub to: AccountId,
+    /// Post or void.
+    pub action: SettleAction,
+    /// The client's idempotency key, scoped to its API key.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request body (with the transfer id).
+    pub request_hash: String,
+    /// The request's W3C traceparent.
+    pub traceparent: Option<String>,
+}
+
 /// A command for the committer.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -76,6 +132,10 @@ pub enum Command {
     Transfer(Transfer),
     /// See [`Transaction`].
     Transaction(Transaction),
+    /// See [`PendingTransfer`].
+    Pending(PendingTransfer),
+    /// See [`Settle`].
+    Settle(Settle),
 }
 
 impl Command {
@@ -84,8 +144,15 @@ impl Command {
         match self {
             Command::Transfer(t) => t.idempotency_key.as_deref(),
             Command::Transaction(t) => t.idempotency_key.as_deref(),
+            Command::Pending(t) => t.idempotency_key.as_deref(),
+            Command::Settle(t) => t.idempotency_key.as_deref(),
             Command::Open(_) => None,
         }
+    }
+
+    /// Two-phase commands read pending transfers, which only the read-first path does.
+    fn is_two_phase(&self) -> bool {
+        matches!(self, Command::Pending(_) | Command::Settle(_))
     }
 }
 
@@ -430,7 +497,10 @@ async fn plan(
     // the batch is run again reading them, but a refused one writes nothing, so nothing would
     // notice that its key answers for an earlier transfer (a replay, or a key reused with another
     // body). A batch refusing a command with a key is therefore run reading its records first.
-    let batch = batch::Batch::plan(region, states, HashMap::new(), commands);
+    if commands.iter().any(Command::is_two_phase) {
+        return None;
+    }
+    let batch = batch::Batch::plan(region, states, HashMap::new(), Default::default(), commands);
     if batch.refuses_a_keyed_command(commands) { None } else { Some(batch) }
 }
 
@@ -621,6 +691,8 @@ mod tests {
             .map(|c| match c {
                 Command::Transfer(t) => format!("{}>{}", t.from, t.to),
                 Command::Transaction(t) => format!("{}>{}", t.legs[0].from, t.legs[0].to),
+                Command::Pending(t) => format!("{}>{}", t.from, t.to),
+                Command::Settle(t) => format!("{}>{}", t.from, t.to),
                 Command::Open(o) => o.spec.id.to_string(),
             })
             .collect()
