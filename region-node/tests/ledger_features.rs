@@ -345,3 +345,259 @@ async fn multi_leg_transactions_apply_whole_in_every_region_and_one_overdrawing_
     assert_eq!((r.status, r.problem()), (403, "forbidden"));
     assert_eq!(us.fingerprint().await, before, "refused requests wrote nothing");
 }
+
+async fn account(node: &TestNode, id: &str) -> Value {
+    let r = node.get(&format!("/v1/accounts/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+/// `(balance, pending_debits, pending_credits, available)`.
+fn amounts(a: &Value) -> (i64, i64, i64, i64) {
+    let n = |k: &str| a[k].as_i64().unwrap();
+    (n("balance"), n("pending_debits"), n("pending_credits"), n("available"))
+}
+
+async fn keyed(node: &TestNode, path: &str, body: Value, key: &str) -> common::Reply {
+    node.send(reqwest::Method::POST, path, Some(&node.write_key), Some(body), &[("Idempotency-Key", key)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_transfers_settle_across_regions_and_a_post_racing_a_void_has_one_outcome() {
+    let mut cluster = Cluster::start_with(false, |cfg| cfg.pending_expiry_scan_ms = 200).await;
+    let (us, eu, ap) = (0, 1, 2);
+    cluster.nodes[us].open("world", "USD", true).await;
+    cluster.nodes[us].open("card", "USD", false).await;
+    cluster.nodes[us].open("shop", "USD", false).await;
+    assert_eq!(cluster.nodes[us].transfer("world", "card", 100).await.status, 201);
+    cluster.converged(Duration::from_secs(120)).await;
+
+    // A hold in us-east: available drops, the balance does not, and the reserve cannot be spent.
+    let hold = keyed(
+        &cluster.nodes[us],
+        "/v1/transfers",
+        serde_json::json!({"from": "card", "to": "shop", "amount": 60, "pending": true}),
+        "hold-1",
+    )
+    .await;
+    assert_eq!((hold.status, &hold.body["status"]), (201, &serde_json::json!("pending")), "{}", hold.body);
+    let hold_id = hold.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(amounts(&account(&cluster.nodes[us], "card").await), (100, 60, 0, 40));
+    let r = cluster.nodes[us].transfer("card", "world", 41).await;
+    assert_eq!((r.status, r.problem()), (409, "insufficient-funds"));
+    cluster.converged(Duration::from_secs(120)).await;
+    for i in [us, eu, ap] {
+        assert_eq!(amounts(&account(&cluster.nodes[i], "card").await), (100, 60, 0, 40), "region {i}");
+        assert_eq!(amounts(&account(&cluster.nodes[i], "shop").await), (0, 0, 60, 0), "region {i}");
+    }
+
+    // Posted in another region, in part: 50 moves, the other 10 is released.
+    let posted = keyed(
+        &cluster.nodes[eu],
+        &format!("/v1/transfers/{hold_id}/post"),
+        serde_json::json!({"amount": 50}),
+        "post-1",
+    )
+    .await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    assert_eq!(
+        (&posted.body["status"], &posted.body["posted_amount"]),
+        (&serde_json::json!("posted"), &serde_json::json!(50))
+    );
+    let again = keyed(
+        &cluster.nodes[eu],
+        &format!("/v1/transfers/{hold_id}/post"),
+        serde_json::json!({"amount": 50}),
+        "post-1",
+    )
+    .await;
+    assert_eq!((again.status, again.body.clone()), (201, posted.body.clone()), "a retry replays");
+    let r = cluster.nodes[eu].post(&format!("/v1/transfers/{hold_id}/void"), serde_json::json!({})).await;
+    assert_eq!((r.status, r.problem()), (409, "transfer-not-pending"));
+    cluster.converged(Duration::from_secs(120)).await;
+    for i in [us, eu, ap] {
+        let n = &cluster.nodes[i];
+        assert_eq!(amounts(&account(n, "card").await), (50, 0, 0, 50), "region {i}");
+        assert_eq!(amounts(&account(n, "shop").await), (50, 0, 0, 50), "region {i}");
+        let t = n.get(&format!("/v1/transfers/{hold_id}")).await.body;
+        assert_eq!(
+            (&t["status"], &t["posted_amount"], &t["pending"]),
+            (&serde_json::json!("posted"), &serde_json::json!(50), &serde_json::json!(true)),
+            "region {i}"
+        );
+        let leg = t["posted_transfer_ids"][0].as_str().unwrap();
+        assert_eq!(
+            n.get(&format!("/v1/transfers/{leg}")).await.body["amount"],
+            50,
+            "region {i}: the post is a transfer"
+        );
+        // The hold was posted elsewhere: posting it here too is refused.
+        let r = n.post(&format!("/v1/transfers/{hold_id}/post"), serde_json::json!({})).await;
+        assert_eq!((r.status, r.problem()), (409, "transfer-not-pending"), "region {i}");
+    }
+
+    // A post racing a void: with replication paused, eu-west posts while ap-south voids.
+    let race = cluster.nodes[us]
+        .post("/v1/transfers", serde_json::json!({"from": "card", "to": "shop", "amount": 20, "pending": true}))
+        .await;
+    let race_id = race.body["id"].as_str().unwrap().to_owned();
+    cluster.converged(Duration::from_secs(120)).await;
+    cluster.pause().await;
+    let p = cluster.nodes[eu].post(&format!("/v1/transfers/{race_id}/post"), serde_json::json!({})).await;
+    let v = cluster.nodes[ap].post(&format!("/v1/transfers/{race_id}/void"), serde_json::json!({})).await;
+    assert_eq!((p.status, v.status), (201, 201), "{} {}", p.body, v.body);
+    assert_eq!((&p.body["status"], &v.body["status"]), (&serde_json::json!("posted"), &serde_json::json!("voided")));
+    cluster.resume().await;
+    cluster.converged(Duration::from_secs(120)).await;
+    let mut outcomes = Vec::new();
+    for i in [us, eu, ap] {
+        let n = &cluster.nodes[i];
+        let t = n.get(&format!("/v1/transfers/{race_id}")).await.body;
+        assert_eq!(
+            (&t["status"], &t["posted_amount"]),
+            (&serde_json::json!("posted"), &serde_json::json!(20)),
+            "region {i}: the post stands"
+        );
+        assert_eq!(
+            amounts(&account(n, "card").await),
+            (30, 0, 0, 30),
+            "region {i}: reserve released once, money moved once"
+        );
+        let races: Vec<Value> =
+            cluster.conflicts(i).await.into_iter().filter(|c| c["kind"] == "pending-settlement").collect();
+        assert_eq!(races.len(), 1, "region {i}: {races:?}");
+        assert_eq!(races[0]["events"].as_array().unwrap().len(), 2);
+        outcomes.push((t["status"].clone(), races[0]["conflict_id"].clone()));
+    }
+    assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "one outcome everywhere: {outcomes:?}");
+    let contents = cluster.conflict_contents(0).await;
+    for i in 1..3 {
+        assert_eq!(cluster.conflict_contents(i).await, contents, "region {i}");
+    }
+
+    // Expiry: 120 holds with a one-second deadline in ap-south, more than one scan voids (100):
+    // the region that made them voids them all; a post after the deadline is refused anywhere.
+    let mut expiring = Vec::new();
+    for k in 0..120 {
+        let r = cluster.nodes[ap]
+            .post(
+                "/v1/transfers",
+                serde_json::json!({"from": "world", "to": "shop", "amount": 1 + k, "pending": true, "timeout_s": 1}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        expiring.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shop = account(&cluster.nodes[ap], "shop").await;
+        if shop["pending_credits"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "holds never expired: {shop}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = cluster.nodes[us].post(&format!("/v1/transfers/{}/post", expiring[0]), serde_json::json!({})).await;
+    assert_eq!((r.status, r.problem()), (409, "transfer-not-pending"), "{}", r.body);
+    cluster.converged(Duration::from_secs(120)).await;
+    for i in [us, eu, ap] {
+        let n = &cluster.nodes[i];
+        for id in [&expiring[0], &expiring[119]] {
+            assert_eq!(n.get(&format!("/v1/transfers/{id}")).await.body["status"], "expired", "region {i}");
+        }
+        assert_eq!(amounts(&account(n, "shop").await), (70, 0, 0, 70), "region {i}");
+        assert_eq!(amounts(&account(n, "world").await).1, 0, "region {i}");
+        common::assert_ledger_consistent(&n.db.pool).await;
+    }
+
+    // Bad input: a problem of a documented type each, nothing written.
+    let n = &cluster.nodes[us];
+    let open =
+        n.post("/v1/transfers", serde_json::json!({"from": "card", "to": "shop", "amount": 5, "pending": true})).await;
+    let open_id = open.body["id"].as_str().unwrap().to_owned();
+    let plain = n.transfer("world", "card", 1).await.body["id"].as_str().unwrap().to_owned();
+    let before = n.fingerprint().await;
+    let cases: Vec<(String, Value, u16, &str)> = vec![
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "shop", "amount": 5, "pending": true, "timeout_s": 0}),
+            400,
+            "invalid-field",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "shop", "amount": 5, "pending": true, "timeout_s": 2_592_001}),
+            400,
+            "invalid-field",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "shop", "amount": 5, "timeout_s": 10}),
+            400,
+            "invalid-field",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "shop", "amount": 5, "pending": "yes"}),
+            400,
+            "invalid-field",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "shop", "amount": 27, "pending": true}),
+            409,
+            "insufficient-funds",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "card", "amount": 1, "pending": true}),
+            422,
+            "same-account",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "card", "to": "nobody", "amount": 1, "pending": true}),
+            404,
+            "account-not-found",
+        ),
+        (
+            "/v1/transfers".into(),
+            serde_json::json!({"from": "world", "to": "card", "amount": ledger_core::AMOUNT_MAX + 1, "pending": true}),
+            400,
+            "amount-out-of-range",
+        ),
+        (format!("/v1/transfers/{open_id}/post"), serde_json::json!({"amount": 6}), 422, "post-exceeds-pending"),
+        (format!("/v1/transfers/{open_id}/post"), serde_json::json!({"amount": 0}), 400, "invalid-amount"),
+        (format!("/v1/transfers/{open_id}/post"), serde_json::json!({"amount": 1, "memo": "x"}), 400, "unknown-field"),
+        (format!("/v1/transfers/{open_id}/void"), serde_json::json!({"reason": "x"}), 400, "unknown-field"),
+        (format!("/v1/transfers/{plain}/post"), serde_json::json!({}), 409, "transfer-not-pending"),
+        (format!("/v1/transfers/{}/void", uuid::Uuid::new_v4()), serde_json::json!({}), 404, "transfer-not-found"),
+        ("/v1/transfers/not-a-uuid/void".into(), serde_json::json!({}), 400, "invalid-field"),
+    ];
+    for (path, body, status, problem) in cases {
+        let r = n.post(&path, body.clone()).await;
+        assert_eq!((r.status, r.problem()), (status, problem), "{path} {body}: {}", r.body);
+    }
+    let r = keyed(n, &format!("/v1/transfers/{open_id}/void"), serde_json::json!({}), "hold-1").await;
+    assert_eq!((r.status, r.problem()), (409, "idempotency-key-reused"), "a key answers for one request");
+    assert_eq!(n.fingerprint().await, before, "refused requests wrote nothing");
+    // The largest hold a funding account can make, posted whole.
+    let big = n
+        .post(
+            "/v1/transfers",
+            serde_json::json!({"from": "world", "to": "sink", "amount": ledger_core::AMOUNT_MAX, "pending": true}),
+        )
+        .await;
+    assert_eq!((big.status, big.problem()), (404, "account-not-found"));
+    n.open("sink", "USD", true).await;
+    let big = n
+        .post(
+            "/v1/transfers",
+            serde_json::json!({"from": "world", "to": "sink", "amount": ledger_core::AMOUNT_MAX, "pending": true}),
+        )
+        .await;
+    let big_id = big.body["id"].as_str().unwrap().to_owned();
+    let r = n.post(&format!("/v1/transfers/{big_id}/post"), serde_json::json!({})).await;
+    assert_eq!((r.status, &r.body["posted_amount"]), (201, &serde_json::json!(ledger_core::AMOUNT_MAX)));
+    common::assert_ledger_consistent(&n.db.pool).await;
+}

@@ -411,7 +411,8 @@ impl Batch {
                 (cmd.to.clone(), to.state.version.clone()),
             ]),
         };
-        self.record_event(&event, cmd.traceparent.clone());
+        let seqs = (from.state.entry_seq, to.state.entry_seq);
+        self.record_event(&event, cmd.traceparent.clone(), |a| if *a == cmd.from { seqs.0 } else { seqs.1 });
         let row = PendingRow {
             record: PendingRecord {
                 event_id: event.event_id,
@@ -496,7 +497,8 @@ impl Batch {
                 (record.to.clone(), to.state.version.clone()),
             ]),
         };
-        self.record_event(&event, cmd.traceparent.clone());
+        let seqs = (from.state.entry_seq, to.state.entry_seq);
+        self.record_event(&event, cmd.traceparent.clone(), |a| if *a == record.from { seqs.0 } else { seqs.1 });
         if let ledger_core::Settlement::Post { transfer_id, amount } = settlement {
             // The post is a transfer of its own, with its two entries.
             let w = &mut self.writes;

@@ -208,6 +208,16 @@ pub async fn assert_ledger_consistent(pool: &sqlx::PgPool) {
     .await
     .unwrap();
     assert_eq!(partial, 0, "transactions with a leg missing or doubled");
+    // Every account's pending amounts are what its unsettled pending transfers reserve.
+    let reserved: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a.id, a.pending_debits, a.pending_credits FROM accounts a
+         WHERE a.pending_debits <> (SELECT COALESCE(sum(p.amount), 0) FROM pending_transfers p WHERE p.from_account = a.id AND p.status = 'pending')
+            OR a.pending_credits <> (SELECT COALESCE(sum(p.amount), 0) FROM pending_transfers p WHERE p.to_account = a.id AND p.status = 'pending')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(reserved.is_empty(), "pending amounts that no pending transfer holds: {reserved:?}");
     // The write path keeps these references without foreign keys (migration 0004): checked here.
     let orphans: Vec<(String, i64)> = sqlx::query_as(
         "SELECT 'entry without transfer', count(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM transfers t WHERE t.id = e.transfer_id)
