@@ -141,6 +141,15 @@ pub struct Account {
     /// The account's version vector.
     #[serde(default)]
     pub version_vector: Value,
+    /// Reserved by pending transfers from it.
+    #[serde(default)]
+    pub pending_debits: i64,
+    /// Promised to it by pending transfers.
+    #[serde(default)]
+    pub pending_credits: i64,
+    /// What may be spent: balance less pending debits.
+    #[serde(default)]
+    pub available: i64,
 }
 
 /// An account at a point of its history (`GET /v1/accounts/{id}?at=`), as one region recorded it.
@@ -209,6 +218,33 @@ pub struct NewTransfer {
     pub metadata: Map<String, Value>,
     /// The key; generated (a UUIDv7) when `None`.
     pub idempotency_key: Option<String>,
+}
+
+/// A pending (two-phase) transfer as the ledger reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTransfer {
+    /// Its id.
+    pub id: String,
+    /// Debited when posted.
+    pub from: String,
+    /// Credited when posted.
+    pub to: String,
+    /// Minor units reserved.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// `pending`, `posted`, `voided` or `expired`.
+    pub status: String,
+    /// Minor units posted.
+    pub posted_amount: i64,
+    /// RFC 3339 deadline, if any.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// The transfers its posts made.
+    #[serde(default)]
+    pub posted_transfer_ids: Vec<String>,
+    /// The region that created it.
+    pub origin_region: String,
 }
 
 /// One leg of a transaction, to make or as the ledger reports it (then with its transfer `id`).
@@ -487,6 +523,60 @@ impl Client {
     pub async fn get_transaction(&self, id: &str) -> Result<Answered<Transaction>, Error> {
         let (_, headers, value, attempts) =
             self.call(reqwest::Method::GET, &format!("/v1/transactions/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// Reserves `t.amount` (a pending transfer), to post or void later; `timeout_s` voids it then
+    /// if nobody settled it.
+    pub async fn pending_transfer(
+        &self,
+        t: NewTransfer,
+        timeout_s: Option<i64>,
+    ) -> Result<Answered<PendingTransfer>, Error> {
+        let key = t.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let mut body = json!({"from": t.from, "to": t.to, "amount": t.amount, "metadata": t.metadata, "pending": true});
+        if let Some(c) = &t.currency {
+            body["currency"] = json!(c);
+        }
+        if let Some(s) = timeout_s {
+            body["timeout_s"] = json!(s);
+        }
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::POST, "/v1/transfers", Some(body), Some(key.clone())).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, Some(key)))
+    }
+
+    /// Posts a pending transfer: all of it, or `amount` of it. Retried with one key.
+    pub async fn post_pending(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        idempotency_key: Option<String>,
+    ) -> Result<Answered<PendingTransfer>, Error> {
+        let body = amount.map_or_else(|| json!({}), |a| json!({"amount": a}));
+        self.settle(&format!("/v1/transfers/{id}/post"), body, idempotency_key).await
+    }
+
+    /// Voids a pending transfer. Retried with one key.
+    pub async fn void_pending(
+        &self,
+        id: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Answered<PendingTransfer>, Error> {
+        self.settle(&format!("/v1/transfers/{id}/void"), json!({}), idempotency_key).await
+    }
+
+    async fn settle(&self, path: &str, body: Value, key: Option<String>) -> Result<Answered<PendingTransfer>, Error> {
+        let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::POST, path, Some(body), Some(key.clone())).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, Some(key)))
+    }
+
+    /// One pending transfer, with its status.
+    pub async fn get_pending(&self, id: &str) -> Result<Answered<PendingTransfer>, Error> {
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::GET, &format!("/v1/transfers/{id}"), None, None).await?;
         Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
     }
 

@@ -140,12 +140,36 @@ async fn retries_across_cut_connections_and_dead_regions_never_double_post() {
     assert_eq!(made.value.legs.len(), 2);
     assert_eq!(direct.get_transaction(&made.value.id).await.unwrap().value, made.value);
     assert_eq!(direct.account("alice").await.unwrap().value.balance, 260, "moved once");
+    // Two-phase through a cutting proxy: the hold, then its post, each retried with its key.
+    let hold = cut
+        .pending_transfer(
+            NewTransfer { from: "alice".into(), to: "world".into(), amount: 60, ..Default::default() },
+            Some(3_600),
+        )
+        .await
+        .unwrap();
+    assert_eq!((hold.value.status.as_str(), hold.value.amount), ("pending", 60));
+    let alice = direct.account("alice").await.unwrap().value;
+    assert_eq!((alice.balance, alice.pending_debits, alice.available), (260, 60, 200));
+    let (proxy, _) = cutting_proxy(node.addr(), 1).await;
+    let cut = Client::new(config(vec![proxy], &key)).unwrap();
+    let posted = cut.post_pending(&hold.value.id, Some(40), None).await.unwrap();
+    assert!(posted.replayed, "the cut answer was replayed: {posted:?}");
+    assert_eq!((posted.value.status.as_str(), posted.value.posted_amount), ("posted", 40));
+    assert_eq!(direct.get_pending(&hold.value.id).await.unwrap().value, posted.value);
+    let alice = direct.account("alice").await.unwrap().value;
+    assert_eq!((alice.balance, alice.pending_debits, alice.available), (220, 0, 220));
+    let refused = direct.void_pending(&hold.value.id, None).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Problem { status: 409, kind, .. } if kind == "transfer-not-pending"),
+        "{refused}"
+    );
     // The history, point by point: after the first entry, and by a time after both.
     let first = direct.account_at("alice", &At::Position(1)).await.unwrap().value;
     assert_eq!((first.entries, first.balance), (1, 250));
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let now = direct.account_at("alice", &At::Time(later)).await.unwrap().value;
-    assert_eq!((now.entries, now.balance), (4, 260));
+    assert_eq!((now.entries, now.balance), (5, 220));
 
     // The ledger's refusal is final: returned at once, never retried.
     let (proxy, accepted) = cutting_proxy(node.addr(), 0).await;
