@@ -4,7 +4,7 @@
 //! held events and the dead letters.
 
 use super::remote_load::Loaded;
-use super::{AccountRow, OUTBOX_CHANNEL, StorageError, transfer_json};
+use super::{AccountRow, OUTBOX_CHANNEL, StorageError, WEBHOOK_CHANNEL, transfer_json};
 use crate::remote::Held;
 use crate::views::{RecordChange, ViewChange};
 use chrono::{DateTime, Utc};
@@ -223,6 +223,8 @@ async fn write_transfers(
     let mut tr = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut tr2 = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut en = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Each entry's event and its time, for the monitors it may fire.
+    let mut en_event = (Vec::new(), Vec::new());
     let mut keys = (Vec::new(), Vec::new(), Vec::new());
     for (held, a) in applied {
         let e = &held.event;
@@ -256,6 +258,8 @@ async fn write_transfers(
             en.2.push(*transfer_id);
             en.3.push(p.amount);
             en.4.push(p.balance_after);
+            en_event.0.push(e.event_id);
+            en_event.1.push(DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now));
         }
         if let (Some(key), true) = (idempotency_key, a.first_use_of_key) {
             // A retry of this key here is answered as a replay of the transfer made elsewhere.
@@ -299,9 +303,26 @@ async fn write_transfers(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    // The entries, and the webhooks they fire: as in the committer's statement (storage/batch.rs),
+    // each active monitor whose condition is false before the entry and true after it. Money moved
+    // in another region fires this region's monitors when it is applied here, in this transaction.
     sqlx::query(
-        "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
-         SELECT *, $6 FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[])",
+        "WITH new_entries AS (
+             INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+             SELECT *, $6 FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[])
+         ), new_deliveries AS (
+             INSERT INTO webhook_deliveries (id, monitor_id, event_id, account_id, condition, balance_after,
+                                             occurred_at, next_attempt_at, created_at)
+             SELECT webhook_delivery_id(m.id, e.event), m.id, e.event, e.account, m.condition, e.balance_after,
+                    e.occurred_at, $6, $6
+             FROM UNNEST($1::text[], $4::int8[], $5::int8[], $7::uuid[], $8::timestamptz[])
+               AS e(account, amount, balance_after, event, occurred_at)
+             JOIN monitors m ON m.account_id = e.account AND m.deleted_at IS NULL
+             WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after - e.amount))
+               AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after))
+             RETURNING 1
+         )
+         SELECT pg_notify($9, '') FROM (SELECT 1 FROM new_deliveries LIMIT 1) d",
     )
     .bind(&en.0)
     .bind(&en.1)
@@ -309,6 +330,9 @@ async fn write_transfers(
     .bind(&en.3)
     .bind(&en.4)
     .bind(now)
+    .bind(&en_event.0)
+    .bind(&en_event.1)
+    .bind(WEBHOOK_CHANNEL)
     .execute(&mut *tx)
     .await?;
     if !keys.0.is_empty() {
