@@ -109,7 +109,7 @@ pub struct NodeConfig {
     pub webhook_backoff_ms_max: u64,
     /// Fallback poll of the delivery worker when no notification arrives.
     pub webhook_poll_ms: u64,
-    /// Deliveries the worker claims, and sends concurrently, at once.
+    /// Webhook attempts in flight at once (each slow target holds one until its timeout).
     pub webhook_batch_max: i64,
     /// Accept loopback and private targets (`127.0.0.1`, `10.0.0.0/8`, `localhost`, …). Off in
     /// production: a finance API that posts wherever a client says would be an SSRF proxy into its

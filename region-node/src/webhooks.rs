@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 const WORKER_LOCK_KEY: i64 = 0x7765_6268_6b;
 /// Pause after a failure of the worker itself (its database) before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Shortest sleep between two looks at the due deliveries.
+const WAIT_MIN: Duration = Duration::from_millis(5);
 /// Longest target URL accepted: enough for any real endpoint, and bounds what each row stores.
 pub const TARGET_URL_LEN_MAX: usize = 2_048;
 /// Longest error text kept per attempt in the log.
@@ -94,7 +96,7 @@ pub struct WebhookConfig {
     pub backoff_max: Duration,
     /// Fallback poll when no notification arrives.
     pub poll: Duration,
-    /// Deliveries claimed (and sent concurrently) in one round.
+    /// Attempts in flight at once.
     pub batch_max: i64,
     /// Allow loopback and private targets (local stack and tests only).
     pub allow_private_targets: bool,
@@ -238,39 +240,50 @@ async fn lead(
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(cfg.timeout).build()?;
     recover_interrupted(pool).await?;
     tracing::info!("webhook worker leading");
+    // Attempts in flight: a slow target holds its own slot only, never the others' deliveries.
+    let mut sends = tokio::task::JoinSet::new();
     loop {
         // Still the leader? A lost lock connection means another worker may take over.
         sqlx::query("SELECT 1").execute(&mut *lock).await?;
-        let claimed = claim(pool, cfg).await?;
-        let full = claimed.len() as i64 >= cfg.batch_max;
-        let mut sends = tokio::task::JoinSet::new();
-        for due in claimed {
-            let (client, cfg) = (client.clone(), cfg.clone());
-            sends.spawn(async move {
-                let outcome = send(&client, &cfg, &due).await;
-                (due, outcome)
-            });
-        }
-        while let Some(joined) = sends.join_next().await {
-            let (due, outcome) = joined.expect("a send never panics");
-            record(pool, cfg, &due, &outcome).await?;
-        }
-        if full {
-            continue;
+        let room = cfg.batch_max - sends.len() as i64;
+        if room > 0 && !shutdown.is_cancelled() {
+            let claimed = claim(pool, cfg, room).await?;
+            let full = claimed.len() as i64 >= room;
+            for due in claimed {
+                let (client, cfg) = (client.clone(), cfg.clone());
+                sends.spawn(async move {
+                    let outcome = send(&client, &cfg, &due).await;
+                    (due, outcome)
+                });
+            }
+            if full {
+                continue;
+            }
         }
         if shutdown.is_cancelled() {
+            // What is in flight ends within the attempt timeout and is recorded; nothing new starts.
+            while let Some(joined) = sends.join_next().await {
+                let (due, outcome) = joined.expect("a send never panics");
+                record(pool, cfg, &due, &outcome).await?;
+            }
             return Ok(());
         }
         let next: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT min(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'")
                 .fetch_one(pool)
                 .await?;
-        let wait = next.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO)).unwrap_or(cfg.poll).min(cfg.poll);
-        if wait.is_zero() {
-            continue;
-        }
+        // With every slot taken only a finished attempt (or a notification) makes room. The floor
+        // keeps a due row that another transaction holds locked (SKIP LOCKED) from spinning us.
+        let wait = match next {
+            Some(t) if room > 0 => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).clamp(WAIT_MIN, cfg.poll),
+            _ => cfg.poll,
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {}
+            Some(joined) = sends.join_next(), if !sends.is_empty() => {
+                let (due, outcome) = joined.expect("a send never panics");
+                record(pool, cfg, &due, &outcome).await?;
+            }
             _ = tokio::time::sleep(wait) => {}
             received = listener.recv() => { received?; }
         }
@@ -313,7 +326,7 @@ struct Due {
 
 /// Claims the due deliveries: each attempt logged and the delivery leased past the attempt's
 /// timeout, in one statement, before any request leaves.
-async fn claim(pool: &PgPool, cfg: &WebhookConfig) -> Result<Vec<Due>, sqlx::Error> {
+async fn claim(pool: &PgPool, cfg: &WebhookConfig, room: i64) -> Result<Vec<Due>, sqlx::Error> {
     let lease_ms = (cfg.timeout + cfg.backoff_max).as_millis() as i64;
     let rows = sqlx::query(
         "WITH due AS (
@@ -331,7 +344,7 @@ async fn claim(pool: &PgPool, cfg: &WebhookConfig) -> Result<Vec<Due>, sqlx::Err
                 c.attempts, c.round_attempts, m.target_url, m.secret
          FROM claimed c JOIN monitors m ON m.id = c.monitor_id",
     )
-    .bind(cfg.batch_max)
+    .bind(room)
     .bind(lease_ms)
     .fetch_all(pool)
     .await?;
