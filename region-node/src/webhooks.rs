@@ -275,7 +275,9 @@ async fn lead(
         // With every slot taken only a finished attempt (or a notification) makes room. The floor
         // keeps a due row that another transaction holds locked (SKIP LOCKED) from spinning us.
         let wait = match next {
-            Some(t) if room > 0 => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).clamp(WAIT_MIN, cfg.poll),
+            Some(t) if room > 0 => {
+                (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).clamp(WAIT_MIN, cfg.poll.max(WAIT_MIN))
+            }
             _ => cfg.poll,
         };
         tokio::select! {
