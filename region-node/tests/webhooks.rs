@@ -503,7 +503,11 @@ async fn wait_ready(base: &str) {
 /// log and sends them again with the same ids: the receiver, deduping, processed each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_is_delivered_exactly_once_to_a_deduping_receiver_after_a_kill_9_mid_delivery() {
-    let cluster = Cluster::start_with(false, |cfg| cfg.run_webhooks = false).await;
+    let cluster = Cluster::start_with(false, |cfg| {
+        cfg.run_webhooks = false;
+        cfg.webhook_allow_private_targets = true;
+    })
+    .await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (receiver, url) = Receiver::start().await;
     let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
