@@ -562,3 +562,31 @@ async fn a_webhook_is_delivered_exactly_once_to_a_deduping_receiver_after_a_kill
     let _ = std::fs::remove_file(log);
     cluster.stop().await;
 }
+
+/// The hot path with no monitor: the committer's extra CTE is index probes of
+/// `monitors_active_by_account`, never a scan of `monitors`, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_monitor_the_write_statement_only_probes_the_monitors_index() {
+    let node = start(|_| {}).await;
+    node.open("world", "USD", true).await;
+    node.open("hank", "USD", false).await;
+    let stats = || async {
+        // Backends publish their table counters at most once a second, when idle.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'monitors'",
+        )
+        .fetch_one(&node.db.pool)
+        .await
+        .unwrap()
+    };
+    let (seq_before, idx_before) = stats().await;
+    for _ in 0..10 {
+        assert_eq!(node.transfer("world", "hank", 1).await.status, 201);
+    }
+    let (seq_after, idx_after) = stats().await;
+    assert_eq!(seq_after - seq_before, 0, "monitors was scanned");
+    assert!(idx_after > idx_before, "the write statement looked monitors up by index");
+    assert_eq!(counts(&node.db.pool).await, (0, 0, 0));
+    node.stop().await;
+}
