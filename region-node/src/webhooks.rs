@@ -516,6 +516,25 @@ mod tests {
         assert_ne!(signature(b"other", 1_700_000_000, br#"{"a":1}"#), expected);
     }
 
+    /// An `https` target is spoken to over TLS (the node's reqwest has rustls with the system's
+    /// roots): the first byte the target receives opens a TLS handshake record.
+    #[tokio::test]
+    async fn https_targets_are_spoken_to_over_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).await.unwrap();
+            byte[0]
+        });
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let sent = client.post(format!("https://127.0.0.1:{port}/hook")).body("{}").send().await;
+        assert!(sent.is_err(), "nothing answers the handshake");
+        assert_eq!(first.await.unwrap(), 0x16, "a TLS handshake record");
+    }
+
     #[test]
     fn backoff_doubles_is_capped_and_jitters_within_half_the_curve() {
         let (base, max) = (Duration::from_millis(100), Duration::from_secs(5));
