@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key shared by every webhook worker of a region database ("webhk" in ASCII).
-const WORKER_LOCK_KEY: i64 = 0x7765_6268_6b;
+const WORKER_LOCK_KEY: i64 = 0x77_6562_686b;
 /// Pause after a failure of the worker itself (its database) before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Shortest sleep between two looks at the due deliveries.
