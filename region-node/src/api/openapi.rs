@@ -431,7 +431,7 @@ pub struct ReplicationPage {
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskState {
-    /// Its name (`publisher`, `consumer`, `remote-apply`, `anti-entropy`).
+    /// Its name (`publisher`, `consumer`, `remote-apply`, `anti-entropy`, `webhooks`).
     pub task: String,
     /// `running`, `restarting` or `stopped`.
     #[schema(pattern = "^(running|restarting|stopped)$")]
