@@ -291,6 +291,128 @@ pub struct Transaction {
     pub version_vectors: Value,
 }
 
+/// A balance monitor to create (`POST /v1/monitors`).
+#[derive(Debug, Clone, Default)]
+pub struct NewMonitor {
+    /// The account watched; it must exist in the region reached.
+    pub account: String,
+    /// `<balance|available> <|<=|>|>= <integer minor units>`, e.g. `available < 1000`.
+    pub condition: String,
+    /// Where deliveries are POSTed (http or https).
+    pub url: String,
+    /// Signs every delivery (16 to 256 characters); never returned.
+    pub secret: String,
+}
+
+/// A balance monitor as the ledger reports it (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Monitor {
+    /// Its id.
+    pub id: String,
+    /// The account watched.
+    pub account: String,
+    /// The condition, canonical.
+    pub condition: String,
+    /// The target URL.
+    pub url: String,
+    /// `active` or `deleted`.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, or `None` while active.
+    #[serde(default)]
+    pub deleted_at: Option<String>,
+}
+
+/// A page of monitors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorsPage {
+    /// Oldest first.
+    pub monitors: Vec<Monitor>,
+    /// The `after` of the next page, or `None` after the last.
+    #[serde(default)]
+    pub next_after: Option<i64>,
+}
+
+/// One attempt to deliver a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAttempt {
+    /// From 1.
+    pub attempt: i64,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, or `None` while in flight.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// The target's status, if it answered.
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    /// Why it did not answer, if so.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One firing of a monitor and its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// The `Ledger-Webhook-Id` of every attempt: dedupe by it.
+    pub delivery_id: String,
+    /// The monitor.
+    pub monitor_id: String,
+    /// The event whose posting fired it.
+    pub event_id: String,
+    /// The account.
+    pub account: String,
+    /// The condition when it fired.
+    pub condition: String,
+    /// The balance after the posting.
+    pub balance_after: i64,
+    /// RFC 3339.
+    pub occurred_at: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// RFC 3339, when pending.
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339, once delivered.
+    #[serde(default)]
+    pub delivered_at: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The latest attempts, oldest first.
+    pub attempt_log: Vec<WebhookAttempt>,
+}
+
+/// A page of deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveriesPage {
+    /// Oldest first.
+    pub deliveries: Vec<WebhookDelivery>,
+    /// The `after` of the next page, or `None` after the last.
+    #[serde(default)]
+    pub next_after: Option<i64>,
+}
+
+/// `?name=value&…` of the parameters given, percent-encoded; empty when none is.
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let given: Vec<String> =
+        params.iter().filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={}", encode(v)))).collect();
+    if given.is_empty() { String::new() } else { format!("?{}", given.join("&")) }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// What a successful call returned, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answered<T> {
@@ -424,9 +546,22 @@ impl Client {
         body: Option<Value>,
         key: Option<String>,
     ) -> Result<(u16, reqwest::header::HeaderMap, Value, u32), Error> {
+        self.call_up_to(self.cfg.attempts_max, method, path, body, key).await
+    }
+
+    /// [`Client::call`] with at most `attempts_max` attempts (1 for a write the ledger cannot
+    /// recognise as a retry).
+    async fn call_up_to(
+        &self,
+        attempts_max: u32,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<String>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Value, u32), Error> {
         let mut backoff = self.cfg.backoff_min;
         let (mut last, mut last_kind) = (String::new(), String::new());
-        for attempt in 1..=self.cfg.attempts_max {
+        for attempt in 1..=attempts_max {
             let outcome = self.attempt(&method, path, body.as_ref(), key.as_deref()).await;
             if let Some(observer) = &self.cfg.on_attempt {
                 let (status, region, retried) = match &outcome {
@@ -435,7 +570,7 @@ impl Client {
                         headers.get("ledger-region").and_then(|v| v.to_str().ok()).map(str::to_owned),
                         false,
                     ),
-                    Attempt::Retry(_, _, status, region) => (*status, region.clone(), attempt < self.cfg.attempts_max),
+                    Attempt::Retry(_, _, status, region) => (*status, region.clone(), attempt < attempts_max),
                 };
                 (observer.0)(&AttemptEvent {
                     at: std::time::Instant::now(),
@@ -461,13 +596,13 @@ impl Client {
                     (last, last_kind) = (why, kind);
                 }
             }
-            if attempt < self.cfg.attempts_max {
+            if attempt < attempts_max {
                 let jittered = rand::rng().random_range(0..=backoff.as_millis() as u64);
                 tokio::time::sleep(Duration::from_millis(jittered)).await;
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
         }
-        Err(Error::Unavailable { attempts: self.cfg.attempts_max, last, kind: last_kind })
+        Err(Error::Unavailable { attempts: attempts_max, last, kind: last_kind })
     }
 
     fn answered<T>(value: T, headers: &reqwest::header::HeaderMap, attempts: u32, key: Option<String>) -> Answered<T> {
@@ -596,6 +731,93 @@ impl Client {
         };
         let path = format!("/v1/accounts/{id}?at={at}");
         let (_, headers, value, attempts) = self.call(reqwest::Method::GET, &path, None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// Creates a balance monitor in the region the client reaches (monitors are regional). Sent
+    /// once, never retried: the ledger cannot recognise a second creation as a retry, and two
+    /// monitors would deliver every crossing twice. On [`Error::Unavailable`] look for it with
+    /// [`Client::monitors`] before creating it again.
+    pub async fn create_monitor(&self, m: NewMonitor) -> Result<Answered<Monitor>, Error> {
+        let body = json!({"account": m.account, "condition": m.condition, "url": m.url, "secret": m.secret});
+        let (_, headers, value, attempts) =
+            self.call_up_to(1, reqwest::Method::POST, "/v1/monitors", Some(body), None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// One monitor (never its secret).
+    pub async fn monitor(&self, id: &str) -> Result<Answered<Monitor>, Error> {
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::GET, &format!("/v1/monitors/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// A page of monitors, optionally of one account; `after` is the previous page's `next_after`.
+    pub async fn monitors(
+        &self,
+        account: Option<&str>,
+        after: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Answered<MonitorsPage>, Error> {
+        let path = format!(
+            "/v1/monitors{}",
+            query(&[
+                ("account", account.map(str::to_owned)),
+                ("after", after.map(|a| a.to_string())),
+                ("limit", limit.map(|l| l.to_string()))
+            ])
+        );
+        let (_, headers, value, attempts) = self.call(reqwest::Method::GET, &path, None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// Deletes a monitor (idempotent: deleting again answers the same).
+    pub async fn delete_monitor(&self, id: &str) -> Result<Answered<Monitor>, Error> {
+        let (_, headers, value, attempts) =
+            self.call(reqwest::Method::DELETE, &format!("/v1/monitors/{id}"), None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// A page of what a monitor fired, each delivery with its attempt log.
+    pub async fn monitor_deliveries(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Answered<DeliveriesPage>, Error> {
+        let path = format!(
+            "/v1/monitors/{id}/deliveries{}",
+            query(&[("after", after.map(|a| a.to_string())), ("limit", limit.map(|l| l.to_string()))])
+        );
+        let (_, headers, value, attempts) = self.call(reqwest::Method::GET, &path, None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// A page of the region's deliveries in `state` (`pending`, `delivered`, or `dead`, the
+    /// default: the dead letters).
+    pub async fn webhook_deliveries(
+        &self,
+        state: Option<&str>,
+        after: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Answered<DeliveriesPage>, Error> {
+        let path = format!(
+            "/v1/webhook-deliveries{}",
+            query(&[
+                ("state", state.map(str::to_owned)),
+                ("after", after.map(|a| a.to_string())),
+                ("limit", limit.map(|l| l.to_string()))
+            ])
+        );
+        let (_, headers, value, attempts) = self.call(reqwest::Method::GET, &path, None, None).await?;
+        Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
+    }
+
+    /// Sends a dead delivery again, with the same id. A retried call whose first attempt was
+    /// applied answers `409 delivery-not-dead`: the delivery is pending or delivered by then.
+    pub async fn retry_delivery(&self, id: &str) -> Result<Answered<WebhookDelivery>, Error> {
+        let path = format!("/v1/webhook-deliveries/{id}/retry");
+        let (_, headers, value, attempts) = self.call(reqwest::Method::POST, &path, None, None).await?;
         Ok(Self::answered(Self::decode(value)?, &headers, attempts, None))
     }
 

@@ -12,6 +12,7 @@ pub mod currency;
 pub mod event;
 pub mod ids;
 pub mod money;
+pub mod monitor;
 pub mod posting;
 pub mod replica;
 pub mod replication;

@@ -88,6 +88,9 @@ impl NodeProcess {
             self.session_secret,
             self.otlp_endpoint
         );
+        // The local stack's webhook receivers run on this machine: loopback targets are allowed
+        // here, and only here (the node refuses private targets by default).
+        toml.push_str("webhook_allow_private_targets = true\n");
         toml.push_str("\n[peer_urls]\n");
         for (region, url) in &self.peer_urls {
             toml.push_str(&format!("{region:?} = {url:?}\n"));

@@ -99,6 +99,25 @@ pub struct NodeConfig {
     /// How often this region looks for the pending transfers it created whose deadline passed, to
     /// void them (0: never; another node of the region may do it).
     pub pending_expiry_scan_ms: u64,
+    /// Run the webhook delivery worker in this process (one per region leads, by advisory lock).
+    pub run_webhooks: bool,
+    /// Attempts to deliver a webhook before it is dead (a retry from the dead letters gives it as
+    /// many again).
+    pub webhook_attempts_max: u32,
+    /// One delivery attempt's limit: connect, send, answer.
+    pub webhook_timeout_ms: u64,
+    /// Backoff after a delivery's first failed attempt; it doubles with each failure...
+    pub webhook_backoff_ms_base: u64,
+    /// ...up to this (jittered: a retry comes after half to all of it).
+    pub webhook_backoff_ms_max: u64,
+    /// Fallback poll of the delivery worker when no notification arrives.
+    pub webhook_poll_ms: u64,
+    /// Webhook attempts in flight at once (each slow target holds one until its timeout).
+    pub webhook_batch_max: i64,
+    /// Accept loopback and private targets (`127.0.0.1`, `10.0.0.0/8`, `localhost`, …). Off in
+    /// production: a finance API that posts wherever a client says would be an SSRF proxy into its
+    /// own network. On in the local stack and the tests, whose receivers run on loopback.
+    pub webhook_allow_private_targets: bool,
 }
 
 impl Default for NodeConfig {
@@ -152,6 +171,19 @@ impl Default for NodeConfig {
             session_wait_ms_max: 3_000,
             // A deadline is honoured to about a second: posts after it are refused at once anyway.
             pending_expiry_scan_ms: 1_000,
+            run_webhooks: true,
+            // With the backoff below, eight attempts span about two minutes: a receiver restarting
+            // or briefly down is reached; one down longer ends in the dead letters, to retry by hand.
+            webhook_attempts_max: 8,
+            // A receiver should answer at once and work later; a slow one holds a worker slot.
+            webhook_timeout_ms: 10_000,
+            webhook_backoff_ms_base: 1_000,
+            webhook_backoff_ms_max: 60_000,
+            // Notifications wake the worker; the poll only covers a lost one.
+            webhook_poll_ms: 1_000,
+            // Bounds the requests in flight from one region at once.
+            webhook_batch_max: 64,
+            webhook_allow_private_targets: false,
         }
     }
 }

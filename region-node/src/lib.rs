@@ -20,6 +20,7 @@ pub mod storage;
 pub mod supervise;
 pub mod telemetry;
 mod views;
+pub mod webhooks;
 pub mod write;
 
 use crate::config::NodeConfig;
@@ -174,6 +175,23 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             anti_entropy::run(pool.clone(), acfg.clone(), background.clone())
         })
     });
+    let webhooks = cfg.run_webhooks.then(|| {
+        let wcfg = webhooks::WebhookConfig {
+            region: region.to_string(),
+            attempts_max: cfg.webhook_attempts_max.max(1),
+            timeout: Duration::from_millis(cfg.webhook_timeout_ms.max(1)),
+            backoff_base: Duration::from_millis(cfg.webhook_backoff_ms_base),
+            backoff_max: Duration::from_millis(cfg.webhook_backoff_ms_max.max(cfg.webhook_backoff_ms_base)),
+            poll: Duration::from_millis(cfg.webhook_poll_ms.max(1)),
+            batch_max: cfg.webhook_batch_max.max(1),
+            allow_private_targets: cfg.webhook_allow_private_targets,
+        };
+        let (pool, background) = (pool.clone(), background.clone());
+        supervise::spawn("webhooks", &supervised, background.clone(), move || {
+            webhooks::run(pool.clone(), wcfg.clone(), background.clone())
+        })
+    });
+    tasks.extend(webhooks.iter().map(JoinHandle::abort_handle));
     tasks.extend(anti_entropy.iter().map(JoinHandle::abort_handle));
     tasks.extend(remote.iter().map(JoinHandle::abort_handle));
     tasks.extend(publisher.iter().map(JoinHandle::abort_handle));
@@ -240,6 +258,9 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         }
         if let Some(a) = anti_entropy {
             let _ = a.await;
+        }
+        if let Some(w) = webhooks {
+            let _ = w.await;
         }
         pool.close().await;
     });

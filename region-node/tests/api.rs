@@ -339,7 +339,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready["ready"], true, "{ready}");
     let tasks = ready["tasks"].as_array().unwrap();
     let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().unwrap()).collect();
-    assert_eq!(names, ["consumer", "publisher"], "{ready}");
+    assert_eq!(names, ["consumer", "publisher", "webhooks"], "{ready}");
     for task in tasks {
         assert_eq!(
             (&task["state"], &task["restarts"], &task["last_error"]),

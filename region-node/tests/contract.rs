@@ -48,6 +48,8 @@ async fn counts(node: &TestNode) -> BTreeMap<&'static str, i64> {
         ("idempotency_keys", "SELECT count(*) FROM idempotency_keys"),
         ("conflicts", "SELECT count(*) FROM conflicts"),
         ("resolved_conflicts", "SELECT count(*) FROM conflicts WHERE status = 'resolved'"),
+        ("monitors", "SELECT count(*) FROM monitors"),
+        ("deleted_monitors", "SELECT count(*) FROM monitors WHERE deleted_at IS NOT NULL"),
     ] {
         out.insert(name, sqlx::query_scalar::<_, i64>(sql).fetch_one(&node.db.pool).await.unwrap());
     }
@@ -198,6 +200,13 @@ async fn schemathesis_finds_the_node_true_to_its_description_and_refusals_write_
     let resolved =
         exchanges.iter().filter(|e| e.method == "POST" && e.path.ends_with("/resolve") && e.status == 200).count()
             as i64;
+    let monitors = created("/v1/monitors").count() as i64;
+    // Deleting twice answers 200 twice: count the monitors, not the answers.
+    let deleted: BTreeSet<&str> = exchanges
+        .iter()
+        .filter(|e| e.method == "DELETE" && e.path.starts_with("/v1/monitors/") && e.status == 200)
+        .map(|e| e.path.as_str())
+        .collect();
     let after = counts(&node).await;
     let gained: BTreeMap<&str, i64> = after.iter().map(|(k, v)| (*k, v - before[k])).collect();
     let expected: BTreeMap<&str, i64> = BTreeMap::from([
@@ -209,6 +218,8 @@ async fn schemathesis_finds_the_node_true_to_its_description_and_refusals_write_
         ("idempotency_keys", keyed),
         ("conflicts", 0),
         ("resolved_conflicts", resolved),
+        ("monitors", monitors),
+        ("deleted_monitors", deleted.len() as i64),
     ]);
     println!("rows gained: {gained:?}");
     assert_eq!(gained, expected, "the ledger gained rows that no successful write accounts for");

@@ -7,6 +7,7 @@ mod body;
 mod command;
 mod conflicts;
 mod health;
+mod monitors;
 pub mod openapi;
 pub mod problem;
 mod query;
@@ -27,7 +28,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use ledger_core::RegionId;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -78,6 +79,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conflicts", get(conflicts::list))
         .route("/v1/conflicts/{id}/resolve", post(conflicts::resolve))
         .route("/v1/replication/events", get(replication::events))
+        .route("/v1/monitors", post(monitors::create))
+        .route("/v1/monitors", get(monitors::list))
+        .route("/v1/monitors/{id}", get(monitors::get))
+        .route("/v1/monitors/{id}", delete(monitors::delete))
+        .route("/v1/monitors/{id}/deliveries", get(monitors::deliveries))
+        .route("/v1/webhook-deliveries", get(monitors::list_deliveries))
+        .route("/v1/webhook-deliveries/{id}/retry", post(monitors::retry))
         // Inside authentication: an unauthenticated caller learns nothing from the wait.
         .route_layer(middleware::from_fn_with_state(state.clone(), session::layer))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));

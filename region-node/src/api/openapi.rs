@@ -9,7 +9,7 @@
 //! checks every response against them, and every object is closed (`additionalProperties: false`)
 //! so a member added to an answer and not here fails it.
 
-use super::{accounts, conflicts, health, replication, transactions, transfers};
+use super::{accounts, conflicts, health, monitors, replication, transactions, transfers};
 use crate::problem::{Problem, TYPE_BASE, TYPES};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -56,14 +56,23 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         conflicts::list,
         conflicts::resolve,
         replication::events,
+        monitors::create,
+        monitors::list,
+        monitors::get,
+        monitors::delete,
+        monitors::deliveries,
+        monitors::list_deliveries,
+        monitors::retry,
         health::healthz,
         health::readyz,
         health::metrics,
         serve,
     ),
     components(
-        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer, PendingTransfer, TransferOrPending, Transaction, TransactionLeg, ConflictsPage, Conflict, Resolved,
-            ReplicationPage, ReplicationEvent, Readiness, NotReady, TaskState),
+        schemas(Problem, Account, AccountAt, AtPoint, AccountOrAccountAt, EntriesPage, Entry, AccountView, Transfer,
+            PendingTransfer, TransferOrPending, Transaction, TransactionLeg, ConflictsPage, Conflict, Resolved,
+            ReplicationPage, ReplicationEvent, Readiness, NotReady, TaskState, Monitor, MonitorsPage,
+            WebhookDelivery, WebhookAttempt, DeliveriesPage),
         responses(Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unavailable, Internal),
     ),
     modifiers(&BearerScheme, &HeadersAreNeverNull),
@@ -73,6 +82,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         (name = "transactions", description = "Move money along up to 16 legs at once, all or none"),
         (name = "conflicts", description = "Concurrent updates this region detected, and their resolution"),
         (name = "replication", description = "Anti-entropy between regions (`replication` scope only)"),
+        (name = "monitors", description = "Balance monitors of this region and their signed webhooks: deliveries, \
+            attempt logs, dead letters"),
         (name = "operations", description = "Liveness, readiness, metrics and this description (no authentication)"),
     ),
 )]
@@ -127,7 +138,8 @@ struct HeadersAreNeverNull;
 
 impl Modify for HeadersAreNeverNull {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let operations = openapi.paths.paths.values_mut().flat_map(|item| [&mut item.get, &mut item.post]);
+        let operations =
+            openapi.paths.paths.values_mut().flat_map(|item| [&mut item.get, &mut item.post, &mut item.delete]);
         let parameters = operations.flatten().flat_map(|operation| operation.parameters.iter_mut().flatten());
         for parameter in parameters {
             if let RefOr::T(parameter) = parameter
@@ -562,7 +574,7 @@ pub struct ReplicationPage {
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskState {
-    /// Its name (`publisher`, `consumer`, `remote-apply`, `anti-entropy`).
+    /// Its name (`publisher`, `consumer`, `remote-apply`, `anti-entropy`, `webhooks`).
     pub task: String,
     /// `running`, `restarting` or `stopped`.
     #[schema(pattern = "^(running|restarting|stopped)$")]
@@ -609,6 +621,108 @@ pub struct NotReady {
     pub status: u16,
     /// What is not ready.
     pub detail: String,
+}
+
+/// A balance monitor (never with its secret).
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    /// The monitor's id.
+    pub id: uuid::Uuid,
+    /// The account watched.
+    pub account: String,
+    /// The condition, in canonical form (`available < 1000`).
+    pub condition: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// `active` or `deleted`.
+    #[schema(pattern = "^(active|deleted)$")]
+    pub status: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// RFC 3339, or null while active.
+    #[schema(required = true, format = DateTime)]
+    pub deleted_at: Option<String>,
+}
+
+/// A page of monitors.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorsPage {
+    /// Oldest first.
+    pub monitors: Vec<Monitor>,
+    /// The `after` of the next page, or null when this page is the last.
+    #[schema(required = true)]
+    pub next_after: Option<i64>,
+}
+
+/// One attempt to deliver a webhook.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookAttempt {
+    /// From 1.
+    pub attempt: i32,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// RFC 3339, or null while in flight.
+    #[schema(required = true, format = DateTime)]
+    pub finished_at: Option<String>,
+    /// The target's HTTP status, or null when it did not answer.
+    #[schema(required = true)]
+    pub status_code: Option<i32>,
+    /// Why there was no answer (timeout, refused, interrupted by a stop…), or null.
+    #[schema(required = true)]
+    pub error: Option<String>,
+}
+
+/// One firing of a monitor, and its delivery.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// The `Ledger-Webhook-Id` every attempt carries: receivers dedupe by it.
+    pub delivery_id: uuid::Uuid,
+    /// The monitor that fired.
+    pub monitor_id: uuid::Uuid,
+    /// The event whose posting made the condition true.
+    pub event_id: uuid::Uuid,
+    /// The account.
+    pub account: String,
+    /// The monitor's condition when it fired.
+    pub condition: String,
+    /// The balance after the posting.
+    pub balance_after: i64,
+    /// RFC 3339: when the event happened (in its origin region).
+    #[schema(format = DateTime)]
+    pub occurred_at: String,
+    /// `pending`, `delivered` or `dead`.
+    #[schema(pattern = "^(pending|delivered|dead)$")]
+    pub state: String,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// RFC 3339: when a pending delivery is tried next, else null.
+    #[schema(required = true, format = DateTime)]
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339, or null until delivered.
+    #[schema(required = true, format = DateTime)]
+    pub delivered_at: Option<String>,
+    /// RFC 3339: when the monitor fired here.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The latest attempts (at most 50), oldest first.
+    pub attempt_log: Vec<WebhookAttempt>,
+}
+
+/// A page of webhook deliveries.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesPage {
+    /// Oldest first.
+    pub deliveries: Vec<WebhookDelivery>,
+    /// The `after` of the next page, or null when this page is the last.
+    #[schema(required = true)]
+    pub next_after: Option<i64>,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ pub const TYPE_BASE: &str = "https://ledger.dev/problems/";
 /// Every problem type's slug, in the order of the constructors below: the OpenAPI description's
 /// `Problem.type` enumerates these (a test checks each constructor's slug is here and each slug has
 /// a constructor, so a new problem type cannot stay undocumented).
-pub const TYPES: [&str; 34] = [
+pub const TYPES: [&str; 39] = [
     "invalid-json",
     "unknown-field",
     "missing-field",
@@ -40,6 +40,11 @@ pub const TYPES: [&str; 34] = [
     "forbidden",
     "conflict-already-resolved",
     "definition-not-offered",
+    "invalid-condition",
+    "invalid-target-url",
+    "monitor-not-found",
+    "delivery-not-found",
+    "delivery-not-dead",
     "not-found",
     "method-not-allowed",
     "unavailable",
@@ -238,6 +243,37 @@ impl Problem {
     /// The definition is none of the openings the account-definition conflict names.
     pub fn definition_not_offered(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "definition-not-offered", "Definition not offered", detail)
+    }
+    /// A monitor condition outside the grammar (`ledger_core::monitor`).
+    pub fn invalid_condition(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-condition", "Invalid monitor condition", detail)
+    }
+    /// A webhook target that is not an http(s) URL of a public address (unless private ones are
+    /// allowed by the node's configuration).
+    pub fn invalid_target_url(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-target-url", "Invalid webhook target URL", detail)
+    }
+    /// No monitor with this id in this region (monitors are regional).
+    pub fn monitor_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "monitor-not-found",
+            "Monitor not found",
+            format!("no monitor {id:?} in this region"),
+        )
+    }
+    /// No webhook delivery with this id in this region.
+    pub fn delivery_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "delivery-not-found",
+            "Webhook delivery not found",
+            format!("no webhook delivery {id:?} in this region"),
+        )
+    }
+    /// Only a dead delivery is retried by hand; a pending one is being retried already.
+    pub fn delivery_not_dead(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "delivery-not-dead", "Webhook delivery not dead", detail)
     }
     /// No such route.
     pub fn not_found() -> Self {

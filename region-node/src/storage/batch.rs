@@ -2,7 +2,7 @@
 //! or two nodes touching the same accounts wait for each other and never deadlock) with the
 //! idempotency records of its keys, and the one statement that writes a batch.
 
-use super::{AccountRow, OUTBOX_CHANNEL, StorageError};
+use super::{AccountRow, OUTBOX_CHANNEL, StorageError, WEBHOOK_CHANNEL};
 use chrono::{DateTime, Utc};
 use ledger_core::{AccountId, RegionId};
 use serde_json::{Value, json};
@@ -160,6 +160,7 @@ pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Comm
         .bind(read.iter().map(|(_, a)| a.state.pending_credits).collect::<Vec<_>>())
         .bind(new.iter().map(|a| a.state.pending_debits).collect::<Vec<_>>())
         .bind(new.iter().map(|a| a.state.pending_credits).collect::<Vec<_>>())
+        .bind(WEBHOOK_CHANNEL)
         .execute(executor)
         .await?;
     Ok(())
@@ -182,7 +183,8 @@ FROM idempotency_keys WHERE key = ANY($2)"
 /// column; `$48`–`$51` and `$52`–`$54` the accounts read as planned against, and whether the batch
 /// changed each; `$55`–`$56` each transfer's transaction and leg (null for a plain transfer); `$57`
 /// each per-account event's entry count after it (migration 0016); `$58`–`$61` the pending amounts
-/// of the accounts read and opened (their vector, checked, moves whenever those do). The definition
+/// of the accounts read and opened (their vector, checked, moves whenever those do); `$62` the
+/// webhook channel. The definition
 /// and the frozen flag are compared too: resolving an
 /// account-definition conflict (`storage/resolve.rs`) changes them, and may leave balance, entry
 /// count and vector as they were, so a batch planned against a remembered frozen flag or currency
@@ -243,7 +245,27 @@ WITH new_accounts AS (
     INSERT INTO outbox (record_events, record_keys, created_at)
     SELECT $46::uuid[], $47::text[], $1 WHERE cardinality($46::uuid[]) > 0
     RETURNING id
+), new_deliveries AS (
+    -- The webhooks this batch fires (migration 0013): each active monitor of an account an entry
+    -- posts to whose condition is false on the balance before the entry and true after it. With no
+    -- monitor on the batch's accounts this is one probe of `monitors_active_by_account` per entry.
+    -- An event crossing one monitor's threshold twice (a transaction's legs) fires once: the
+    -- delivery id is the monitor's and the event's.
+    INSERT INTO webhook_deliveries (id, monitor_id, event_id, account_id, condition, balance_after, occurred_at,
+                                    next_attempt_at, created_at)
+    SELECT webhook_delivery_id(m.id, t.event), m.id, t.event, e.account, m.condition, e.balance_after, $1, $1, $1
+    FROM UNNEST($27::text[], $29::uuid[], $30::int8[], $31::int8[]) AS e(account, transfer, amount, balance_after)
+    JOIN monitors m ON m.account_id = e.account AND m.deleted_at IS NULL
+    JOIN UNNEST($17::uuid[], $18::uuid[]) AS t(id, event) ON t.id = e.transfer
+    WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after - e.amount))
+      AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after))
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+), webhook_wake AS (
+    -- Wakes the delivery worker only when something fired (pg_notify is volatile: never inlined).
+    SELECT pg_notify($62, '') FROM (SELECT 1 FROM new_deliveries LIMIT 1) d
 )
 -- The payload tells the publisher where the new rows start (see outbox.rs).
-SELECT pg_notify($3, COALESCE((SELECT min(id) FROM new_outbox)::text, '')) FROM (SELECT count(*) AS n FROM read_accounts) r
+SELECT pg_notify($3, COALESCE((SELECT min(id) FROM new_outbox)::text, '')), (SELECT count(*) FROM webhook_wake)
+FROM (SELECT count(*) AS n FROM read_accounts) r
 WHERE ledger_assert_accounts_as_planned(r.n, cardinality($35::text[]))";

@@ -37,6 +37,10 @@ pub use error::StorageError;
 /// wakes exactly when there is something committed to publish.
 pub const OUTBOX_CHANNEL: &str = "ledger_outbox";
 
+/// Channel the webhook delivery worker LISTENs on; notified in the transaction that fires a
+/// monitor (the committer's statement, a remote-apply round), only when one fired.
+pub const WEBHOOK_CHANNEL: &str = "ledger_webhooks";
+
 /// Timestamps as the API and events print them.
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)

@@ -4,7 +4,7 @@
 //! held events and the dead letters.
 
 use super::remote_load::Loaded;
-use super::{AccountRow, OUTBOX_CHANNEL, StorageError, transaction_json, transfer_json};
+use super::{AccountRow, OUTBOX_CHANNEL, StorageError, WEBHOOK_CHANNEL, transaction_json, transfer_json};
 use crate::remote::Held;
 use crate::views::{RecordChange, ViewChange};
 use chrono::{DateTime, Utc};
@@ -241,6 +241,8 @@ async fn write_transfers(
     let mut tr2 = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut tr3: (Vec<Option<uuid::Uuid>>, Vec<Option<i16>>) = (Vec::new(), Vec::new());
     let mut en = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Each entry's event and its time, for the monitors it may fire.
+    let mut en_event = (Vec::new(), Vec::new());
     let mut keys = (Vec::new(), Vec::new(), Vec::new());
     for (held, a) in applied {
         let e = &held.event;
@@ -276,6 +278,10 @@ async fn write_transfers(
                 en.2.push(leg.transfer_id);
                 en.3.push(p.amount);
                 en.4.push(p.balance_after);
+                en_event.0.push(e.event_id);
+                en_event
+                    .1
+                    .push(DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now));
             }
         }
         let settles = matches!(e.payload, EventPayload::PendingSettled { .. });
@@ -332,11 +338,29 @@ async fn write_transfers(
     .await?;
     sqlx::query(
         // Stamped no earlier than the account's last entry, as the committer does (its accounts
-        // are locked by now, so this statement sees that entry): entries in sequence order.
-        "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
-         SELECT a, s, t, amt, bal, GREATEST($6, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
-                                                 ORDER BY p.seq DESC LIMIT 1))
-         FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[]) AS u(a, s, t, amt, bal)",
+        // are locked by now, so this statement sees that entry): entries in sequence order. And the
+        // webhooks they fire, as in the committer's statement (storage/batch.rs): each active
+        // monitor whose condition is false before the entry and true after it. Money moved in
+        // another region fires this region's monitors when it is applied here, in this transaction.
+        "WITH new_entries AS (
+             INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+             SELECT a, s, t, amt, bal, GREATEST($6, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
+                                                     ORDER BY p.seq DESC LIMIT 1))
+             FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[]) AS u(a, s, t, amt, bal)
+         ), new_deliveries AS (
+             INSERT INTO webhook_deliveries (id, monitor_id, event_id, account_id, condition, balance_after,
+                                             occurred_at, next_attempt_at, created_at)
+             SELECT webhook_delivery_id(m.id, e.event), m.id, e.event, e.account, m.condition, e.balance_after,
+                    e.occurred_at, $6, $6
+             FROM UNNEST($1::text[], $4::int8[], $5::int8[], $7::uuid[], $8::timestamptz[])
+               AS e(account, amount, balance_after, event, occurred_at)
+             JOIN monitors m ON m.account_id = e.account AND m.deleted_at IS NULL
+             WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after - e.amount))
+               AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after))
+             ON CONFLICT (id) DO NOTHING
+             RETURNING 1
+         )
+         SELECT pg_notify($9, '') FROM (SELECT 1 FROM new_deliveries LIMIT 1) d",
     )
     .bind(&en.0)
     .bind(&en.1)
@@ -344,6 +368,9 @@ async fn write_transfers(
     .bind(&en.3)
     .bind(&en.4)
     .bind(now)
+    .bind(&en_event.0)
+    .bind(&en_event.1)
+    .bind(WEBHOOK_CHANNEL)
     .execute(&mut *tx)
     .await?;
     if !keys.0.is_empty() {
