@@ -38,3 +38,10 @@ CREATE INDEX pending_transfers_due ON pending_transfers (origin_region, expires_
 ALTER TABLE conflicts DROP CONSTRAINT conflicts_kind_check;
 ALTER TABLE conflicts ADD CONSTRAINT conflicts_kind_check
     CHECK (kind IN ('overdraft', 'duplicate-intent', 'account-definition', 'concurrent-benign', 'pending-settlement'));
+
+-- Monitors compare `available` as balance less pending debits, and are judged per event on the
+-- account before and after it (a hold fires `available` monitors; a transaction's legs are netted).
+CREATE FUNCTION monitor_value(field TEXT, balance BIGINT, pending_debits BIGINT) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE field WHEN 'balance' THEN balance WHEN 'available' THEN balance - pending_debits END
+$$;

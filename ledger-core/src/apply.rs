@@ -55,6 +55,10 @@ pub struct Posting {
     pub entry_seq: i64,
     /// The account's balance after it.
     pub balance_after: i64,
+    /// The account's pending debits before the event (what its available balance had left).
+    pub pending_debits_before: i64,
+    /// The account's pending debits after the event.
+    pub pending_debits_after: i64,
 }
 
 /// What applying one event did.
@@ -330,7 +334,15 @@ impl ApplyState {
                     .ok_or_else(|| format!("balance of {account} out of range: {held} + {amount}"))?;
                 *held = balance;
                 *seq += 1;
-                entries.push(Posting { account: account.clone(), amount, entry_seq: *seq, balance_after: balance });
+                // Entries are about balances; the event's pending amounts are on its postings.
+                entries.push(Posting {
+                    account: account.clone(),
+                    amount,
+                    entry_seq: *seq,
+                    balance_after: balance,
+                    pending_debits_before: 0,
+                    pending_debits_after: 0,
+                });
             }
         }
         for account in &accounts {
@@ -340,6 +352,7 @@ impl ApplyState {
         let mut postings = Vec::with_capacity(accounts.len());
         for (account, after) in accounts.iter().zip(after) {
             let incoming = AccountEvent::of(event, account).expect("checked above");
+            let pending_debits_before = self.accounts.get(*account).map_or(0, |a| a.pending_debits);
             let window = self.window.entry((*account).clone()).or_default();
             let concurrent: Vec<AccountEvent> = concurrent_with(window, &incoming).into_iter().cloned().collect();
             window.push(incoming.clone());
@@ -395,6 +408,8 @@ impl ApplyState {
                 entry_seq: state.entry_seq,
                 // In the posting's currency (apart from the balance for another currency).
                 balance_after: after.map_or(state.balance, |(balance, _)| balance),
+                pending_debits_before,
+                pending_debits_after: state.pending_debits,
             });
             let (forbids_negative, balance) = (!state.spec.allow_negative, state.balance);
             for other in &concurrent {

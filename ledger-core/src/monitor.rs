@@ -87,9 +87,11 @@ impl Field {
     }
 
     /// The value compared, from the account's balance. The one place `available` is defined.
-    pub fn value(self, balance: i64) -> i64 {
+    pub fn value(self, balance: i64, pending_debits: i64) -> i64 {
         match self {
-            Field::Balance | Field::Available => balance,
+            Field::Balance => balance,
+            // Both within ±2^62: never overflows.
+            Field::Available => balance - pending_debits,
         }
     }
 }
@@ -138,9 +140,9 @@ impl Condition {
         Ok(Self { field, op, threshold })
     }
 
-    /// Whether the condition holds for an account with this balance.
-    pub fn holds(&self, balance: i64) -> bool {
-        let value = self.field.value(balance);
+    /// Whether the condition holds for an account with this balance and these pending debits.
+    pub fn holds(&self, balance: i64, pending_debits: i64) -> bool {
+        let value = self.field.value(balance, pending_debits);
         match self.op {
             Op::Lt => value < self.threshold,
             Op::Le => value <= self.threshold,
@@ -149,10 +151,10 @@ impl Condition {
         }
     }
 
-    /// Whether a posting taking the balance from `before` to `after` makes the condition true: it
-    /// was false before and is true after.
-    pub fn fires(&self, before: i64, after: i64) -> bool {
-        !self.holds(before) && self.holds(after)
+    /// Whether an event taking the account from `before` to `after` (balance, pending debits)
+    /// makes the condition true: it was false before and is true after.
+    pub fn fires(&self, before: (i64, i64), after: (i64, i64)) -> bool {
+        !self.holds(before.0, before.1) && self.holds(after.0, after.1)
     }
 
     /// The indices of the postings (signed amounts applied in order from `start`) that fire the
@@ -162,7 +164,7 @@ impl Condition {
         let mut fired = Vec::new();
         for (i, amount) in postings.iter().enumerate() {
             let after = balance.checked_add(*amount)?;
-            if self.fires(balance, after) {
+            if self.fires((balance, 0), (after, 0)) {
                 fired.push(i);
             }
             balance = after;
@@ -199,6 +201,20 @@ pub fn delivery_id(monitor: uuid::Uuid, event: uuid::Uuid) -> uuid::Uuid {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A hold lowers what is available, not the balance: an `available` monitor fires on it, a
+    /// `balance` monitor does not.
+    #[test]
+    fn available_counts_what_pending_transfers_hold() {
+        let available = Condition::parse("available < 50").unwrap();
+        let balance = Condition::parse("balance < 50").unwrap();
+        assert!(available.fires((100, 0), (100, 60)));
+        assert!(!balance.fires((100, 0), (100, 60)));
+        // Posting 40 of the 60 held releases the rest: available goes back up, the balance down.
+        assert!(!available.fires((100, 60), (60, 0)));
+        assert!(!balance.fires((100, 60), (60, 0)));
+        assert!(balance.fires((60, 0), (40, 0)));
+    }
 
     #[test]
     fn the_grammar_accepts_each_field_and_operator() {
@@ -257,19 +273,19 @@ mod tests {
                 balances.push(balances.last().unwrap() + p);
             }
             let expected: Vec<usize> = (0..postings.len())
-                .filter(|&i| !c.holds(balances[i]) && c.holds(balances[i + 1]))
+                .filter(|&i| !c.holds(balances[i], 0) && c.holds(balances[i + 1], 0))
                 .collect();
             prop_assert_eq!(&fired, &expected);
             // Between two firings the condition went false again: a crossing fires once.
             for pair in fired.windows(2) {
-                prop_assert!((pair[0] + 1..=pair[1]).any(|i| !c.holds(balances[i])));
+                prop_assert!((pair[0] + 1..=pair[1]).any(|i| !c.holds(balances[i], 0)));
             }
             // The number of firings is the number of times it became true.
-            let became_true = balances.windows(2).filter(|w| !c.holds(w[0]) && c.holds(w[1])).count();
+            let became_true = balances.windows(2).filter(|w| !c.holds(w[0], 0) && c.holds(w[1], 0)).count();
             prop_assert_eq!(fired.len(), became_true);
             // Never fires on a posting after which the condition is false.
             for i in &fired {
-                prop_assert!(c.holds(balances[i + 1]));
+                prop_assert!(c.holds(balances[i + 1], 0));
             }
         }
 

@@ -431,16 +431,21 @@ async fn bad_input_on_every_monitor_route_is_a_problem_and_writes_nothing() {
         ["balance < 5", "balance <= 5", "available > -5", "available >= 5", "balance < -4611686018427387904"]
     {
         let c = Condition::parse(condition).unwrap();
-        for v in values {
-            let held: bool = sqlx::query_scalar("SELECT monitor_holds($1, $2, monitor_value($3, $4))")
+        // With and without pending debits (migration 0017's `available`).
+        for (v, held_back) in values.into_iter().flat_map(|v| [(v, 0), (v, 5), (v, ledger_core::BALANCE_MAX)]) {
+            if v.checked_sub(held_back).is_none() {
+                continue;
+            }
+            let held: bool = sqlx::query_scalar("SELECT monitor_holds($1, $2, monitor_value($3, $4, $5))")
                 .bind(c.op.as_str())
                 .bind(c.threshold)
                 .bind(c.field.as_str())
                 .bind(v)
+                .bind(held_back)
                 .fetch_one(&node.db.pool)
                 .await
                 .unwrap();
-            assert_eq!(held, c.holds(v), "{condition} at {v}");
+            assert_eq!(held, c.holds(v, held_back), "{condition} at {v} with {held_back} held");
         }
     }
     for _ in 0..20 {
@@ -588,5 +593,49 @@ async fn with_no_monitor_the_write_statement_only_probes_the_monitors_index() {
     assert_eq!(seq_after - seq_before, 0, "monitors was scanned");
     assert!(idx_after > idx_before, "the write statement looked monitors up by index");
     assert_eq!(counts(&node.db.pool).await, (0, 0, 0));
+    node.stop().await;
+}
+
+/// Monitors judge each event on the account before and after it: a hold lowers `available` (and
+/// fires an `available` monitor, not a `balance` one), a post of part of it gives some back, and a
+/// transaction whose legs cross a threshold twice fires once, on the net.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_fire_available_monitors_and_a_transaction_fires_once_on_its_net() {
+    let node = start(fast_retries).await;
+    let (receiver, url) = Receiver::start().await;
+    node.open("world", "USD", true).await;
+    node.open("card", "USD", false).await;
+    node.open("shop", "USD", false).await;
+    assert_eq!(node.transfer("world", "card", 100).await.status, 201);
+    let available = create_monitor(&node, "card", "available < 50", &format!("{url}/available")).await;
+    let balance = create_monitor(&node, "card", "balance < 50", &format!("{url}/balance")).await;
+    let hold = node.post("/v1/transfers", json!({"from": "card", "to": "shop", "amount": 60, "pending": true})).await;
+    assert_eq!(hold.status, 201, "{}", hold.body);
+    let got = receiver.wait_for("available", 1, Duration::from_secs(30)).await;
+    let body = got[0].body.clone();
+    assert_eq!(body["balance_after"], 100, "the hold moved no balance: {body}");
+    // Posting 40 of the 60: the balance goes 100 → 60 (not below 50) and what is available back
+    // up from 40 to 60: nothing fires.
+    let id = hold.body["id"].as_str().unwrap();
+    let posted = node.post(&format!("/v1/transfers/{id}/post"), json!({"amount": 40})).await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    // A transaction taking card 60 → 45 → 70 → 48 crosses `balance < 50` twice: one delivery.
+    let leg = |from: &str, to: &str, amount: i64| json!({"from": from, "to": to, "amount": amount, "currency": "USD"});
+    let t = node
+        .post(
+            "/v1/transactions",
+            json!({"legs": [leg("card", "shop", 15), leg("world", "card", 25), leg("card", "shop", 22)]}),
+        )
+        .await;
+    assert_eq!(t.status, 201, "{}", t.body);
+    let got = receiver.wait_for("balance", 1, Duration::from_secs(30)).await;
+    let body = got[0].body.clone();
+    assert_eq!(body["balance_after"], 48, "{body}");
+    wait_state(&node, &balance, "delivered", 1).await;
+    // What is available went 60 → 48 with the transaction too: the `available` monitor's second crossing.
+    wait_state(&node, &available, "delivered", 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received("balance").len(), 1, "one crossing, one delivery");
+    assert_eq!(receiver.received("available").len(), 2);
     node.stop().await;
 }

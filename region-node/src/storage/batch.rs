@@ -47,6 +47,10 @@ pub(crate) struct Writes {
     pub ae_opened: Vec<Option<Value>>,
     pub ae_key: Vec<Option<String>>,
     pub ae_entry_seq: Vec<i64>,
+    pub ae_balance_before: Vec<i64>,
+    pub ae_pending_before: Vec<i64>,
+    pub ae_balance_after: Vec<i64>,
+    pub ae_pending_after: Vec<i64>,
     pub ik_key: Vec<String>,
     pub ik_hash: Vec<String>,
     pub ik_body: Vec<Value>,
@@ -161,6 +165,10 @@ pub(crate) async fn flush<'e, E: sqlx::PgExecutor<'e>>(executor: E, batch: &Comm
         .bind(new.iter().map(|a| a.state.pending_debits).collect::<Vec<_>>())
         .bind(new.iter().map(|a| a.state.pending_credits).collect::<Vec<_>>())
         .bind(WEBHOOK_CHANNEL)
+        .bind(&w.ae_balance_before)
+        .bind(&w.ae_pending_before)
+        .bind(&w.ae_balance_after)
+        .bind(&w.ae_pending_after)
         .execute(executor)
         .await?;
     Ok(())
@@ -184,7 +192,8 @@ FROM idempotency_keys WHERE key = ANY($2)"
 /// changed each; `$55`–`$56` each transfer's transaction and leg (null for a plain transfer); `$57`
 /// each per-account event's entry count after it (migration 0016); `$58`–`$61` the pending amounts
 /// of the accounts read and opened (their vector, checked, moves whenever those do); `$62` the
-/// webhook channel. The definition
+/// webhook channel; `$63`–`$66` each per-account event's balance and pending debits before and
+/// after it, for the monitors. The definition
 /// and the frozen flag are compared too: resolving an
 /// account-definition conflict (`storage/resolve.rs`) changes them, and may leave balance, entry
 /// count and vector as they were, so a batch planned against a remembered frozen flag or currency
@@ -246,20 +255,18 @@ WITH new_accounts AS (
     SELECT $46::uuid[], $47::text[], $1 WHERE cardinality($46::uuid[]) > 0
     RETURNING id
 ), new_deliveries AS (
-    -- The webhooks this batch fires (migration 0013): each active monitor of an account an entry
-    -- posts to whose condition is false on the balance before the entry and true after it. With no
-    -- monitor on the batch's accounts this is one probe of `monitors_active_by_account` per entry.
-    -- An event crossing one monitor's threshold twice (a transaction's legs) fires once: the
-    -- delivery id is the monitor's and the event's.
+    -- The webhooks this batch fires (migrations 0013, 0017): each active monitor of an account an
+    -- event touches whose condition is false on the account before the event and true after it
+    -- (a transaction's legs netted; a hold lowers `available`). With no monitor on the batch's
+    -- accounts this is one probe of `monitors_active_by_account` per account and event.
     INSERT INTO webhook_deliveries (id, monitor_id, event_id, account_id, condition, balance_after, occurred_at,
                                     next_attempt_at, created_at)
-    SELECT webhook_delivery_id(m.id, t.event), m.id, t.event, e.account, m.condition, e.balance_after, $1, $1, $1
-    FROM UNNEST($27::text[], $29::uuid[], $30::int8[], $31::int8[]) AS e(account, transfer, amount, balance_after)
+    SELECT webhook_delivery_id(m.id, e.event), m.id, e.event, e.account, m.condition, e.balance_after, $1, $1, $1
+    FROM UNNEST($39::text[], $41::uuid[], $63::int8[], $64::int8[], $65::int8[], $66::int8[])
+      AS e(account, event, balance_before, pending_before, balance_after, pending_after)
     JOIN monitors m ON m.account_id = e.account AND m.deleted_at IS NULL
-    JOIN UNNEST($17::uuid[], $18::uuid[]) AS t(id, event) ON t.id = e.transfer
-    WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after - e.amount))
-      AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after))
-    ON CONFLICT (id) DO NOTHING
+    WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_before, e.pending_before))
+      AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after, e.pending_after))
     RETURNING 1
 ), webhook_wake AS (
     -- Wakes the delivery worker only when something fired (pg_notify is volatile: never inlined).

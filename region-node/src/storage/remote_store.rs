@@ -60,6 +60,9 @@ async fn write_events(
     let mut ae = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ae_episode = Vec::new();
     let mut ae_entry_seq = Vec::new();
+    // Each account's balance and pending debits before and after the event, and when it happened:
+    // what the monitors judge.
+    let mut ae_money = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (held, a) in applied {
         let e = &held.event;
         ev.0.push(e.event_id);
@@ -81,7 +84,14 @@ async fn write_events(
             ae.6.push(seen.opened.map(|spec| json!(spec)));
             ae.7.push(seen.idempotency_key);
             ae_episode.push(episode_of.get(&(account, e.event_id)).copied());
-            ae_entry_seq.push(a.postings.iter().find(|p| p.account == *account).map(|p| p.entry_seq));
+            let posting = a.postings.iter().find(|p| p.account == *account);
+            ae_entry_seq.push(posting.map(|p| p.entry_seq));
+            let (balance_after, amount) = posting.map_or((0, 0), |p| (p.balance_after, p.amount));
+            ae_money.0.push(balance_after - amount);
+            ae_money.1.push(posting.map_or(0, |p| p.pending_debits_before));
+            ae_money.2.push(balance_after);
+            ae_money.3.push(posting.map_or(0, |p| p.pending_debits_after));
+            ae_money.4.push(ev.6.last().copied().unwrap_or(now));
         }
     }
     if ev.0.is_empty() {
@@ -101,10 +111,27 @@ async fn write_events(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key, episode,
-                                     entry_seq)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[], $8::text[], $9::uuid[],
-                              $10::int8[])",
+        // And the webhooks the events fire, judged as the committer's statement judges them
+        // (storage/batch.rs): money moved in another region fires this region's monitors when it
+        // is applied here, in this transaction.
+        "WITH new_account_events AS (
+             INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened,
+                                         idempotency_key, episode, entry_seq)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::jsonb[], $6::int8[], $7::jsonb[],
+                                  $8::text[], $9::uuid[], $10::int8[])
+         ), new_deliveries AS (
+             INSERT INTO webhook_deliveries (id, monitor_id, event_id, account_id, condition, balance_after,
+                                             occurred_at, next_attempt_at, created_at)
+             SELECT webhook_delivery_id(m.id, e.event), m.id, e.event, e.account, m.condition, e.balance_after,
+                    e.occurred_at, $16, $16
+             FROM UNNEST($1::text[], $4::uuid[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::timestamptz[])
+               AS e(account, event, balance_before, pending_before, balance_after, pending_after, occurred_at)
+             JOIN monitors m ON m.account_id = e.account AND m.deleted_at IS NULL
+             WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_before, e.pending_before))
+               AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after, e.pending_after))
+             RETURNING 1
+         )
+         SELECT pg_notify($17, '') FROM (SELECT 1 FROM new_deliveries LIMIT 1) d",
     )
     .bind(&ae.0)
     .bind(&ae.1)
@@ -116,6 +143,13 @@ async fn write_events(
     .bind(&ae.7)
     .bind(&ae_episode)
     .bind(&ae_entry_seq)
+    .bind(&ae_money.0)
+    .bind(&ae_money.1)
+    .bind(&ae_money.2)
+    .bind(&ae_money.3)
+    .bind(&ae_money.4)
+    .bind(now)
+    .bind(WEBHOOK_CHANNEL)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -241,8 +275,6 @@ async fn write_transfers(
     let mut tr2 = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut tr3: (Vec<Option<uuid::Uuid>>, Vec<Option<i16>>) = (Vec::new(), Vec::new());
     let mut en = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // Each entry's event and its time, for the monitors it may fire.
-    let mut en_event = (Vec::new(), Vec::new());
     let mut keys = (Vec::new(), Vec::new(), Vec::new());
     for (held, a) in applied {
         let e = &held.event;
@@ -278,10 +310,6 @@ async fn write_transfers(
                 en.2.push(leg.transfer_id);
                 en.3.push(p.amount);
                 en.4.push(p.balance_after);
-                en_event.0.push(e.event_id);
-                en_event
-                    .1
-                    .push(DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now));
             }
         }
         let settles = matches!(e.payload, EventPayload::PendingSettled { .. });
@@ -338,29 +366,11 @@ async fn write_transfers(
     .await?;
     sqlx::query(
         // Stamped no earlier than the account's last entry, as the committer does (its accounts
-        // are locked by now, so this statement sees that entry): entries in sequence order. And the
-        // webhooks they fire, as in the committer's statement (storage/batch.rs): each active
-        // monitor whose condition is false before the entry and true after it. Money moved in
-        // another region fires this region's monitors when it is applied here, in this transaction.
-        "WITH new_entries AS (
-             INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
-             SELECT a, s, t, amt, bal, GREATEST($6, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
-                                                     ORDER BY p.seq DESC LIMIT 1))
-             FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[]) AS u(a, s, t, amt, bal)
-         ), new_deliveries AS (
-             INSERT INTO webhook_deliveries (id, monitor_id, event_id, account_id, condition, balance_after,
-                                             occurred_at, next_attempt_at, created_at)
-             SELECT webhook_delivery_id(m.id, e.event), m.id, e.event, e.account, m.condition, e.balance_after,
-                    e.occurred_at, $6, $6
-             FROM UNNEST($1::text[], $4::int8[], $5::int8[], $7::uuid[], $8::timestamptz[])
-               AS e(account, amount, balance_after, event, occurred_at)
-             JOIN monitors m ON m.account_id = e.account AND m.deleted_at IS NULL
-             WHERE NOT monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after - e.amount))
-               AND monitor_holds(m.op, m.threshold, monitor_value(m.field, e.balance_after))
-             ON CONFLICT (id) DO NOTHING
-             RETURNING 1
-         )
-         SELECT pg_notify($9, '') FROM (SELECT 1 FROM new_deliveries LIMIT 1) d",
+        // are locked by now, so this statement sees that entry): entries in sequence order.
+        "INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
+         SELECT a, s, t, amt, bal, GREATEST($6, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
+                                                 ORDER BY p.seq DESC LIMIT 1))
+         FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[]) AS u(a, s, t, amt, bal)",
     )
     .bind(&en.0)
     .bind(&en.1)
@@ -368,9 +378,6 @@ async fn write_transfers(
     .bind(&en.3)
     .bind(&en.4)
     .bind(now)
-    .bind(&en_event.0)
-    .bind(&en_event.1)
-    .bind(WEBHOOK_CHANNEL)
     .execute(&mut *tx)
     .await?;
     if !keys.0.is_empty() {

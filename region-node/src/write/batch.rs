@@ -207,7 +207,7 @@ impl Batch {
             payload: EventPayload::AccountOpened { account: cmd.spec.clone() },
             vectors: BTreeMap::from([(cmd.spec.id.clone(), state.version.clone())]),
         };
-        self.record_event(&event, cmd.traceparent.clone(), |_| 0);
+        self.record_event(&event, cmd.traceparent.clone(), |_| (0, 0, 0));
         let row = AccountRow { state, updated_at: self.now, created_at: self.now };
         self.writes.new_accounts.push(cmd.spec.id.clone());
         self.accounts.insert(cmd.spec.id.clone(), row.clone());
@@ -253,7 +253,8 @@ impl Batch {
                 (cmd.to.clone(), to.state.version.clone()),
             ]),
         };
-        let seqs = (from.state.entry_seq, to.state.entry_seq);
+        let after = |s: &AccountState| (s.entry_seq, s.balance, s.pending_debits);
+        let seqs = (after(&from.state), after(&to.state));
         self.record_event(&event, cmd.traceparent.clone(), |a| if *a == cmd.from { seqs.0 } else { seqs.1 });
         let body = transfer_json(
             cmd.transfer_id,
@@ -335,7 +336,8 @@ impl Batch {
             },
             vectors: states.iter().map(|(id, s)| (id.clone(), s.version.clone())).collect(),
         };
-        let seqs: BTreeMap<AccountId, i64> = states.iter().map(|(id, s)| (id.clone(), s.entry_seq)).collect();
+        let seqs: BTreeMap<AccountId, (i64, i64, i64)> =
+            states.iter().map(|(id, s)| (id.clone(), (s.entry_seq, s.balance, s.pending_debits))).collect();
         self.record_event(&event, cmd.traceparent.clone(), |a| seqs[a]);
         let body = transaction_json(&event, &self.now).expect("a transaction event");
         let w = &mut self.writes;
@@ -411,7 +413,8 @@ impl Batch {
                 (cmd.to.clone(), to.state.version.clone()),
             ]),
         };
-        let seqs = (from.state.entry_seq, to.state.entry_seq);
+        let after = |s: &AccountState| (s.entry_seq, s.balance, s.pending_debits);
+        let seqs = (after(&from.state), after(&to.state));
         self.record_event(&event, cmd.traceparent.clone(), |a| if *a == cmd.from { seqs.0 } else { seqs.1 });
         let row = PendingRow {
             record: PendingRecord {
@@ -497,7 +500,8 @@ impl Batch {
                 (record.to.clone(), to.state.version.clone()),
             ]),
         };
-        let seqs = (from.state.entry_seq, to.state.entry_seq);
+        let after = |s: &AccountState| (s.entry_seq, s.balance, s.pending_debits);
+        let seqs = (after(&from.state), after(&to.state));
         self.record_event(&event, cmd.traceparent.clone(), |a| if *a == record.from { seqs.0 } else { seqs.1 });
         if let ledger_core::Settlement::Post { transfer_id, amount } = settlement {
             // The post is a transfer of its own, with its two entries.
@@ -572,18 +576,26 @@ impl Batch {
         &mut self,
         event: &LedgerEvent,
         traceparent: Option<String>,
-        entries_after: impl Fn(&AccountId) -> i64,
+        after: impl Fn(&AccountId) -> (i64, i64, i64),
     ) {
         let payload = serde_json::to_value(event).expect("events serialize");
+        // Before the event: the batch's accounts are updated only after their command's event is
+        // recorded (an account it opens had nothing).
+        let before: Vec<(i64, i64)> = event
+            .accounts()
+            .iter()
+            .map(|a| self.accounts.get(*a).map_or((0, 0), |r| (r.state.balance, r.state.pending_debits)))
+            .collect();
         let w = &mut self.writes;
         w.ev_id.push(event.event_id);
         w.ev_aggregate.push(event.aggregate_id());
         w.ev_type.push(event.event_type().to_owned());
         w.ev_vectors.push(json!(event.vectors));
         w.ev_traceparent.push(traceparent.clone());
-        for account in event.accounts() {
+        for (account, (balance_before, pending_before)) in event.accounts().into_iter().zip(before) {
             let seen =
                 ledger_core::replication::AccountEvent::of(event, account).expect("events carry a vector per account");
+            let (entry_seq, balance_after, pending_after) = after(account);
             w.ae_account.push(account.to_string());
             w.ae_counter.push(seen.counter as i64);
             w.ae_event.push(event.event_id);
@@ -591,7 +603,11 @@ impl Batch {
             w.ae_posting.push(seen.posting);
             w.ae_opened.push(seen.opened.map(|spec| json!(spec)));
             w.ae_key.push(seen.idempotency_key);
-            w.ae_entry_seq.push(entries_after(account));
+            w.ae_entry_seq.push(entry_seq);
+            w.ae_balance_before.push(balance_before);
+            w.ae_pending_before.push(pending_before);
+            w.ae_balance_after.push(balance_after);
+            w.ae_pending_after.push(pending_after);
             w.ob_event.push(event.event_id);
             w.ob_key.push(account.to_string());
         }
