@@ -239,8 +239,14 @@ pub struct Account {
     /// ISO 4217 code, three uppercase letters.
     #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    /// Minor units, within ±2^62.
+    /// Minor units, within ±2^62: what is posted.
     pub balance: i64,
+    /// Minor units reserved by pending transfers from this account.
+    pub pending_debits: i64,
+    /// Minor units promised to it by pending transfers.
+    pub pending_credits: i64,
+    /// `balance` less `pending_debits`: what a transfer or a new hold may spend.
+    pub available: i64,
     /// Whether the balance may go below zero.
     pub allow_negative: bool,
     /// The client's metadata, as given at opening.

@@ -146,8 +146,14 @@ fn parse(body: &TransferBody) -> Result<(AccountId, AccountId, Amount, Option<Cu
                 ("Location" = String, description = "`/v1/transfers/{id}`"),
                 ("idempotent-replayed" = Option<String>, description = "`true` when answered from the key's record"),
             ),
-            links(("GetTransfer" = (operation_id = "getTransfer", parameters(("id" = "$response.body#/id")),
-                description = "The transfer just made")))),
+            links(
+                ("GetTransfer" = (operation_id = "getTransfer", parameters(("id" = "$response.body#/id")),
+                    description = "The transfer just made")),
+                ("PostPendingTransfer" = (operation_id = "postPendingTransfer",
+                    parameters(("id" = "$response.body#/id")), description = "Posts it, when pending")),
+                ("VoidPendingTransfer" = (operation_id = "voidPendingTransfer",
+                    parameters(("id" = "$response.body#/id")), description = "Voids it, when pending")),
+            )),
         (status = 400, description = "`invalid-json`, `unknown-field`, `missing-field`, `invalid-field`, \
             `invalid-account-id`, `invalid-currency`, `invalid-amount`, `amount-out-of-range`, \
             `invalid-idempotency-key`; `invalid-field` also for `timeout_s` out of range or without `pending`",
