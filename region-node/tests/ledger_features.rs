@@ -9,6 +9,11 @@ use common::cluster::Cluster;
 use serde_json::Value;
 use std::time::Duration;
 
+/// One of these three-region tests at a time: each drives thousands of requests through nine
+/// processes, and two at once on a two-core machine starved the nodes' connection pools (CI saw
+/// `pool timed out` answered as 503).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every entry of an account in one region, paging through `GET /v1/accounts/{id}/entries` (1,000
 /// a page at most, so a history longer than that crosses pages).
 async fn all_entries(node: &TestNode, id: &str) -> Vec<Value> {
@@ -35,6 +40,7 @@ fn dominates(a: &Value, b: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn point_in_time_balances_equal_a_replay_of_the_entries_in_every_region() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await;
     let [us, eu, ap] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     us.open("world", "USD", true).await;
@@ -156,6 +162,7 @@ fn comparable(mut t: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_leg_transactions_apply_whole_in_every_region_and_one_overdrawing_leg_refuses_all() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await;
     let [us, eu, ap] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     us.open("world", "USD", true).await;
@@ -364,6 +371,7 @@ async fn keyed(node: &TestNode, path: &str, body: Value, key: &str) -> common::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_transfers_settle_across_regions_and_a_post_racing_a_void_has_one_outcome() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start_with(false, |cfg| cfg.pending_expiry_scan_ms = 200).await;
     let (us, eu, ap) = (0, 1, 2);
     cluster.nodes[us].open("world", "USD", true).await;
