@@ -34,9 +34,7 @@ async fn second_node(node: &TestNode) -> (region_node::Node, String) {
 
 /// Posts a transfer to the node at `base` (any node of the test's region); its status and body.
 async fn transfer_at(http: &reqwest::Client, key: &str, base: &str, body: &Value) -> (u16, Value) {
-    let r = http.post(format!("{base}/v1/transfers")).bearer_auth(key).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    common::post_decided(http, &format!("{base}/v1/transfers"), key, body).await
 }
 
 /// Sends every `(base URL, transfer body)` at once; returns how many were accepted, every other

@@ -59,8 +59,8 @@ async fn point_in_time_balances_equal_a_replay_of_the_entries_in_every_region() 
                 let (from, to, amount) =
                     if k % 5 == 4 { ("pit", "other", 3) } else { ("world", "pit", 1 + (k % 9) * 7) };
                 let body = serde_json::json!({"from": from, "to": to, "amount": amount});
-                let r = http.post(format!("{base}/v1/transfers")).bearer_auth(&key).json(&body).send().await.unwrap();
-                assert!(r.status() == 201 || (from == "pit" && r.status() == 409), "region {n}: {}", r.status());
+                let (status, reply) = common::post_decided(&http, &format!("{base}/v1/transfers"), &key, &body).await;
+                assert!(status == 201 || (from == "pit" && status == 409), "region {n}: {status} {reply}");
             }
         });
     }
@@ -231,17 +231,11 @@ async fn multi_leg_transactions_apply_whole_in_every_region_and_one_overdrawing_
                     1 => vec![leg("world", "shop", 7), leg("shop", "tax", 2), leg("tax", "fees", 1)],
                     _ => vec![leg("alice", "fees", 3), leg("alice", "tax", 3), leg("world", "alice", 1)],
                 };
-                let r = http
-                    .post(format!("{base}/v1/transactions"))
-                    .bearer_auth(&key)
-                    .json(&serde_json::json!({"legs": legs, "metadata": {"region": n, "k": k}}))
-                    .send()
-                    .await
-                    .unwrap();
-                match r.status().as_u16() {
-                    201 => accepted += 1,
-                    409 => {}
-                    other => panic!("region {n}: {other} {}", r.text().await.unwrap()),
+                let body = serde_json::json!({"legs": legs, "metadata": {"region": n, "k": k}});
+                match common::post_decided(&http, &format!("{base}/v1/transactions"), &key, &body).await {
+                    (201, _) => accepted += 1,
+                    (409, _) => {}
+                    (other, reply) => panic!("region {n}: {other} {reply}"),
                 }
             }
             accepted

@@ -36,8 +36,7 @@ async fn concurrent_transfers_in_all_regions_converge() {
                 if body["from"] == body["to"] {
                     continue;
                 }
-                let r = http.post(format!("{base}/v1/transfers")).bearer_auth(&key).json(&body).send().await.unwrap();
-                if r.status() == 201 {
+                if common::post_decided(&http, &format!("{base}/v1/transfers"), &key, &body).await.0 == 201 {
                     accepted += 1;
                 }
             }
@@ -234,8 +233,8 @@ async fn hot_accounts_in_three_regions_converge_with_a_bounded_number_of_conflic
                 }
                 let body =
                     json!({"from": format!("hot{from}"), "to": format!("hot{to}"), "amount": 1 + (x >> 16) % 50});
-                let r = http.post(format!("{base}/v1/transfers")).bearer_auth(&key).json(&body).send().await.unwrap();
-                accepted += (r.status() == 201) as usize;
+                accepted +=
+                    (common::post_decided(&http, &format!("{base}/v1/transfers"), &key, &body).await.0 == 201) as usize;
             }
             accepted
         }));

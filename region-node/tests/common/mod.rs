@@ -113,14 +113,19 @@ impl TestNode {
         self.send(reqwest::Method::GET, path, Some(&self.read_key), None, &[]).await
     }
 
+    /// Opens an account; an opening is idempotent by its attributes, so one retried after a 503
+    /// (a timeout on a loaded machine) and found made answers 200.
     pub async fn open(&self, id: &str, currency: &str, allow_negative: bool) {
-        let r =
-            self.post("/v1/accounts", json!({"id": id, "currency": currency, "allow_negative": allow_negative})).await;
-        assert_eq!(r.status, 201, "opening {id}: {}", r.body);
+        let body = json!({"id": id, "currency": currency, "allow_negative": allow_negative});
+        let (status, reply) =
+            post_decided(&self.http, &format!("{}/v1/accounts", self.base), &self.write_key, &body).await;
+        assert!(status == 201 || status == 200, "opening {id}: {status} {reply}");
     }
 
+    /// A transfer sent as a careful client sends it (see [`post_decided`]).
     pub async fn transfer(&self, from: &str, to: &str, amount: i64) -> Reply {
-        self.post("/v1/transfers", json!({"from": from, "to": to, "amount": amount})).await
+        let body = json!({"from": from, "to": to, "amount": amount});
+        post_decided_reply(&self.http, &format!("{}/v1/transfers", self.base), &self.write_key, &body).await
     }
 
     pub async fn balance(&self, id: &str) -> i64 {
@@ -175,6 +180,40 @@ impl TestNode {
             node.shutdown().await;
         }
     }
+}
+
+/// Attempts `post_decided` makes before it gives up on a node.
+const DECIDED_ATTEMPTS_MAX: u32 = 30;
+
+/// Posts `body` to `url` as a careful client does: with an `Idempotency-Key`, sent again with the
+/// same key while the answer leaves the outcome open (a transport error, or a 503: a request that
+/// outlives `request_timeout_ms` on a loaded machine is answered so, and may still commit after).
+/// Returns the decided status and body, so a test counting 201s counts exactly the postings made.
+pub async fn post_decided(http: &reqwest::Client, url: &str, api_key: &str, body: &Value) -> (u16, Value) {
+    let reply = post_decided_reply(http, url, api_key, body).await;
+    (reply.status, reply.body)
+}
+
+/// [`post_decided`], with the decided answer's headers.
+pub async fn post_decided_reply(http: &reqwest::Client, url: &str, api_key: &str, body: &Value) -> Reply {
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    let mut last = String::new();
+    for attempt in 0..DECIDED_ATTEMPTS_MAX {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+        }
+        let sent =
+            http.post(url).bearer_auth(api_key).header("Idempotency-Key", &idempotency_key).json(body).send().await;
+        match sent {
+            Ok(r) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                let (status, headers) = (r.status().as_u16(), r.headers().clone());
+                return Reply { status, headers, body: r.json().await.unwrap_or(Value::Null) };
+            }
+            Ok(r) => last = format!("503 {}", r.text().await.unwrap_or_default()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("{url} left {body} undecided after {DECIDED_ATTEMPTS_MAX} attempts: {last}");
 }
 
 /// Every account's balance equals the sum of its entries, its entry count matches, and every
