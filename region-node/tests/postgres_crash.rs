@@ -222,7 +222,8 @@ async fn postgres_killed_under_load_loses_no_acknowledged_transfer_and_writes_no
     for (sent, id) in &acked {
         assert_eq!(stored.get(&sent.key), Some(&vec![id.clone()]), "acknowledged transfer {} ({id})", sent.key);
     }
-    let acked_keys: HashSet<&str> = acked.iter().map(|(s, _)| s.key.as_str()).collect();
+    let mut acked_keys: HashSet<&str> = acked.iter().map(|(s, _)| s.key.as_str()).collect();
+    acked_keys.extend(after.body["idempotency_key"].as_str());
     let phantoms: Vec<&String> = stored.keys().filter(|k| !acked_keys.contains(k.as_str())).collect();
     assert!(phantoms.is_empty(), "stored but never acknowledged: {phantoms:?}");
     assert_eq!(rows.len(), acked.len() + 1, "no transfer without a key either");
