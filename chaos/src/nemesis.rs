@@ -190,6 +190,10 @@ pub struct Injector {
 }
 
 const TOXIC: &str = "chaos";
+/// Attempts at a network heal (`/reset`), each bounded by the client's 10 s timeout.
+const RESET_ATTEMPTS_MAX: u32 = 6;
+/// Pause between two attempts at a heal.
+const RESET_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 impl Injector {
     /// An injector for the environment `manifest` describes.
@@ -277,8 +281,20 @@ impl Injector {
     }
 
     async fn heal_network(&self) -> Result<(), NemesisError> {
-        // Enables every proxy and removes every toxic.
-        self.toxiproxy_post("/reset", serde_json::json!({})).await
+        // Enables every proxy and removes every toxic. Removing a toxic waits for the toxic's
+        // lock, which a bandwidth or latency toxic holds while it drains a busy link (Toxiproxy
+        // issues #412 and #558: the call hangs, or answers 503 after 25 s); a heal must not end
+        // the run for that, and a reset is idempotent, so it is sent again.
+        let mut attempt = 1;
+        loop {
+            match self.toxiproxy_post("/reset", serde_json::json!({})).await {
+                Err(NemesisError::Toxiproxy(_)) if attempt < RESET_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(RESET_RETRY_PAUSE).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     fn links(&self, a: &str, b: &str) -> Result<Vec<String>, NemesisError> {
