@@ -197,7 +197,13 @@ async fn definitions_rejections_failures_and_the_second_approver() {
     regions.open(0, "dual", "USD", false).await;
     regions.open(1, "dual", "EUR", false).await;
     regions.resume().await;
-    let cases = api.wait_cases(viewer, "kind=account-definition", WAIT, |cs| cs.len() == 1).await;
+    // Once every region has reported it (the first report may come before us-east has applied
+    // eu-west's opening, and until then us-east still takes transfers on its own definition).
+    let cases = api
+        .wait_cases(viewer, "kind=account-definition", WAIT, |cs| {
+            cs.len() == 1 && cs[0]["regions"].as_array().is_some_and(|r| r.len() == 3)
+        })
+        .await;
     let case_id = cases[0]["id"].as_str().unwrap().to_owned();
     let path = format!("/api/cases/{case_id}/proposals");
 
