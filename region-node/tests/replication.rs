@@ -70,10 +70,10 @@ async fn concurrent_transfers_in_all_regions_converge() {
         }
     }
     // All regions report the same conflicts, content included (concurrent postings on shared
-    // accounts), one per account and episode of concurrency, never one per pair.
+    // accounts), one per episode of concurrency, never one per pair.
     let first = cluster.conflict_contents(0).await;
     assert!(!first.is_empty(), "concurrent transfers on shared accounts are reported");
-    assert!(first.len() <= 7, "at most one record per account here, not one per pair: {first:?}");
+    cluster.assert_conflicts_per_episode(&first, events.len()).await;
     for i in 1..3 {
         assert_eq!(cluster.conflict_contents(i).await, first, "region {i}");
     }
@@ -203,8 +203,11 @@ async fn a_key_retried_in_a_second_region_is_one_duplicate_intent_everywhere() {
 
 /// Finding 10 at the size it was measured: 720 random transfers among 12 shared accounts, spread
 /// over the three regions while replication runs. Pair by pair this filed 157,867 conflict rows
-/// for about 2,600 events and did not converge within 60 s; per episode it is a handful of
-/// records, identical in every region.
+/// for about 2,600 events and did not converge within 60 s; per episode it is at most one record
+/// per two events, identical in every region, whether replication lags far behind the writes
+/// (a few large episodes: about 35 records here) or keeps up (many small ones: 160 records when
+/// each region paused 40 ms between transfers, in the run that found the old bound of 120
+/// depended on timing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_accounts_in_three_regions_converge_with_a_bounded_number_of_conflicts() {
     const ACCOUNTS: usize = 12;
@@ -252,7 +255,7 @@ async fn hot_accounts_in_three_regions_converge_with_a_bounded_number_of_conflic
     }
     let conflicts = cluster.conflict_contents(0).await;
     assert!(!conflicts.is_empty(), "concurrent transfers on hot accounts are reported");
-    assert!(conflicts.len() <= 10 * ACCOUNTS, "{} records for {accepted} transfers", conflicts.len());
+    cluster.assert_conflicts_per_episode(&conflicts, events.len()).await;
     for i in 1..3 {
         assert_eq!(cluster.conflict_contents(i).await, conflicts, "region {i}");
     }

@@ -197,6 +197,45 @@ impl Cluster {
         all
     }
 
+    /// Conflicts are filed per episode of concurrency, never per pair, whatever the timing: how
+    /// many episodes a load makes depends on how far replication lags behind the writes (a lag
+    /// longer than the gap between writes chains them into a few large episodes; a short one
+    /// leaves many of two or three events), so the bound is the one that holds for any lag. Every
+    /// account-side of an event belongs to at most one episode (each region stores one label per
+    /// account and event, and each episode record counts exactly the events labelled with it), and
+    /// an episode has at least two members: so at most `events` records, and their counts sum to at
+    /// most twice `events` (a transfer touches two accounts). Pair by pair it was quadratic.
+    pub async fn assert_conflicts_per_episode(&self, conflicts: &[Value], events: usize) {
+        let episodes: Vec<&Value> = conflicts
+            .iter()
+            .filter(|c| matches!(c["kind"].as_str(), Some("concurrent-benign" | "overdraft")))
+            .collect();
+        let members: i64 = episodes.iter().map(|c| c["event_count"].as_i64().unwrap()).sum();
+        assert!(
+            episodes.iter().all(|c| c["event_count"].as_i64().unwrap() >= 2),
+            "an episode of one event: {episodes:?}"
+        );
+        assert!(
+            episodes.len() <= events && members <= 2 * events as i64,
+            "{} episode records holding {members} account-events, for {events} events",
+            episodes.len()
+        );
+        for node in &self.nodes {
+            let labelled: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+                "SELECT episode, count(*) FROM account_events WHERE episode IS NOT NULL GROUP BY episode ORDER BY episode",
+            )
+            .fetch_all(&node.db.pool)
+            .await
+            .unwrap();
+            let mut recorded: Vec<(uuid::Uuid, i64)> = episodes
+                .iter()
+                .map(|c| (c["conflict_id"].as_str().unwrap().parse().unwrap(), c["event_count"].as_i64().unwrap()))
+                .collect();
+            recorded.sort();
+            assert_eq!(labelled, recorded, "{}: episode labels against records", node.region.name());
+        }
+    }
+
     pub async fn stop(mut self) {
         self.pause().await;
         for node in self.nodes {
