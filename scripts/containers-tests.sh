@@ -2,7 +2,8 @@
 # The tests that run on the containers backend (LEDGER_TEST_BACKEND=containers): testkit's own,
 # region-node's replication tests and its PostgreSQL crash test; then `ledgerctl up --containers`
 # (ledgerctl/tests/containers_stack.rs: three regions from our services' images, built here from
-# the release binaries by `scripts/containers.sh images`). Starts the private Docker engine
+# the debug binaries by `scripts/containers.sh images --debug`: the tests' own build, as the
+# local backend's tests run them). Starts the private Docker engine
 # and builds the engine images with scripts/containers.sh (the first time: debootstrap, a few
 # minutes), builds the test binaries, runs them, and stops the engine however the run ends (the
 # images stay in its data root, so the next run starts in seconds).
@@ -24,9 +25,9 @@ cargo test -p region-node --test replication --test postgres_crash --no-run
 cargo test -p ledgerctl --features containers --test containers_stack --no-run
 # Our services' images, tagged with the commit (what `ledgerctl up --containers` runs by default).
 started=$SECONDS
-cargo build --release -p region-node -p replicator -p router -p reconcile --bins
-scripts/containers.sh images
-echo "containers-tests: release binaries and service images in $((SECONDS - started)) s" >&2
+cargo build -p region-node -p replicator -p router -p reconcile --bins
+scripts/containers.sh images --debug
+echo "containers-tests: debug binaries and service images in $((SECONDS - started)) s" >&2
 
 run() {
   local started=$SECONDS

@@ -3,8 +3,10 @@
 #   scripts/containers.sh up              install docker.io and debootstrap if missing, start the
 #                                         engine (or reuse it), build the engine images if missing;
 #                                         the last line printed is `export DOCKER_HOST=unix://...`
-#   scripts/containers.sh images          our services' images from the release binaries, tagged
-#                                         by git commit and `latest` (the engine must be up)
+#   scripts/containers.sh images [--debug]
+#                                         our services' images from the release binaries (or,
+#                                         with --debug, the debug ones, debug info stripped),
+#                                         tagged by git commit and `latest` (the engine must be up)
 #   scripts/containers.sh down [--purge]  stop every container of this engine, then the engine;
 #                                         images stay for the next `up` (--purge deletes them too)
 #
@@ -324,34 +326,43 @@ build_kafka() {
   import_rootfs "$dir" "$tag" "$recipe" "ENV PATH=$DEFAULT_PATH" "WORKDIR /var/lib/kafka"
 }
 
-# Our services, from the release binaries, on ledger/base:bookworm. `docker build` of a local FROM
-# image needs no registry; each image adds one layer (the binary) to the shared base.
+# Our services, from the binaries of `profile` (release or debug), on ledger/base:bookworm.
+# `docker build` of a local FROM image needs no registry; each image adds one layer (the binary)
+# to the shared base. The tests' images use the debug binaries their own build already made (a
+# release build of the services takes CI's two cores over five minutes); their debug info is
+# stripped, as it would be most of a 280 MB binary, and the label says which build it is.
 build_services() {
-  local commit
+  local profile=$1 commit build_flag=""
+  [ "$profile" = release ] && build_flag=" --release"
   commit=$(git rev-parse --short HEAD)
   # Binaries built from uncommitted changes are not that commit's: say so in the tag.
   [ -z "$(git status --porcelain --untracked-files=no)" ] || commit="$commit-dirty"
   local bin dir
   for bin in region-node replicator router reconcile; do
-    [ -x "target/release/$bin" ] || die "target/release/$bin is missing: cargo build --release -p region-node -p replicator -p router -p reconcile --bins"
+    [ -x "target/$profile/$bin" ] || die "target/$profile/$bin is missing: cargo build$build_flag -p region-node -p replicator -p router -p reconcile --bins"
   done
   build_base
   for bin in region-node replicator router reconcile; do
     new_work_dir
-    cp "target/release/$bin" "$dir/"
+    if [ "$profile" = release ]; then
+      cp "target/release/$bin" "$dir/"
+    else
+      objcopy --strip-debug "target/$profile/$bin" "$dir/$bin"
+    fi
     cat >"$dir/Dockerfile" <<EOF
 FROM ledger/base:bookworm
 COPY $bin /usr/local/bin/$bin
 LABEL ledger.commit=$commit
+LABEL ledger.profile=$profile
 USER 65534:65534
 ENTRYPOINT ["/usr/local/bin/$bin"]
 EOF
     quiet docker build -q -t "ledger/$bin:$commit" -t "ledger/$bin:latest" "$dir"
-    log "built ledger/$bin:$commit (and :latest)"
+    log "built ledger/$bin:$commit (and :latest) from the $profile binary"
   done
 }
 
-usage() { echo "usage: scripts/containers.sh up | images | down [--purge]" >&2; exit 2; }
+usage() { echo "usage: scripts/containers.sh up | images [--debug] | down [--purge]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in
   up)
@@ -364,7 +375,11 @@ case "$1" in
     ;;
   images)
     engine_answers || die "the engine is not running: scripts/containers.sh up"
-    build_services
+    case "${2:-}" in
+      "") build_services release ;;
+      --debug) build_services debug ;;
+      *) usage ;;
+    esac
     ;;
   down)
     engine_down
