@@ -5,14 +5,13 @@
 use super::accounts::parse_account_id;
 use super::body::{JsonBody, canonical_hash};
 use super::query::PathId;
-use super::transfers::{REPLAYED_HEADER, parse_amount, parse_idempotency_key};
-use super::{AppState, Caller, read_problem, with_timeout};
-use crate::idempotency;
+use super::transfers::{parse_amount, scoped_key, submit};
+use super::{AppState, Caller, read_problem};
 use crate::problem::Problem;
 use crate::storage::transaction_json;
-use crate::write::{Command, Outcome, Transaction};
+use crate::write::{Command, Transaction};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ledger_core::{Currency, LEGS_MAX, LedgerEvent, Leg};
@@ -124,8 +123,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: JsonBody<TransactionBody>,
 ) -> Response {
-    let key = parse_idempotency_key(&headers).map(|key| key.map(|key| idempotency::scoped(&caller.key_hash, &key)));
-    let command = match key.and_then(|key| Ok((key, parse(&body.value)?))) {
+    let command = match scoped_key(&headers, &caller).and_then(|key| Ok((key, parse(&body.value)?))) {
         Ok((idempotency_key, legs)) => Transaction {
             transaction_id: uuid::Uuid::now_v7(),
             legs,
@@ -136,23 +134,7 @@ pub(super) async fn create(
         },
         Err(p) => return p.into_response(),
     };
-    let writer = state.writer.clone();
-    with_timeout(&state, async move {
-        match writer.submit(Command::Transaction(command)).await? {
-            // A key first used by a transfer answers with that transfer: the key is one intent.
-            Outcome::Transferred { body, replayed } => {
-                let kind = if body.get("legs").is_some() { "transactions" } else { "transfers" };
-                let location = format!("/v1/{kind}/{}", body["id"].as_str().unwrap_or_default());
-                let mut response = (StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response();
-                if replayed {
-                    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-                }
-                Ok(response)
-            }
-            Outcome::Opened { .. } => Err(Problem::internal("unexpected outcome")),
-        }
-    })
-    .await
+    submit(&state, Command::Transaction(command)).await
 }
 
 /// One transaction, as `POST /v1/transactions` answered it.

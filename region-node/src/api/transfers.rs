@@ -177,7 +177,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: JsonBody<TransferBody>,
 ) -> Response {
-    let key = parse_idempotency_key(&headers).map(|key| key.map(|key| idempotency::scoped(&caller.key_hash, &key)));
+    let key = scoped_key(&headers, &caller);
     let expires_at = match (body.value.pending, body.value.timeout_s) {
         (_, Some(t)) if !(1..=TIMEOUT_S_MAX).contains(&t) => {
             return Problem::invalid_field(format!("timeout_s must be 1 to {TIMEOUT_S_MAX} seconds")).into_response();
@@ -218,14 +218,21 @@ pub(super) async fn create(
     submit(&state, command).await
 }
 
-/// Hands a command to the committer and answers `201` with the body it returns (`Location` at the
-/// transfer), marked when it is a replay.
-async fn submit(state: &State<AppState>, command: Command) -> Response {
+/// The request's `Idempotency-Key`, scoped to the caller's API key (see [`idempotency::scoped`]).
+pub(super) fn scoped_key(headers: &HeaderMap, caller: &Caller) -> Result<Option<String>, Problem> {
+    Ok(parse_idempotency_key(headers)?.map(|key| idempotency::scoped(&caller.key_hash, &key)))
+}
+
+/// Hands a command to the committer and answers `201` with the body it returns, marked when it is
+/// a replay. `Location` names what the body is: a key first used by a transfer answers a
+/// transaction's retry with that transfer (the key is one intent), and the other way round.
+pub(super) async fn submit(state: &State<AppState>, command: Command) -> Response {
     let writer = state.writer.clone();
     with_timeout(state, async move {
         match writer.submit(command).await? {
             Outcome::Transferred { body, replayed } => {
-                let location = format!("/v1/transfers/{}", body["id"].as_str().unwrap_or_default());
+                let kind = if body.get("legs").is_some() { "transactions" } else { "transfers" };
+                let location = format!("/v1/{kind}/{}", body["id"].as_str().unwrap_or_default());
                 let mut response = (StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response();
                 if replayed {
                     response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
@@ -250,8 +257,8 @@ async fn settle(
     let Ok(id) = uuid::Uuid::parse_str(id) else {
         return Problem::invalid_field("a transfer id is a UUID").into_response();
     };
-    let key = match parse_idempotency_key(&headers) {
-        Ok(key) => key.map(|key| idempotency::scoped(&caller.key_hash, &key)),
+    let key = match scoped_key(&headers, &caller) {
+        Ok(key) => key,
         Err(p) => return p.into_response(),
     };
     // A pending transfer's accounts never change: read here, locked by the committer, which then

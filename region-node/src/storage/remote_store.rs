@@ -380,19 +380,32 @@ async fn write_transfers(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    if !keys.0.is_empty() {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
-             SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&keys.0)
-        .bind(&keys.1)
-        .bind(&keys.2)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    keep_keys(tx, &keys, now).await
+}
+
+/// The idempotency records of keys first used here by the round's postings: (key, request hash,
+/// response body). A retry here is then answered as a replay of the posting made elsewhere; a key
+/// already recorded here keeps its first answer.
+async fn keep_keys<K: AsRef<str>>(
+    tx: &mut PgConnection,
+    keys: &(Vec<K>, Vec<String>, Vec<Value>),
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if keys.0.is_empty() {
+        return Ok(());
     }
+    let names: Vec<&str> = keys.0.iter().map(AsRef::as_ref).collect();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
+         SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&names)
+    .bind(&keys.1)
+    .bind(&keys.2)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -446,20 +459,7 @@ async fn write_pendings(
         }
     }
     super::pending::write(&mut *tx, &rows, now).await?;
-    if !keys.0.is_empty() {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at)
-             SELECT k, h, 201, b, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(k, h, b)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&keys.0)
-        .bind(&keys.1)
-        .bind(&keys.2)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+    keep_keys(tx, &keys, now).await
 }
 
 /// The read models follow in the same transaction: remote events never pass through this region's

@@ -215,12 +215,8 @@ impl Batch {
     }
 
     fn transfer(&mut self, cmd: &Transfer) -> Result<Outcome, CommandError> {
-        if let Some((hash, body)) = cmd.idempotency_key.as_ref().and_then(|key| self.keys.get(key)) {
-            return if *hash == cmd.request_hash {
-                Ok(Outcome::Transferred { body: body.clone(), replayed: true })
-            } else {
-                Err(CommandError::IdempotencyKeyReused)
-            };
+        if let Some(replayed) = self.replay(cmd.idempotency_key.as_ref(), &cmd.request_hash) {
+            return replayed;
         }
         if cmd.from == cmd.to {
             return Err(CommandError::SameAccount);
@@ -269,44 +265,31 @@ impl Batch {
             &from.state.version,
             &to.state.version,
         );
-        let w = &mut self.writes;
-        w.tr_id.push(cmd.transfer_id);
-        w.tr_event.push(event.event_id);
-        w.tr_from.push(cmd.from.to_string());
-        w.tr_to.push(cmd.to.to_string());
-        w.tr_amount.push(cmd.amount.minor_units());
-        w.tr_currency.push(currency.to_string());
-        w.tr_metadata.push(Value::Object(cmd.metadata.clone()));
-        w.tr_key.push(cmd.idempotency_key.clone());
-        w.tr_from_vector.push(json!(from.state.version));
-        w.tr_to_vector.push(json!(to.state.version));
-        w.tr_transaction.push(None);
-        w.tr_leg.push(None);
-        for (account, amount) in [(&from, -cmd.amount.minor_units()), (&to, cmd.amount.minor_units())] {
-            w.en_account.push(account.state.spec.id.to_string());
-            w.en_seq.push(account.state.entry_seq);
-            w.en_transfer.push(cmd.transfer_id);
-            w.en_amount.push(amount);
-            w.en_balance.push(account.state.balance);
-        }
-        if let Some(key) = &cmd.idempotency_key {
-            w.ik_key.push(key.clone());
-            w.ik_hash.push(cmd.request_hash.clone());
-            w.ik_body.push(body.clone());
-            self.keys.insert(key.clone(), (cmd.request_hash.clone(), body.clone()));
-        }
+        push_transfer(
+            &mut self.writes,
+            TransferRow {
+                id: cmd.transfer_id,
+                event_id: event.event_id,
+                from: &cmd.from,
+                to: &cmd.to,
+                amount: cmd.amount.minor_units(),
+                currency,
+                metadata: &cmd.metadata,
+                idempotency_key: cmd.idempotency_key.as_ref(),
+                vectors: [&from.state.version, &to.state.version],
+                leg: None,
+                entries: [(from.state.entry_seq, from.state.balance), (to.state.entry_seq, to.state.balance)],
+            },
+        );
+        self.keep_key(cmd.idempotency_key.as_ref(), &cmd.request_hash, &body);
         self.accounts.insert(cmd.from.clone(), from);
         self.accounts.insert(cmd.to.clone(), to);
         Ok(Outcome::Transferred { body, replayed: false })
     }
 
     fn transaction(&mut self, cmd: &super::Transaction) -> Result<Outcome, CommandError> {
-        if let Some((hash, body)) = cmd.idempotency_key.as_ref().and_then(|key| self.keys.get(key)) {
-            return if *hash == cmd.request_hash {
-                Ok(Outcome::Transferred { body: body.clone(), replayed: true })
-            } else {
-                Err(CommandError::IdempotencyKeyReused)
-            };
+        if let Some(replayed) = self.replay(cmd.idempotency_key.as_ref(), &cmd.request_hash) {
+            return replayed;
         }
         let mut states: BTreeMap<AccountId, AccountState> = BTreeMap::new();
         for (i, leg) in cmd.legs.iter().enumerate() {
@@ -340,37 +323,25 @@ impl Batch {
             states.iter().map(|(id, s)| (id.clone(), (s.entry_seq, s.balance, s.pending_debits))).collect();
         self.record_event(&event, cmd.traceparent.clone(), |a| seqs[a]);
         let body = transaction_json(&event, &self.now).expect("a transaction event");
-        let w = &mut self.writes;
         for ((leg, p), i) in event.legs().iter().zip(&posted).zip(0i16..) {
-            w.tr_id.push(leg.transfer_id);
-            w.tr_event.push(event.event_id);
-            w.tr_from.push(leg.from.to_string());
-            w.tr_to.push(leg.to.to_string());
-            w.tr_amount.push(leg.amount.minor_units());
-            w.tr_currency.push(leg.currency.to_string());
-            w.tr_metadata.push(Value::Object(cmd.metadata.clone()));
-            w.tr_key.push(cmd.idempotency_key.clone());
-            w.tr_from_vector.push(json!(event.vectors[leg.from]));
-            w.tr_to_vector.push(json!(event.vectors[leg.to]));
-            w.tr_transaction.push(Some(cmd.transaction_id));
-            w.tr_leg.push(Some(i));
-            for (account, amount, seq, balance) in [
-                (leg.from, -leg.amount.minor_units(), p.from_seq, p.from_balance),
-                (leg.to, leg.amount.minor_units(), p.to_seq, p.to_balance),
-            ] {
-                w.en_account.push(account.to_string());
-                w.en_seq.push(seq);
-                w.en_transfer.push(leg.transfer_id);
-                w.en_amount.push(amount);
-                w.en_balance.push(balance);
-            }
+            push_transfer(
+                &mut self.writes,
+                TransferRow {
+                    id: leg.transfer_id,
+                    event_id: event.event_id,
+                    from: leg.from,
+                    to: leg.to,
+                    amount: leg.amount.minor_units(),
+                    currency: leg.currency,
+                    metadata: &cmd.metadata,
+                    idempotency_key: cmd.idempotency_key.as_ref(),
+                    vectors: [&event.vectors[leg.from], &event.vectors[leg.to]],
+                    leg: Some((cmd.transaction_id, i)),
+                    entries: [(p.from_seq, p.from_balance), (p.to_seq, p.to_balance)],
+                },
+            );
         }
-        if let Some(key) = &cmd.idempotency_key {
-            w.ik_key.push(key.clone());
-            w.ik_hash.push(cmd.request_hash.clone());
-            w.ik_body.push(body.clone());
-            self.keys.insert(key.clone(), (cmd.request_hash.clone(), body.clone()));
-        }
+        self.keep_key(cmd.idempotency_key.as_ref(), &cmd.request_hash, &body);
         for (id, state) in states {
             let row = self.accounts.get_mut(&id).expect("read above");
             row.state = state;
@@ -505,26 +476,22 @@ impl Batch {
         self.record_event(&event, cmd.traceparent.clone(), |a| if *a == record.from { seqs.0 } else { seqs.1 });
         if let ledger_core::Settlement::Post { transfer_id, amount } = settlement {
             // The post is a transfer of its own, with its two entries.
-            let w = &mut self.writes;
-            w.tr_id.push(transfer_id);
-            w.tr_event.push(event.event_id);
-            w.tr_from.push(record.from.to_string());
-            w.tr_to.push(record.to.to_string());
-            w.tr_amount.push(amount.minor_units());
-            w.tr_currency.push(record.currency.to_string());
-            w.tr_metadata.push(Value::Object(self.pendings[&cmd.pending_id].metadata.clone()));
-            w.tr_key.push(cmd.idempotency_key.clone());
-            w.tr_from_vector.push(json!(from.state.version));
-            w.tr_to_vector.push(json!(to.state.version));
-            w.tr_transaction.push(None);
-            w.tr_leg.push(None);
-            for (account, amount) in [(&from, -amount.minor_units()), (&to, amount.minor_units())] {
-                w.en_account.push(account.state.spec.id.to_string());
-                w.en_seq.push(account.state.entry_seq);
-                w.en_transfer.push(transfer_id);
-                w.en_amount.push(amount);
-                w.en_balance.push(account.state.balance);
-            }
+            push_transfer(
+                &mut self.writes,
+                TransferRow {
+                    id: transfer_id,
+                    event_id: event.event_id,
+                    from: &record.from,
+                    to: &record.to,
+                    amount: amount.minor_units(),
+                    currency: record.currency,
+                    metadata: &self.pendings[&cmd.pending_id].metadata,
+                    idempotency_key: cmd.idempotency_key.as_ref(),
+                    vectors: [&from.state.version, &to.state.version],
+                    leg: None,
+                    entries: [(from.state.entry_seq, from.state.balance), (to.state.entry_seq, to.state.balance)],
+                },
+            );
         }
         let row = self.pendings.get_mut(&cmd.pending_id).expect("read above");
         row.record.settlements.push(SettlementRecord {
@@ -612,5 +579,46 @@ impl Batch {
             w.ob_key.push(account.to_string());
         }
         w.ev_payload.push(payload);
+    }
+}
+
+/// One transfer row (a transfer, the post of a pending transfer, or a leg of a transaction) with
+/// its two entries, as the batch writes it.
+struct TransferRow<'r> {
+    id: uuid::Uuid,
+    event_id: uuid::Uuid,
+    from: &'r AccountId,
+    to: &'r AccountId,
+    amount: i64,
+    currency: ledger_core::Currency,
+    metadata: &'r serde_json::Map<String, Value>,
+    idempotency_key: Option<&'r String>,
+    /// The source's and the destination's vectors after it.
+    vectors: [&'r ledger_core::VersionVector; 2],
+    /// The transaction and the leg's position in it.
+    leg: Option<(uuid::Uuid, i16)>,
+    /// The debit's and the credit's entry number and the balance after each.
+    entries: [(i64, i64); 2],
+}
+
+fn push_transfer(w: &mut Writes, t: TransferRow<'_>) {
+    w.tr_id.push(t.id);
+    w.tr_event.push(t.event_id);
+    w.tr_from.push(t.from.to_string());
+    w.tr_to.push(t.to.to_string());
+    w.tr_amount.push(t.amount);
+    w.tr_currency.push(t.currency.to_string());
+    w.tr_metadata.push(Value::Object(t.metadata.clone()));
+    w.tr_key.push(t.idempotency_key.cloned());
+    w.tr_from_vector.push(json!(t.vectors[0]));
+    w.tr_to_vector.push(json!(t.vectors[1]));
+    w.tr_transaction.push(t.leg.map(|(transaction, _)| transaction));
+    w.tr_leg.push(t.leg.map(|(_, leg)| leg));
+    for ((account, amount), (seq, balance)) in [(t.from, -t.amount), (t.to, t.amount)].into_iter().zip(t.entries) {
+        w.en_account.push(account.to_string());
+        w.en_seq.push(seq);
+        w.en_transfer.push(t.id);
+        w.en_amount.push(amount);
+        w.en_balance.push(balance);
     }
 }
