@@ -13,6 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod expiry;
 pub mod idempotency;
+mod leader;
 pub mod outbox;
 pub use api::problem;
 pub mod remote;

@@ -68,7 +68,10 @@ pub struct PublisherConfig {
 pub async fn run(pool: PgPool, cfg: PublisherConfig, shutdown: CancellationToken) -> Result<(), PublishError> {
     loop {
         // Leadership: hold the advisory lock on a dedicated connection for as long as we publish.
-        let Some(mut lock) = acquire_lock(&pool, &shutdown).await else { return Ok(()) };
+        let Some(mut lock) = crate::leader::acquire(&pool, PUBLISHER_LOCK_KEY, "outbox publisher", &shutdown).await
+        else {
+            return Ok(());
+        };
         let outcome = lead(&pool, &cfg, &shutdown, &mut lock).await;
         let _ = lock.close().await;
         match outcome {
@@ -78,36 +81,6 @@ pub async fn run(pool: PgPool, cfg: PublisherConfig, shutdown: CancellationToken
                 tracing::warn!(error = %e, "publisher lost its footing, starting over");
                 tokio::time::sleep(RETRY_BACKOFF).await;
             }
-        }
-    }
-}
-
-async fn acquire_lock(pool: &PgPool, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
-    let mut announced = false;
-    loop {
-        if shutdown.is_cancelled() {
-            return None;
-        }
-        let attempt = async {
-            let mut conn = pool.acquire().await?.detach();
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(PUBLISHER_LOCK_KEY)
-                .fetch_one(&mut conn)
-                .await?;
-            Ok::<_, sqlx::Error>(got.then_some(conn))
-        };
-        match attempt.await {
-            Ok(Some(conn)) => return Some(conn),
-            Ok(None) if !announced => {
-                tracing::info!("another publisher holds the outbox; standing by");
-                announced = true;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot reach postgresql for the publisher lock"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

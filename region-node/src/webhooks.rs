@@ -185,7 +185,9 @@ pub fn backoff(failed: u32, base: Duration, max: Duration, random: f64) -> Durat
 /// Runs until `shutdown`. Leads while it holds the region's lock; a database failure starts over.
 pub async fn run(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) -> Result<(), WebhookError> {
     loop {
-        let Some(mut lock) = acquire_lock(&pool, &shutdown).await else { return Ok(()) };
+        let Some(mut lock) = crate::leader::acquire(&pool, WORKER_LOCK_KEY, "webhook worker", &shutdown).await else {
+            return Ok(());
+        };
         let outcome = lead(&pool, &cfg, &shutdown, &mut lock).await;
         let _ = lock.close().await;
         match outcome {
@@ -194,36 +196,6 @@ pub async fn run(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) 
                 tracing::warn!(error = %e, "webhook worker lost its footing, starting over");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-        }
-    }
-}
-
-async fn acquire_lock(pool: &PgPool, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
-    let mut announced = false;
-    loop {
-        if shutdown.is_cancelled() {
-            return None;
-        }
-        let attempt = async {
-            let mut conn = pool.acquire().await?.detach();
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(WORKER_LOCK_KEY)
-                .fetch_one(&mut conn)
-                .await?;
-            Ok::<_, sqlx::Error>(got.then_some(conn))
-        };
-        match attempt.await {
-            Ok(Some(conn)) => return Some(conn),
-            Ok(None) if !announced => {
-                tracing::info!("another webhook worker leads; standing by");
-                announced = true;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot reach postgresql for the webhook worker lock"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
