@@ -2,60 +2,22 @@
 //! bad input the launcher promises to report on one line without leaving anything running.
 
 mod common;
+use common::Env;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
+use std::path::Path;
+use std::process::Output;
 
 /// A state folder plus port bases nobody else is using, and `down --purge` when the test ends,
 /// passed or not.
-struct Env {
-    dir: tempfile::TempDir,
-    regions: String,
-    pg_base: u16,
-    kafka_base: u16,
-    http_base: u16,
+/// A stack without Prometheus and Jaeger: the counts of parts below are without them
+/// (tests/alerts.rs and tests/tracing.rs cover them).
+fn stack(regions: &[&str]) -> Env {
+    Env::new("ledgerctl-test-", regions, &["--no-prometheus", "--no-tracing"])
 }
 
-impl Env {
-    fn new(regions: &[&str]) -> Self {
-        let (pg_base, kafka_base, http_base) = common::free_port_bases(regions.len() as u16);
-        let dir = tempfile::Builder::new().prefix("ledgerctl-test-").tempdir().unwrap();
-        Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(LEDGERCTL);
-        cmd.arg("--state-dir").arg(self.state());
-        cmd.args(["--regions", &self.regions]);
-        cmd.args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()]);
-        cmd.args(["--http-port-base", &self.http_base.to_string()]);
-        // The counts of parts below are without Prometheus and Jaeger; tests/alerts.rs and
-        // tests/tracing.rs cover them.
-        cmd.args(["--no-prometheus", "--no-tracing"]);
-        cmd.args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("running ledgerctl")
-    }
-
-    /// Pids of live processes whose command line mentions our state folder.
-    fn our_processes(&self) -> Vec<u32> {
-        processes_mentioning(&self.state())
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", "--purge"]);
-    }
+/// Pids of live processes whose command line mentions the stack's state folder.
+fn our_processes(env: &Env) -> Vec<u32> {
+    processes_mentioning(&env.state())
 }
 
 fn processes_mentioning(path: &Path) -> Vec<u32> {
@@ -110,7 +72,7 @@ fn get_status(url: &str, path: &str, key: &str) -> u16 {
 
 #[test]
 fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
-    let env = Env::new(&["us-east", "eu-west"]);
+    let env = stack(&["us-east", "eu-west"]);
     let out = env.run(&["up"]);
     assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
 
@@ -132,7 +94,7 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
         assert_eq!(get_status(url, &path, api_key), 403, "the development key lacks the replication scope");
     }
     let pids = recorded_pids(&manifest);
-    let running = env.our_processes();
+    let running = our_processes(&env);
     assert!(pids.iter().all(|p| running.contains(p)), "every recorded pid runs: {pids:?} in {running:?}");
 
     // The reconcile service, its development staff, and the audit chain check.
@@ -159,7 +121,7 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let node_pid = manifest["regions"][1]["pids"]["node"].as_u64().unwrap() as u32;
     let stop = env.run(&["stop", "node", "--region", "eu-west", "--kill"]);
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
-    assert!(!env.our_processes().contains(&node_pid), "the killed node is gone");
+    assert!(!our_processes(&env).contains(&node_pid), "the killed node is gone");
     let status = env.run(&["status"]);
     assert!(!status.status.success(), "status reports the stopped node");
     assert!(String::from_utf8_lossy(&status.stdout).contains("not running"));
@@ -182,38 +144,38 @@ fn up_status_stop_start_up_again_and_down_leave_nothing_running() {
     let down = env.run(&["down"]);
     assert!(down.status.success());
     assert_eq!(String::from_utf8_lossy(&down.stdout).matches("stopped").count(), 10);
-    assert_eq!(env.our_processes(), Vec::<u32>::new(), "down leaves no process of ours");
+    assert_eq!(our_processes(&env), Vec::<u32>::new(), "down leaves no process of ours");
     assert!(!env.run(&["status"]).status.success(), "status fails when nothing runs");
 }
 
 #[test]
 fn a_port_in_use_is_reported_and_nothing_starts() {
-    let env = Env::new(&["us-east", "eu-west"]);
+    let env = stack(&["us-east", "eu-west"]);
     let _holder = std::net::TcpListener::bind(("127.0.0.1", env.kafka_base + 10)).unwrap();
     let out = env.run(&["up"]);
     assert_one_line_error(&out, &format!("port {} for Kafka of eu-west is already in use", env.kafka_base + 10));
-    assert!(env.our_processes().is_empty());
+    assert!(our_processes(&env).is_empty());
 }
 
 #[test]
 fn a_missing_java_is_reported() {
-    let env = Env::new(&["us-east"]);
+    let env = stack(&["us-east"]);
     let out = env.cmd(&["up"]).env("LEDGER_JAVA", "/nonexistent/bin/java").output().unwrap();
     assert_one_line_error(&out, "Java 17 not found at /nonexistent/bin/java");
-    assert!(env.our_processes().is_empty());
+    assert!(our_processes(&env).is_empty());
 }
 
 #[test]
 fn a_missing_postgresql_is_reported() {
-    let env = Env::new(&["us-east"]);
+    let env = stack(&["us-east"]);
     let out = env.run(&["--pg-bin-dir", "/nonexistent/pg/bin", "up"]);
     assert_one_line_error(&out, "PostgreSQL 15 (initdb) not found at /nonexistent/pg/bin/initdb");
-    assert!(env.our_processes().is_empty());
+    assert!(our_processes(&env).is_empty());
 }
 
 #[test]
 fn a_failed_kafka_jar_download_is_reported_and_leaves_no_partial_cache() {
-    let env = Env::new(&["us-east"]);
+    let env = stack(&["us-east"]);
     let pom = env.dir.path().join("pom.xml");
     std::fs::write(
         &pom,
@@ -227,28 +189,28 @@ fn a_failed_kafka_jar_download_is_reported_and_leaves_no_partial_cache() {
     let out = env.cmd(&["up"]).env("LEDGER_KAFKA_POM", &pom).env("LEDGER_KAFKA_CACHE", &cache).output().unwrap();
     assert_one_line_error(&out, "downloading the Kafka jars with Maven failed");
     assert!(!cache.join("libs").exists(), "no half-filled jar cache");
-    assert!(env.our_processes().is_empty());
+    assert!(our_processes(&env).is_empty());
 }
 
 #[test]
 fn a_corrupt_state_folder_is_reported() {
-    let env = Env::new(&["us-east"]);
+    let env = stack(&["us-east"]);
     let pg = env.state().join("us-east").join("pg");
     std::fs::create_dir_all(&pg).unwrap();
     std::fs::write(pg.join("garbage"), "not a cluster").unwrap();
     let out = env.run(&["up"]);
     assert_one_line_error(&out, "is corrupt");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ledgerctl down --purge"));
-    assert!(env.our_processes().is_empty());
+    assert!(our_processes(&env).is_empty());
 }
 
 #[test]
 fn a_part_that_fails_to_start_rolls_back_everything_started() {
-    let env = Env::new(&["us-east"]);
+    let env = stack(&["us-east"]);
     // A 1 MiB heap is below the JVM's minimum: the broker dies at once, after PostgreSQL started.
     let out = env.run(&["--kafka-heap-mb", "1", "up"]);
     assert_one_line_error(&out, "did not become ready");
-    assert!(env.our_processes().is_empty(), "PostgreSQL was stopped again: {:?}", env.our_processes());
+    assert!(our_processes(&env).is_empty(), "PostgreSQL was stopped again: {:?}", our_processes(&env));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.state().join("env.json")).unwrap()).unwrap();
     assert!(manifest["regions"][0]["pids"]["postgres"].is_null(), "the manifest forgets what was stopped");
@@ -296,7 +258,7 @@ fn audit_verify_names_the_edited_entry(env: &Env, manifest: &serde_json::Value) 
 /// the router and brought back; every acknowledged transfer ends in every region exactly once.
 #[test]
 fn a_region_lost_under_load_comes_back_with_every_acknowledged_transfer_once() {
-    let env = Env::new(&["us-east", "eu-west", "ap-south"]);
+    let env = stack(&["us-east", "eu-west", "ap-south"]);
     let out = env.run(&["up"]);
     assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
     let report_path = env.dir.path().join("drill.json");
@@ -413,7 +375,7 @@ fn via_router(url: &str, path: &str, key: &str, client_region: &str) -> (u16, St
 fn the_router_sends_each_client_region_to_its_own_region(env: &Env, manifest: &serde_json::Value) {
     let url = manifest["router_url"].as_str().expect("router_url");
     assert_eq!(url, format!("http://127.0.0.1:{}", env.http_base + 20));
-    assert!(manifest["router_pid"].as_u64().is_some_and(|p| env.our_processes().contains(&(p as u32))));
+    assert!(manifest["router_pid"].as_u64().is_some_and(|p| our_processes(env).contains(&(p as u32))));
     let key = manifest["api_key"].as_str().unwrap();
     for region in ["us-east", "eu-west"] {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -8,6 +8,7 @@
 //! feature `containers` builds it; `LEDGER_TEST_BACKEND=containers` must be set, or it fails).
 
 mod common;
+use common::Env;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -15,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// The kept description of the node's API.
 const OPENAPI_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../region-node/openapi.json");
@@ -29,36 +29,12 @@ const SEED: &str = "20261201";
 const TRANSFERS_PER_REGION: usize = 120;
 const CLIENTS_PER_REGION: usize = 6;
 
-struct Env {
-    dir: tempfile::TempDir,
-    pg_base: u16,
-    kafka_base: u16,
-    http_base: u16,
+/// Prometheus and Jaeger would stay local processes; this test is about the containers.
+fn stack() -> Env {
+    Env::new("ledgerctl-containers-", &REGIONS, &["--no-prometheus", "--no-tracing"])
 }
 
 impl Env {
-    fn new() -> Self {
-        let (pg_base, kafka_base, http_base) = common::free_port_bases(REGIONS.len() as u16);
-        let dir = tempfile::Builder::new().prefix("ledgerctl-containers-").tempdir().unwrap();
-        Self { dir, pg_base, kafka_base, http_base }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(LEDGERCTL);
-        cmd.arg("--state-dir").arg(self.state());
-        cmd.args(["--regions", &REGIONS.join(",")]);
-        cmd.args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()]);
-        cmd.args(["--http-port-base", &self.http_base.to_string()]);
-        // Prometheus and Jaeger would stay local processes; this test is about the containers.
-        cmd.args(["--no-prometheus", "--no-tracing"]);
-        cmd.args(args);
-        cmd.output().expect("running ledgerctl")
-    }
-
     fn manifest(&self) -> Value {
         serde_json::from_str(&std::fs::read_to_string(self.state().join("env.json")).unwrap()).unwrap()
     }
@@ -73,12 +49,6 @@ impl Env {
         let mut names: Vec<String> = docker(&args).lines().map(str::to_owned).collect();
         names.sort();
         names
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", "--purge"]);
     }
 }
 
@@ -122,7 +92,7 @@ fn three_regions_in_containers_keep_the_contract_and_converge() {
         "this test runs a stack of containers: run it with scripts/containers-tests.sh (LEDGER_TEST_BACKEND=containers, \
          a Docker engine at DOCKER_HOST with the local images)"
     );
-    let env = Env::new();
+    let env = stack();
     let started = Instant::now();
     let up = ok(&env.run(&["up", "--containers"]), "ledgerctl up --containers");
     println!("up --containers in {:.1} s:\n{up}", started.elapsed().as_secs_f64());

@@ -4,56 +4,17 @@
 //! replicator), every span's resource naming its service and region.
 
 mod common;
+use common::Env;
 
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const LEDGERCTL: &str = env!("CARGO_BIN_EXE_ledgerctl");
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// Span batches leave every second (see `ledger_telemetry`); replication and apply take a few more.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A state folder and port bases nobody else is using, and `down --purge` when the test ends.
-struct Env {
-    dir: tempfile::TempDir,
-    pg_base: u16,
-    kafka_base: u16,
-    http_base: u16,
-}
-
-impl Env {
-    fn new() -> Self {
-        let (pg_base, kafka_base, http_base) = common::free_port_bases(REGIONS.len() as u16);
-        let dir = tempfile::Builder::new().prefix("ledgerctl-tracing-").tempdir().unwrap();
-        Self { dir, pg_base, kafka_base, http_base }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(LEDGERCTL)
-            .arg("--state-dir")
-            .arg(self.state())
-            .args(["--regions", &REGIONS.join(",")])
-            .args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()])
-            .args(["--http-port-base", &self.http_base.to_string()])
-            .args(args)
-            .output()
-            .expect("running ledgerctl")
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", "--purge"]);
-    }
-}
-
 /// `(service.name, cloud.region)` of every process of a Jaeger trace, by process id.
 fn processes(trace: &Value) -> HashMap<String, (String, String)> {
     let mut out = HashMap::new();
@@ -80,7 +41,7 @@ async fn a_transfer_is_one_trace_across_every_region_in_jaeger() {
         "Jaeger is not built ({} is missing): run scripts/install-deps.sh, which builds it",
         jaeger.display()
     );
-    let env = Env::new();
+    let env = Env::new("ledgerctl-tracing-", &REGIONS, &[]);
     let started = Instant::now();
     let out = env.run(&["up"]);
     assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));

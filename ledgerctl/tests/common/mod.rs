@@ -1,5 +1,8 @@
 //! What the stack-starting tests of this crate share.
 
+// Each test file uses its part.
+#![allow(dead_code)]
+
 /// Port bases for a stack of `regions` regions that nobody is using: PostgreSQL, Kafka, HTTP.
 ///
 /// All of them lie below 32768, where Linux hands out ephemeral ports (32768-60999 by default):
@@ -21,5 +24,52 @@ pub fn free_port_bases(regions: u16) -> (u16, u16, u16) {
         if regional && shared {
             return (pg, kafka, http);
         }
+    }
+}
+
+/// A stack's state folder (removed with the test) and free ports, and the `ledgerctl` commands
+/// run on it; `down --purge` when dropped, however the test ends.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    regions: String,
+    pub pg_base: u16,
+    pub kafka_base: u16,
+    pub http_base: u16,
+    /// Arguments every command gets (e.g. `--no-prometheus`).
+    always: Vec<String>,
+}
+
+impl Env {
+    /// A stack of `regions` in a fresh folder named after `prefix`.
+    pub fn new(prefix: &str, regions: &[&str], always: &[&str]) -> Self {
+        let (pg_base, kafka_base, http_base) = free_port_bases(regions.len() as u16);
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let always = always.iter().map(|a| (*a).to_owned()).collect();
+        Self { dir, regions: regions.join(","), pg_base, kafka_base, http_base, always }
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerctl"));
+        cmd.arg("--state-dir").arg(self.state());
+        cmd.args(["--regions", &self.regions]);
+        cmd.args(["--pg-port-base", &self.pg_base.to_string(), "--kafka-port-base", &self.kafka_base.to_string()]);
+        cmd.args(["--http-port-base", &self.http_base.to_string()]);
+        cmd.args(&self.always);
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().expect("running ledgerctl")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "--purge"]);
     }
 }
