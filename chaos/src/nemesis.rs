@@ -285,16 +285,7 @@ impl Injector {
         // lock, which a bandwidth or latency toxic holds while it drains a busy link (Toxiproxy
         // issues #412 and #558: the call hangs, or answers 503 after 25 s); a heal must not end
         // the run for that, and a reset is idempotent, so it is sent again.
-        let mut attempt = 1;
-        loop {
-            match self.toxiproxy_post("/reset", serde_json::json!({})).await {
-                Err(NemesisError::Toxiproxy(_)) if attempt < RESET_ATTEMPTS_MAX => {
-                    attempt += 1;
-                    tokio::time::sleep(RESET_RETRY_PAUSE).await;
-                }
-                done => return done,
-            }
-        }
+        retried(RESET_ATTEMPTS_MAX, RESET_RETRY_PAUSE, || self.toxiproxy_post("/reset", serde_json::json!({}))).await
     }
 
     fn links(&self, a: &str, b: &str) -> Result<Vec<String>, NemesisError> {
@@ -328,9 +319,64 @@ impl Injector {
     }
 }
 
+/// `send` until it succeeds or fails for a reason other than Toxiproxy's answer, at most
+/// `attempts_max` times, `pause` apart; the last answer is returned.
+async fn retried<F, Fut>(attempts_max: u32, pause: Duration, mut send: F) -> Result<(), NemesisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), NemesisError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match send().await {
+            Err(NemesisError::Toxiproxy(_)) if attempt < attempts_max => {
+                attempt += 1;
+                tokio::time::sleep(pause).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A heal that Toxiproxy refuses `failures` times: taken while attempts remain, and the
+    /// refusal reported once `RESET_ATTEMPTS_MAX` are spent, after exactly that many.
+    #[tokio::test]
+    async fn a_heal_is_sent_again_up_to_the_attempt_limit_and_no_further() {
+        for failures in 0..=RESET_ATTEMPTS_MAX + 1 {
+            let sent = AtomicU32::new(0);
+            let result = retried(RESET_ATTEMPTS_MAX, Duration::ZERO, || async {
+                let n = sent.fetch_add(1, Ordering::SeqCst);
+                if n < failures { Err(NemesisError::Toxiproxy(format!("/reset: attempt {n}"))) } else { Ok(()) }
+            })
+            .await;
+            let sent = sent.load(Ordering::SeqCst);
+            if failures < RESET_ATTEMPTS_MAX {
+                assert!(result.is_ok(), "{failures} refusals: {result:?}");
+                assert_eq!(sent, failures + 1);
+            } else {
+                let Err(NemesisError::Toxiproxy(last)) = result else { panic!("{failures} refusals: {result:?}") };
+                assert_eq!(last, format!("/reset: attempt {}", RESET_ATTEMPTS_MAX - 1), "the last refusal is reported");
+                assert_eq!(sent, RESET_ATTEMPTS_MAX, "{failures} refusals");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_heal_without_toxiproxy_is_not_sent_again() {
+        let sent = AtomicU32::new(0);
+        let result = retried(RESET_ATTEMPTS_MAX, Duration::ZERO, || async {
+            sent.fetch_add(1, Ordering::SeqCst);
+            Err(NemesisError::NoToxiproxy)
+        })
+        .await;
+        assert!(matches!(result, Err(NemesisError::NoToxiproxy)));
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
 
     fn regions() -> Vec<String> {
         ["us-east", "eu-west", "ap-south"].map(String::from).to_vec()
