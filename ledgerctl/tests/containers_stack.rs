@@ -10,7 +10,7 @@
 mod common;
 use common::Env;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -176,27 +176,40 @@ async fn counts(pool: &sqlx::PgPool) -> BTreeMap<&'static str, i64> {
     out
 }
 
-/// Posts as a careful client does: with an `Idempotency-Key`, sent again with the same key while
-/// the outcome is open (a transport error, or a 503: a request that outlives the node's request
-/// timeout on a loaded machine is answered so and may still commit). Returns the decided answer.
-async fn post(http: &reqwest::Client, url: &str, key: &str, body: Value) -> (u16, Value) {
-    const ATTEMPTS_MAX: u64 = 30;
-    let idempotency_key = uuid::Uuid::new_v4().to_string();
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS_MAX {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 * attempt.min(10))).await;
-        }
-        match http.post(url).bearer_auth(key).header("Idempotency-Key", &idempotency_key).json(&body).send().await {
-            Ok(r) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                let status = r.status().as_u16();
-                return (status, r.json().await.unwrap_or(Value::Null));
-            }
-            Ok(r) => last = format!("503 {}", r.text().await.unwrap_or_default()),
-            Err(e) => last = e.to_string(),
-        }
+/// A careful client of the node at `url` (`ledger-client`): a write is sent again with the same
+/// key while its outcome is open (a transport error, or a 503: a request that outlives the node's
+/// `request_timeout_ms` in a loaded container is answered so and may still commit after), so a
+/// count of accepted transfers is exactly the postings made. Attempts outlast that timeout.
+fn client(url: &str, key: &str) -> ledger_client::Client {
+    let mut cfg = ledger_client::ClientConfig::new(vec![url.to_owned()], key);
+    cfg.attempt_timeout = Duration::from_secs(15);
+    cfg.attempts_max = 30;
+    ledger_client::Client::new(cfg).unwrap()
+}
+
+/// Opens `id` (an opening retried after a 503 that found it made answers 200: openings are
+/// idempotent by id and body).
+async fn open(client: &ledger_client::Client, id: &str, allow_negative: bool) {
+    if let Err(e) = client.open_account(id, "USD", allow_negative).await {
+        panic!("opening {id}: {e}");
     }
-    panic!("{url} left {body} undecided after {ATTEMPTS_MAX} attempts: {last}");
+}
+
+/// A transfer's decided status: 201, or the problem's status.
+async fn transfer(client: &ledger_client::Client, from: &str, to: &str, amount: i64) -> u16 {
+    let t = ledger_client::NewTransfer {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        amount,
+        currency: None,
+        metadata: Default::default(),
+        idempotency_key: None,
+    };
+    match client.transfer(t).await {
+        Ok(_) => 201,
+        Err(ledger_client::Error::Problem { status, .. }) => status,
+        Err(e) => panic!("{from} -> {to} {amount} left undecided: {e}"),
+    }
 }
 
 /// schemathesis against the first region's node in its container, as `region-node/tests/contract.rs`
@@ -210,21 +223,11 @@ async fn contract(env: &Env, url: &str, db: &str, key: &str) {
         schemathesis.display()
     );
     let http = reqwest::Client::new();
+    let careful = client(url, key);
     for (id, negative) in [("world", true), ("alice", false), ("bob", false)] {
-        let (status, body) = post(
-            &http,
-            &format!("{url}/v1/accounts"),
-            key,
-            json!({"id": id, "currency": "USD", "allow_negative": negative}),
-        )
-        .await;
-        // 200: an opening retried after a 503 found made (openings are idempotent).
-        assert!(status == 201 || status == 200, "{status} {body}");
+        open(&careful, id, negative).await;
     }
-    let (status, body) =
-        post(&http, &format!("{url}/v1/transfers"), key, json!({"from": "world", "to": "alice", "amount": 1_000_000}))
-            .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(transfer(&careful, "world", "alice", 1_000_000).await, 201);
     let served = http.get(format!("{url}/openapi.json")).send().await.unwrap().text().await.unwrap();
     let kept = std::fs::read_to_string(OPENAPI_FILE).unwrap();
     assert!(served == kept, "the container's node serves another description than region-node/openapi.json");
@@ -312,20 +315,14 @@ async fn convergence(urls: &[String], dbs: &[String], key: &str) {
     for db in dbs {
         pools.push(sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(db).await.unwrap());
     }
-    let http = reqwest::Client::new();
+    let clients: Vec<std::sync::Arc<ledger_client::Client>> =
+        urls.iter().map(|url| std::sync::Arc::new(client(url, key))).collect();
     // Accounts opened in each region, funded from `world` (opened by the contract phase in the first).
     let mut ids = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
+    for (i, careful) in clients.iter().enumerate() {
         for k in 0..3 {
             let id = format!("c{i}-{k}");
-            let (status, body) = post(
-                &http,
-                &format!("{url}/v1/accounts"),
-                key,
-                json!({"id": id, "currency": "USD", "allow_negative": false}),
-            )
-            .await;
-            assert_eq!(status, 201, "{body}");
+            open(careful, &id, false).await;
             ids.push(id);
         }
     }
@@ -350,22 +347,15 @@ async fn convergence(urls: &[String], dbs: &[String], key: &str) {
     };
     wait("accounts").await;
     for id in &ids {
-        let (status, body) = post(
-            &http,
-            &format!("{}/v1/transfers", urls[0]),
-            key,
-            json!({"from": "world", "to": id, "amount": 10_000}),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
+        assert_eq!(transfer(&clients[0], "world", id, 10_000).await, 201, "funding {id}");
     }
     wait("funding").await;
 
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
+    for (i, careful) in clients.iter().enumerate() {
         for c in 0..CLIENTS_PER_REGION {
-            let (http, url, key, ids) = (http.clone(), url.clone(), key.to_owned(), ids.clone());
+            let (careful, ids) = (careful.clone(), ids.clone());
             tasks.push(tokio::spawn(async move {
                 let mut accepted = 0;
                 for n in (c..TRANSFERS_PER_REGION).step_by(CLIENTS_PER_REGION) {
@@ -374,9 +364,8 @@ async fn convergence(urls: &[String], dbs: &[String], key: &str) {
                     if from == to {
                         continue;
                     }
-                    let body = json!({"from": from, "to": to, "amount": 1 + (n % 9) as i64});
-                    let (status, reply) = post(&http, &format!("{url}/v1/transfers"), &key, body).await;
-                    assert!(status == 201 || status == 422 || status == 409, "{status}: {reply}");
+                    let status = transfer(&careful, from, to, 1 + (n % 9) as i64).await;
+                    assert!(status == 201 || status == 422 || status == 409, "{from} -> {to}: {status}");
                     if status == 201 {
                         accepted += 1;
                     }
