@@ -397,6 +397,13 @@ async fn render_case(
                 tr { th { "version vector" } @for b in &branches { td { code { (s(&b["vector"])) } } } }
                 tr { th { "change to the account" } @for b in &branches { td { (balance_change(b, &s(&c["accounts"][0]))) } } }
             }
+            // A case fetches at most `intake::BRANCHES_MAX`: say so rather than look complete.
+            @if let Some(total) = c["conflict"]["event_count"].as_u64().filter(|t| *t > branches.len() as u64) {
+                p id="branches-shown" {
+                    "The first " (branches.len()) " of " (total) " events are shown, in event id order; every one is listed by "
+                    code { "GET /v1/conflicts" } " in the regions that saw it."
+                }
+            }
         }
         h2 { "Timeline" }
         ol id="timeline" { @for (at, what) in &timeline { li { time { (at) } " — " (what) } } }

@@ -367,3 +367,83 @@ impl ReconcileConfigExt for reconcile::config::ReconcileConfig {
         self
     }
 }
+
+/// An overdraft of more transfers than a case fetches (`BRANCHES_MAX`): one case, the first
+/// `BRANCHES_MAX` transfers side by side, the whole count on the case and its page, the amount at
+/// risk the whole overdraft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdraft_of_more_transfers_than_a_case_shows_lists_the_first_and_counts_them_all() {
+    const PER_REGION: usize = reconcile::intake::BRANCHES_MAX / 3 + 7;
+    const DEBIT: i64 = 10;
+    const FUNDED: i64 = 1_000;
+    let mut regions = Regions::start().await;
+    let (running, api, staff, db) = service(&regions).await;
+    let viewer = staff.token("viewer");
+    regions.open(0, "world", "USD", true).await;
+    for id in ["hot", "sink"] {
+        regions.open(0, id, "USD", false).await;
+    }
+    assert_eq!(regions.transfer(0, "world", "hot", FUNDED).await.status, 201);
+    regions.converged(&["hot", "sink", "world"], WAIT).await;
+    // Partitioned, each region alone debits `hot` within what it sees (PER_REGION × DEBIT is
+    // less than FUNDED); together they overdraw it.
+    regions.pause().await;
+    for i in 0..3 {
+        for _ in 0..PER_REGION {
+            let r = regions.transfer(i, "hot", "sink", DEBIT).await;
+            assert_eq!(r.status, 201, "region {i} accepts on its own: {}", r.body);
+        }
+    }
+    regions.resume().await;
+    let balances = regions.converged(&["hot", "sink", "world"], WAIT).await;
+    let debits = 3 * PER_REGION;
+    assert!(debits > reconcile::intake::BRANCHES_MAX, "the overdraft names more transfers than a case shows");
+    let overdrawn = FUNDED - DEBIT * debits as i64;
+    assert_eq!(balances[0], overdrawn);
+
+    let cases = api
+        .wait_cases(viewer, "account=hot", WAIT, |cs| {
+            cs.len() == 1 && cs[0]["kind"] == "overdraft" && cs[0]["regions"].as_array().is_some_and(|r| r.len() == 3)
+        })
+        .await;
+    let case_id = cases[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(cases[0]["amount_at_risk"], -overdrawn, "the joint balance was {overdrawn}");
+    let mut case = json!(null);
+    for _ in 0..600 {
+        case = api.get(&format!("/api/cases/{case_id}"), viewer).await.body;
+        if case["branches"].is_array() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let branches = case["branches"].as_array().expect("branches fetched");
+    assert_eq!(branches.len(), reconcile::intake::BRANCHES_MAX, "{case}");
+    // The first ones by event id, as every region lists them; each a debit of `hot`.
+    let events: Vec<&str> = branches.iter().map(|b| b["event_id"].as_str().unwrap()).collect();
+    assert!(events.windows(2).all(|w| w[0] < w[1]), "in event id order");
+    assert!(branches.iter().all(|b| b["from"] == "hot" && b["amount"] == DEBIT), "{branches:?}");
+    assert_eq!(case["conflict"]["event_count"], debits as u64);
+    let pool = reconcile::connect(&db).await.unwrap();
+    let session = reconcile::auth::login(
+        &pool,
+        "viewer",
+        common::PASSWORD,
+        5,
+        chrono::Duration::minutes(1),
+        chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    let page = api
+        .http
+        .get(format!("{}/cases/{case_id}", api.base))
+        .header("Cookie", format!("{}={}", reconcile::auth::SESSION_COOKIE, session.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let shown = format!("The first {} of {debits} events are shown", reconcile::intake::BRANCHES_MAX);
+    assert!(page.contains(&shown), "the page says how many it does not show: {page}");
+    running.stop().await;
+}
