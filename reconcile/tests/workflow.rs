@@ -57,14 +57,11 @@ async fn a_three_region_overdraft_is_one_case_resolved_in_every_region_with_a_ve
     assert!(benign.iter().all(|c| c["kind"] == "concurrent-benign" && c["state"] == "closed"), "{benign:?}");
     assert!(benign[0]["closed_reason"].as_str().unwrap().contains("Policy REC-1"));
 
-    let mut case = json!(null);
-    for _ in 0..600 {
-        case = api.get(&format!("/api/cases/{case_id}"), viewer).await.body;
-        if case["branches"].as_array().is_some_and(|b| b.len() == 3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let case = api
+        .wait_case(viewer, &case_id, WAIT, "had its three branches", |c| {
+            c["branches"].as_array().is_some_and(|b| b.len() == 3)
+        })
+        .await;
     let branch_ids: std::collections::BTreeSet<&str> =
         case["branches"].as_array().expect("branches fetched").iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(branch_ids, debits.iter().map(String::as_str).collect(), "the three debits side by side");
@@ -398,20 +395,7 @@ async fn an_overdraft_of_more_transfers_than_a_case_shows_lists_the_first_and_co
     let debits = 3 * PER_REGION;
     assert!(debits > reconcile::intake::BRANCHES_MAX, "the overdraft names more transfers than a case shows");
     let overdrawn = FUNDED - DEBIT * debits as i64;
-    // Right after the partition every region shows the same balance of its own debits only: wait
-    // for every region to hold all of them.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let mut hot = Vec::new();
-        for i in 0..3 {
-            hot.push(regions.balance(i, "hot").await);
-        }
-        if hot.iter().all(|b| *b == overdrawn) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "hot in each region: {hot:?}, expected {overdrawn}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    regions.wait_balance("hot", overdrawn, WAIT).await;
 
     let cases = api
         .wait_cases(viewer, "account=hot", WAIT, |cs| {
@@ -420,14 +404,7 @@ async fn an_overdraft_of_more_transfers_than_a_case_shows_lists_the_first_and_co
         .await;
     let case_id = cases[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(cases[0]["amount_at_risk"], -overdrawn, "the joint balance was {overdrawn}");
-    let mut case = json!(null);
-    for _ in 0..600 {
-        case = api.get(&format!("/api/cases/{case_id}"), viewer).await.body;
-        if case["branches"].is_array() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let case = api.wait_case(viewer, &case_id, WAIT, "had its branches", |c| c["branches"].is_array()).await;
     let branches = case["branches"].as_array().expect("branches fetched");
     assert_eq!(branches.len(), reconcile::intake::BRANCHES_MAX, "{case}");
     // The first ones by event id, as every region lists them; each a debit of `hot`.

@@ -217,6 +217,23 @@ impl Regions {
         }
     }
 
+    /// Waits until every region shows `expected` for `account`: after a partition, `converged` is
+    /// met at once by regions that each show only their own postings, the same everywhere.
+    pub async fn wait_balance(&self, account: &str, expected: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for i in 0..self.regions.len() {
+                seen.push(self.balance(i, account).await);
+            }
+            if seen.iter().all(|b| *b == expected) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{account} in each region: {seen:?}, expected {expected}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Every region's conflicts (all pages of the first 1,000).
     pub async fn conflicts(&self, i: usize) -> Vec<Value> {
         self.get(i, "/v1/conflicts?limit=1000").await.body["conflicts"].as_array().cloned().unwrap_or_default()
@@ -239,6 +256,7 @@ impl Regions {
             ids.push(r.body["id"].as_str().unwrap().to_owned());
         }
         self.resume().await;
+        self.wait_balance(acc, 150 - 3 * 60, Duration::from_secs(120)).await;
         self.converged(&[acc, "shop", "world"], Duration::from_secs(120)).await;
         ids
     }
@@ -329,13 +347,25 @@ impl Api {
 
     /// Waits until the case is in `state`, returning it.
     pub async fn wait_state(&self, token: &str, id: &str, state: &str, timeout: Duration) -> Value {
+        self.wait_case(token, id, timeout, &format!("reached {state}"), |c| c["state"] == state).await
+    }
+
+    /// Waits until `f` holds for the case (`what` names the wait in the failure), returning it.
+    pub async fn wait_case(
+        &self,
+        token: &str,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let r = self.get(&format!("/api/cases/{id}"), token).await;
-            if r.body["state"] == state {
+            if f(&r.body) {
                 return r.body;
             }
-            assert!(Instant::now() < deadline, "case {id} never reached {state}: {}", r.body);
+            assert!(Instant::now() < deadline, "case {id} never {what}: {}", r.body);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
