@@ -213,9 +213,15 @@ pub fn branch(e: &Value) -> Value {
 /// each event described. Returns how many cases were filled.
 pub async fn enrich_once(pool: &PgPool, regions: &Regions) -> Result<usize, sqlx::Error> {
     let mut filled = 0;
-    for (id, kind, account, seen_in) in store::cases_to_enrich(pool, ENRICH_BATCH).await? {
-        for region in &seen_in {
-            let Some(conflict) = lookup(regions, region, id, &kind, &account).await else { continue };
+    for case in store::cases_to_enrich(pool, ENRICH_BATCH).await? {
+        let (id, kind) = (case.id, &case.kind);
+        for region in &case.seen_in {
+            let Some(conflict) = lookup(regions, region, id, kind, &case.account).await else { continue };
+            if case.event_count.is_some() && conflict["event_count"].as_i64() != case.event_count {
+                // This region is still applying the episode (or is past the report): another
+                // region, or the next pass.
+                continue;
+            }
             let events: Vec<Value> = conflict["events"].as_array().cloned().unwrap_or_default();
             let branches: Vec<Value> = events.iter().take(BRANCHES_MAX).map(branch).collect();
             let amounts: Vec<i64> = branches.iter().filter_map(|b| b["amount"].as_i64()).collect();
@@ -224,8 +230,9 @@ pub async fn enrich_once(pool: &PgPool, regions: &Regions) -> Result<usize, sqlx
                 "duplicate-intent" => amounts.iter().skip(1).fold(0i64, |acc, a| acc.saturating_add(*a)),
                 _ => 0,
             };
-            store::set_branches(pool, id, &Value::Array(events), &Value::Array(branches), at_risk).await?;
-            filled += 1;
+            if store::set_branches(pool, &case, &Value::Array(events), &Value::Array(branches), at_risk).await? {
+                filled += 1;
+            }
             break;
         }
     }

@@ -266,44 +266,68 @@ pub async fn record_region_status(
     Ok(())
 }
 
+/// A case whose branches are not fetched yet (or must be fetched again).
+pub struct ToEnrich {
+    /// The case.
+    pub id: uuid::Uuid,
+    /// Its kind.
+    pub kind: String,
+    /// Its account.
+    pub account: String,
+    /// The regions that reported it, first first.
+    pub seen_in: Vec<String>,
+    /// How many events the case's latest report counts (when the kind counts them): branches are
+    /// taken only from a region whose record counts as many, or a region still applying the
+    /// episode would leave the case with part of its list for good.
+    pub event_count: Option<i64>,
+}
+
 /// Cases whose branches are not fetched yet (or must be fetched again), oldest first.
-pub async fn cases_to_enrich(
-    pool: &PgPool,
-    limit: i64,
-) -> Result<Vec<(uuid::Uuid, String, String, Vec<String>)>, sqlx::Error> {
+pub async fn cases_to_enrich(pool: &PgPool, limit: i64) -> Result<Vec<ToEnrich>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT c.id, c.kind, c.account, ARRAY(SELECT region FROM sightings s WHERE s.case_id = c.id ORDER BY first_seen_at) AS regions
+        "SELECT c.id, c.kind, c.account, ARRAY(SELECT region FROM sightings s WHERE s.case_id = c.id ORDER BY first_seen_at) AS regions,
+                CASE WHEN jsonb_typeof(c.conflict -> 'event_count') = 'number' THEN (c.conflict ->> 'event_count')::bigint END AS event_count
          FROM cases c WHERE c.branches IS NULL AND c.state NOT IN ('superseded') ORDER BY c.seq LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|r| Ok((r.try_get("id")?, r.try_get("kind")?, r.try_get("account")?, r.try_get("regions")?)))
+        .map(|r| {
+            Ok(ToEnrich {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                account: r.try_get("account")?,
+                seen_in: r.try_get("regions")?,
+                event_count: r.try_get("event_count")?,
+            })
+        })
         .collect()
 }
 
 /// Stores a case's branches (the transfers or openings it names, as a region holds them) and the
-/// money at risk they show.
+/// money at risk they show, unless a report changed the case's event count meanwhile (it is
+/// fetched again then). Returns whether they were stored.
 pub async fn set_branches(
     pool: &PgPool,
-    id: uuid::Uuid,
+    case: &ToEnrich,
     events: &Value,
     branches: &Value,
     amount_at_risk: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE cases SET branches = $2, amount_at_risk = GREATEST(amount_at_risk, $3),
              conflict = CASE WHEN jsonb_array_length($4) > 0 THEN jsonb_set(conflict, '{events}', $4) ELSE conflict END
-         WHERE id = $1",
+         WHERE id = $1 AND (conflict ->> 'event_count') IS NOT DISTINCT FROM $5",
     )
-    .bind(id)
+    .bind(case.id)
     .bind(branches)
     .bind(amount_at_risk)
     .bind(events)
+    .bind(case.event_count.map(|n| n.to_string()))
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Filters of the queue.
