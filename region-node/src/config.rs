@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub snapshot_every_events: u64,
     /// ...or after this long, whichever comes first.
     pub snapshot_every_ms: u64,
+    /// Every this many snapshots one holds every balance; the others hold those changed since the
+    /// snapshot before. Snapshots older than the full one before the latest are deleted, so the
+    /// table keeps at most twice this many.
+    pub snapshot_full_every: u32,
     /// Events the duplicate bloom filter is sized for before it is renewed.
     pub dedupe_bloom_items: usize,
     /// Largest accepted request body.
@@ -146,6 +150,9 @@ impl Default for NodeConfig {
             consume_batch_max: 2_000,
             snapshot_every_events: 10_000,
             snapshot_every_ms: 5_000,
+            // Every 10 minutes at the default interval: a full snapshot's cost grows with the
+            // ledger (about 100 ms of PostgreSQL at 37,000 accounts), a delta's with the changes.
+            snapshot_full_every: 120,
             dedupe_bloom_items: 1_000_000,
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,

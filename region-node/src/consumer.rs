@@ -8,7 +8,10 @@
 //! - A batch of records is applied in one PostgreSQL transaction; offsets are committed only after
 //!   it commits, so a crash replays records (dropped as duplicates) and never skips one.
 //! - A snapshot of the view balances and offsets is written every `snapshot_every_events` records
-//!   or `snapshot_every_ms`, whichever comes first.
+//!   or `snapshot_every_ms`, whichever comes first. It holds only the balances changed since the
+//!   snapshot before, but for every `snapshot_full_every`-th (and the first after a start), which
+//!   holds them all; older snapshots than the full one before the latest are deleted (migration
+//!   0018), so neither a snapshot's cost nor the table grows with the ledger between full ones.
 
 use crate::telemetry::{self, metric};
 use crate::views::{self, RecordChange, ViewChange};
@@ -59,6 +62,8 @@ pub struct ConsumerConfig {
     pub snapshot_every_events: u64,
     /// ...or this long.
     pub snapshot_every: Duration,
+    /// Every this many snapshots, one is full (the rest hold what changed); at least 1.
+    pub snapshot_full_every: u32,
     /// Bloom filter capacity before renewal.
     pub bloom_items: usize,
 }
@@ -148,6 +153,8 @@ pub async fn run(pool: PgPool, cfg: ConsumerConfig, shutdown: CancellationToken)
     let mut dedupe = Dedupe::new(cfg.bloom_items);
     let mut since_snapshot: u64 = 0;
     let mut last_snapshot = Instant::now();
+    // Snapshots written since this process started: the first one is full.
+    let mut snapshots_taken: u64 = 0;
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -189,10 +196,12 @@ pub async fn run(pool: PgPool, cfg: ConsumerConfig, shutdown: CancellationToken)
         let due = since_snapshot >= cfg.snapshot_every_events
             || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
         if due {
-            match snapshot(&pool, &consumer).await {
+            let full = snapshots_taken.is_multiple_of(u64::from(cfg.snapshot_full_every.max(1)));
+            match snapshot(&pool, &consumer, full).await {
                 Ok(()) => {
                     since_snapshot = 0;
                     last_snapshot = Instant::now();
+                    snapshots_taken += 1;
                 }
                 Err(e) => tracing::warn!(error = %e, "snapshot failed"),
             }
@@ -324,9 +333,10 @@ fn decode(record: &Record) -> Option<RecordChange> {
     Some(RecordChange { event_id: event.event_id, account: record.account.clone(), change })
 }
 
-/// Writes a snapshot of the view balances with the consumer's committed position, and refreshes
-/// the lag gauge.
-async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>) -> Result<(), sqlx::Error> {
+/// Writes a snapshot of the view balances with the consumer's committed position (all of them if
+/// `full` or if no full snapshot exists yet, else those changed since the last snapshot), prunes
+/// what a new full snapshot makes unnecessary, and refreshes the lag gauge.
+async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>, full: bool) -> Result<(), sqlx::Error> {
     let position = consumer.position().unwrap_or_default();
     let mut offsets = serde_json::Map::new();
     let mut positions = Vec::new();
@@ -352,13 +362,49 @@ async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>) -> R
     .await
     .unwrap_or(0);
     metrics::gauge!(metric::CONSUMER_LAG).set(lag as f64);
-    sqlx::query(
-        "INSERT INTO ledger_snapshots (events_applied, offsets, balances)
-         SELECT p.events_applied, $1, COALESCE((SELECT jsonb_object_agg(account_id, balance) FROM rm_balances), '{}')
-         FROM rm_progress p",
-    )
-    .bind(serde_json::Value::Object(offsets))
-    .execute(pool)
-    .await?;
+    write_snapshot(pool, serde_json::Value::Object(offsets), full).await?;
     Ok(())
+}
+
+/// The snapshot row itself; returns its id. Repeatable read: the balances it records and the
+/// change flags it clears are the same rows' same versions. A balance changed meanwhile (remote
+/// apply runs beside the consumer) fails it with a serialization error, and the next try records
+/// it; read committed would clear the flag of a change the full snapshot's read did not see.
+pub(crate) async fn write_snapshot(pool: &PgPool, offsets: serde_json::Value, full: bool) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+    let base: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE base_id IS NULL")
+        .fetch_one(&mut *tx)
+        .await?;
+    let base = base.filter(|_| !full);
+    let id: i64 = sqlx::query_scalar(
+        "WITH changed AS (
+             UPDATE rm_balances SET snapshot_dirty = false WHERE snapshot_dirty RETURNING account_id, balance
+         )
+         INSERT INTO ledger_snapshots (events_applied, offsets, balances, base_id)
+         SELECT p.events_applied, $1,
+                CASE WHEN $2::int8 IS NULL
+                     THEN COALESCE((SELECT jsonb_object_agg(account_id, balance) FROM rm_balances), '{}')
+                     ELSE COALESCE((SELECT jsonb_object_agg(account_id, balance) FROM changed), '{}') END,
+                $2
+         FROM rm_progress p
+         RETURNING id",
+    )
+    .bind(&offsets)
+    .bind(base)
+    .fetch_one(&mut *tx)
+    .await?;
+    if base.is_none() {
+        // Kept: the full snapshot before this one and its deltas, so a reader of one of those
+        // (by id) is not cut off the moment a new full one lands.
+        sqlx::query(
+            "DELETE FROM ledger_snapshots
+             WHERE id < (SELECT max(id) FROM ledger_snapshots WHERE base_id IS NULL AND id < $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
 }

@@ -146,6 +146,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             batch_max: cfg.consume_batch_max,
             snapshot_every_events: cfg.snapshot_every_events,
             snapshot_every: Duration::from_millis(cfg.snapshot_every_ms),
+            snapshot_full_every: cfg.snapshot_full_every,
             bloom_items: cfg.dedupe_bloom_items,
         };
         let (pool, background) = (pool.clone(), background.clone());

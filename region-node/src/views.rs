@@ -129,7 +129,8 @@ pub(crate) async fn apply_batch<'c>(
     sqlx::query(
         // `= ANY($1)` lets the planner reach the rows through the primary key: joined to the
         // UNNEST alone it hashed the whole table, a scan of every account per batch.
-        "UPDATE rm_balances b SET balance = u.balance, entries_applied = u.applied, updated_at = now()
+        "UPDATE rm_balances b SET balance = u.balance, entries_applied = u.applied, updated_at = now(),
+                                snapshot_dirty = true
          FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS u(id, balance, applied)
          WHERE b.account_id = ANY($1) AND b.account_id = u.id",
     )

@@ -485,11 +485,93 @@ async fn events_reach_kafka_with_headers_and_the_read_models_once() {
         snapshots = sqlx::query_scalar("SELECT count(*) FROM ledger_snapshots").fetch_one(&node.db.pool).await.unwrap();
     }
     assert!(snapshots > 0, "a snapshot within the configured interval");
-    let balances: Value = sqlx::query_scalar("SELECT balances FROM ledger_snapshots ORDER BY id DESC LIMIT 1")
+    let balances: Value = sqlx::query_scalar("SELECT ledger_snapshot_balances(max(id)) FROM ledger_snapshots")
         .fetch_one(&node.db.pool)
         .await
         .unwrap();
     assert_eq!(balances["bob"], 35);
+    node.stop().await;
+}
+
+/// Snapshots hold what changed since the one before, every `snapshot_full_every`-th holds every
+/// balance, and the table keeps at most twice that many: crossed here with 3 over twelve rounds of
+/// 100 transfers, each round into a different few of 60 accounts. After every round, the balances
+/// rebuilt from the snapshot that saw all of it equal the read model's, account for account.
+#[tokio::test]
+async fn snapshots_hold_what_changed_and_rebuild_every_balance_across_full_ones() {
+    const FULL_EVERY: u32 = 3;
+    let node = start(|cfg| {
+        cfg.snapshot_every_ms = 150;
+        cfg.snapshot_full_every = FULL_EVERY;
+    })
+    .await;
+    node.open("world", "USD", true).await;
+    let accounts: Vec<String> = (0..60).map(|i| format!("snap{i}")).collect();
+    for id in &accounts {
+        node.open(id, "USD", false).await;
+    }
+    let pool = &node.db.pool;
+    let (mut deltas_smaller_than_the_ledger, mut last_id) = (0, 0i64);
+    for round in 0..12usize {
+        let mut tasks = Vec::new();
+        for i in 0..100usize {
+            let to = accounts[(round * 5 + i % 8) % accounts.len()].clone();
+            let body = json!({"from": "world", "to": to, "amount": 1 + (round * 100 + i) as i64});
+            let (http, key, base) = (node.http.clone(), node.write_key.clone(), node.base.clone());
+            tasks.push(tokio::spawn(async move { transfer_at(&http, &key, &base, &body).await }));
+            if tasks.len() == 50 {
+                for task in tasks.drain(..) {
+                    let (status, body) = task.await.unwrap();
+                    assert_eq!(status, 201, "{body}");
+                }
+            }
+        }
+        node.wait_read_models(Duration::from_secs(60)).await;
+        let applied: i64 = sqlx::query_scalar("SELECT events_applied FROM rm_progress").fetch_one(pool).await.unwrap();
+        // The snapshot written once the round was applied (the read model and its progress commit
+        // together, and a snapshot reads both in one snapshot of the database).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let id: Option<i64> =
+                sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE events_applied = $1 AND id > $2")
+                    .bind(applied)
+                    .bind(last_id)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            if let Some(id) = id {
+                break id;
+            }
+            assert!(std::time::Instant::now() < deadline, "no snapshot of round {round} ({applied} events applied)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        last_id = id;
+        let rebuilt: Value =
+            sqlx::query_scalar("SELECT ledger_snapshot_balances($1)").bind(id).fetch_one(pool).await.unwrap();
+        let view: Value = sqlx::query_scalar("SELECT jsonb_object_agg(account_id, balance) FROM rm_balances")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt, view, "round {round}: snapshot {id} rebuilt");
+        assert_eq!(rebuilt.as_object().unwrap().len(), accounts.len() + 1);
+        let (kept, deltas_small): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE base_id IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(balances)) < 20)
+             FROM ledger_snapshots",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert!(kept <= 2 * i64::from(FULL_EVERY), "round {round}: {kept} snapshots kept");
+        deltas_smaller_than_the_ledger += deltas_small;
+    }
+    assert!(deltas_smaller_than_the_ledger > 0, "deltas hold only what changed");
+    let (first, fulls): (i64, i64) =
+        sqlx::query_as("SELECT min(id), count(*) FILTER (WHERE base_id IS NULL) FROM ledger_snapshots")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(first > 1 && last_id > 2 * i64::from(FULL_EVERY), "older snapshots were deleted: first kept {first}");
+    assert!(fulls >= 1);
     node.stop().await;
 }
 
