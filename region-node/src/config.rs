@@ -45,6 +45,12 @@ pub struct NodeConfig {
     /// broker's cost is per transaction (markers on every partition), not per record, so this
     /// bounds it at `1000 / publish_interval_ms` transactions per second.
     pub publish_interval_ms: u64,
+    /// Published outbox rows are deleted once this old (the events stay, in `ledger_events` and
+    /// in Kafka).
+    pub outbox_retention_ms: u64,
+    /// Published outbox rows deleted by one statement (one per publish round, so a backlog of
+    /// them never holds the publisher up for long).
+    pub outbox_prune_rows_max: i64,
     /// Messages applied to the read models in one PostgreSQL transaction.
     pub consume_batch_max: usize,
     /// A snapshot is written after this many applied events...
@@ -147,6 +153,9 @@ impl Default for NodeConfig {
             publish_batch_max: 2_000,
             publish_poll_ms: 1_000,
             publish_interval_ms: 50,
+            // An hour: longer than any benchmark run that reports the outbox's lag from its rows.
+            outbox_retention_ms: 3_600_000,
+            outbox_prune_rows_max: 10_000,
             consume_batch_max: 2_000,
             snapshot_every_events: 10_000,
             snapshot_every_ms: 5_000,

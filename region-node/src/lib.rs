@@ -15,6 +15,7 @@ pub mod expiry;
 pub mod idempotency;
 mod leader;
 pub mod outbox;
+pub mod outbox_prune;
 pub use api::problem;
 pub mod remote;
 pub mod storage;
@@ -132,6 +133,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
             batch_max: cfg.publish_batch_max,
             poll: Duration::from_millis(cfg.publish_poll_ms),
             interval: Duration::from_millis(cfg.publish_interval_ms),
+            retention: Duration::from_millis(cfg.outbox_retention_ms),
+            prune_rows_max: cfg.outbox_prune_rows_max,
         };
         let (pool, background) = (pool.clone(), background.clone());
         supervise::spawn("publisher", &supervised, background.clone(), move || {

@@ -10,6 +10,7 @@
 //!   consumers drop the copies by event id. That is the one duplicate this design allows, and the
 //!   failpoint `outbox-after-kafka-commit` exists to test it.
 
+use crate::outbox_prune;
 use crate::telemetry::{self, metric};
 use chrono::{DateTime, Utc};
 use ledger_schema::transactions;
@@ -61,6 +62,10 @@ pub struct PublisherConfig {
     /// Least time between the starts of two publish rounds: rows committed meanwhile wait and go
     /// in one Kafka transaction. An idle publisher's first round starts at once.
     pub interval: Duration,
+    /// Published rows are deleted once this old (see `outbox_prune`).
+    pub retention: Duration,
+    /// Rows deleted by one statement, one per publish round.
+    pub prune_rows_max: i64,
 }
 
 /// Runs until `shutdown`, then publishes what is left and returns. A failure that ends the loop
@@ -148,6 +153,12 @@ async fn lead(
         let mut backlog_measured: Option<std::time::Instant> = None;
         let mut pending = Some(Scan::All);
         let mut last_published_round: Option<tokio::time::Instant> = None;
+        let mut marks = outbox_prune::Marks::new(cfg.retention);
+        let mut published_up_to: i64 =
+            sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM outbox WHERE published_at IS NOT NULL")
+                .fetch_one(pool)
+                .await?;
+        let mut prune_up_to: Option<i64> = None;
         loop {
             // Still the leader? A lost lock connection means another publisher may take over.
             sqlx::query("SELECT 1").execute(&mut *lock).await?;
@@ -172,10 +183,21 @@ async fn lead(
                     // Only a round that made a Kafka transaction counts: an empty poll round must
                     // not hold back the next commit's rows.
                     last_published_round = Some(round_started);
+                    published_up_to = published_up_to.max(last_id);
                 }
                 if published as i64 >= cfg.batch_max {
                     // A backlog: more may be waiting right after the last row published.
                     pending = Some(Scan::From(last_id + 1));
+                }
+            }
+            if let Some(ripe) = marks.observe(std::time::Instant::now(), published_up_to) {
+                prune_up_to = Some(ripe);
+            }
+            if let Some(up_to) = prune_up_to {
+                let deleted = outbox_prune::prune(pool, up_to, cfg.prune_rows_max).await?;
+                tracing::debug!(deleted, up_to, "published outbox rows pruned");
+                if deleted < cfg.prune_rows_max.max(1) as u64 {
+                    prune_up_to = None;
                 }
             }
             if backlog_measured.is_none_or(|at| at.elapsed() >= cfg.poll) {

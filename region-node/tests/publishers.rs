@@ -131,3 +131,108 @@ async fn publish_rounds_are_at_least_the_interval_apart_and_a_quiet_publisher_se
     assert!(rounds <= allowed, "{rounds} rounds in {loaded_for:?} at one per {INTERVAL_MS} ms (at most {allowed})");
     assert!(rounds >= 2, "the load spanned several rounds: {rounds}");
 }
+
+/// Published outbox rows are deleted once `outbox_retention_ms` old, `outbox_prune_rows_max` (5) at
+/// a time, far fewer than the load leaves: 1,000 transfers later the outbox is empty, and every
+/// event is still in `ledger_events` and every record in Kafka, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_outbox_rows_are_pruned_after_the_retention_and_nothing_else_is() {
+    const TRANSFERS: usize = 1_000;
+    let node = common::start(|cfg| {
+        cfg.outbox_retention_ms = 500;
+        cfg.outbox_prune_rows_max = 5;
+        cfg.publish_poll_ms = 50;
+    })
+    .await;
+    node.open("world", "USD", true).await;
+    let accounts: Vec<String> = (0..20).map(|i| format!("pr{i}")).collect();
+    for id in &accounts {
+        node.open(id, "USD", false).await;
+    }
+    let mut most_rows = 0i64;
+    for chunk in 0..TRANSFERS / 50 {
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let body = serde_json::json!({"from": "world", "to": accounts[(chunk + i) % accounts.len()], "amount": 1});
+            let (http, key, url) = (node.http.clone(), node.write_key.clone(), format!("{}/v1/transfers", node.base));
+            tasks.push(tokio::spawn(async move { common::post_decided(&http, &url, &key, &body).await }));
+        }
+        for task in tasks {
+            let (status, body) = task.await.unwrap();
+            assert_eq!(status, 201, "{body}");
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&node.db.pool).await.unwrap();
+        most_rows = most_rows.max(rows);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&node.db.pool).await.unwrap();
+        if rows == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows} outbox rows left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(most_rows > 5, "the load left more rows than one statement deletes ({most_rows})");
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_events").fetch_one(&node.db.pool).await.unwrap();
+    assert_eq!(events as usize, 1 + accounts.len() + TRANSFERS);
+    let (bootstrap, topic) = (node.region.kafka_bootstrap().to_owned(), node.topic());
+    let records = tokio::task::spawn_blocking(move || {
+        testkit::kafka_util::read_all(&bootstrap, &topic, "read_committed", Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    // An opening is one record; a transfer one per account it touches.
+    assert_eq!(records.len(), 1 + accounts.len() + 2 * TRANSFERS);
+    let ids: std::collections::HashSet<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let id = r.headers.iter().find(|(k, _)| k == "event-id").map(|(_, v)| v.clone()).unwrap();
+            (id, r.key.clone().unwrap())
+        })
+        .collect();
+    assert_eq!(ids.len(), records.len(), "each record once");
+    node.stop().await;
+}
+
+/// The prune statement deletes published rows only, oldest first, at most `rows_max` at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prune_statement_never_deletes_an_unpublished_row() {
+    let node = common::start(|cfg| cfg.run_publisher = false).await;
+    node.open("world", "USD", true).await;
+    node.open("alice", "USD", false).await;
+    for _ in 0..30 {
+        assert_eq!(node.transfer("world", "alice", 1).await.status, 201);
+    }
+    let pool = &node.db.pool;
+    let count = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(pool).await.unwrap() };
+    let rows = count().await;
+    assert!(rows >= 30, "{rows} rows");
+    assert_eq!(region_node::outbox_prune::prune(pool, i64::MAX, 1_000).await.unwrap(), 0, "none published");
+    // The older half published.
+    let half: i64 = sqlx::query_scalar(
+        "WITH h AS (SELECT id FROM outbox ORDER BY id LIMIT $1),
+              u AS (UPDATE outbox SET published_at = now() WHERE id IN (SELECT id FROM h) RETURNING id)
+         SELECT max(id) FROM u",
+    )
+    .bind(rows / 2)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(region_node::outbox_prune::prune(pool, half, 4).await.unwrap(), 4, "at most rows_max");
+    let mut deleted = 4;
+    loop {
+        let n = region_node::outbox_prune::prune(pool, i64::MAX, 4).await.unwrap();
+        deleted += n;
+        if n < 4 {
+            break;
+        }
+    }
+    assert_eq!(deleted as i64, rows / 2);
+    assert_eq!(count().await, rows - rows / 2);
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await.unwrap();
+    assert_eq!(unpublished, rows - rows / 2, "every unpublished row kept");
+    node.stop().await;
+}
