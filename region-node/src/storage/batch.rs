@@ -10,15 +10,17 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
 
-/// What the batch will write, column by column, for bulk `UNNEST` inserts.
+/// What the batch will write, column by column, for bulk `UNNEST` inserts. JSON columns travel as
+/// text, serialized straight from the events: building `serde_json::Value` trees first (and sqlx
+/// serializing them again) was the committer's largest allocation in a profile.
 #[derive(Default)]
 pub(crate) struct Writes {
     pub new_accounts: Vec<AccountId>,
     pub ev_id: Vec<uuid::Uuid>,
     pub ev_aggregate: Vec<String>,
     pub ev_type: Vec<String>,
-    pub ev_payload: Vec<Value>,
-    pub ev_vectors: Vec<Value>,
+    pub ev_payload: Vec<String>,
+    pub ev_vectors: Vec<String>,
     pub ev_traceparent: Vec<Option<String>>,
     pub tr_id: Vec<uuid::Uuid>,
     pub tr_event: Vec<uuid::Uuid>,
@@ -26,10 +28,10 @@ pub(crate) struct Writes {
     pub tr_to: Vec<String>,
     pub tr_amount: Vec<i64>,
     pub tr_currency: Vec<String>,
-    pub tr_metadata: Vec<Value>,
+    pub tr_metadata: Vec<String>,
     pub tr_key: Vec<Option<String>>,
-    pub tr_from_vector: Vec<Value>,
-    pub tr_to_vector: Vec<Value>,
+    pub tr_from_vector: Vec<String>,
+    pub tr_to_vector: Vec<String>,
     pub tr_transaction: Vec<Option<uuid::Uuid>>,
     pub tr_leg: Vec<Option<i16>>,
     pub en_account: Vec<String>,
@@ -42,9 +44,9 @@ pub(crate) struct Writes {
     pub ae_account: Vec<String>,
     pub ae_counter: Vec<i64>,
     pub ae_event: Vec<uuid::Uuid>,
-    pub ae_vector: Vec<Value>,
+    pub ae_vector: Vec<String>,
     pub ae_posting: Vec<i64>,
-    pub ae_opened: Vec<Option<Value>>,
+    pub ae_opened: Vec<Option<String>>,
     pub ae_key: Vec<Option<String>>,
     pub ae_entry_seq: Vec<i64>,
     pub ae_balance_before: Vec<i64>,
@@ -214,14 +216,15 @@ WITH new_accounts AS (
 ), events AS (
     INSERT INTO ledger_events (event_id, aggregate_id, event_type, payload, version_vector, origin_region, occurred_at, traceparent)
     SELECT id, agg, typ, payload, vv, $2, $1, tp
-    FROM UNNEST($11::uuid[], $12::text[], $13::text[], $14::jsonb[], $15::jsonb[], $16::text[])
+    FROM UNNEST($11::uuid[], $12::text[], $13::text[], $14::text[]::jsonb[], $15::text[]::jsonb[], $16::text[])
       WITH ORDINALITY AS u(id, agg, typ, payload, vv, tp, ord)
     ORDER BY ord
 ), new_transfers AS (
     INSERT INTO transfers (id, event_id, from_account, to_account, amount, currency, metadata, idempotency_key,
                            from_vector, to_vector, transaction_id, leg, origin_region, created_at)
     SELECT *, $2, $1 FROM UNNEST($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::int8[], $22::text[],
-                                 $23::jsonb[], $24::text[], $25::jsonb[], $26::jsonb[], $55::uuid[], $56::int2[])
+                                 $23::text[]::jsonb[], $24::text[], $25::text[]::jsonb[], $26::text[]::jsonb[], $55::uuid[],
+                                 $56::int2[])
 ), new_entries AS (
     INSERT INTO entries (account_id, seq, transfer_id, amount, balance_after, created_at)
     SELECT a, s, t, amt, bal, GREATEST($1, (SELECT p.created_at FROM entries p WHERE p.account_id = u.a AND p.seq < u.s
@@ -247,7 +250,8 @@ WITH new_accounts AS (
 ), new_account_events AS (
     INSERT INTO account_events (account_id, origin_region, counter, event_id, vector, posting, opened, idempotency_key, entry_seq)
     SELECT a, $2, c, e, v, p, o, k, n
-    FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::jsonb[], $43::int8[], $44::jsonb[], $45::text[], $57::int8[])
+    FROM UNNEST($39::text[], $40::int8[], $41::uuid[], $42::text[]::jsonb[], $43::int8[], $44::text[]::jsonb[], $45::text[],
+                $57::int8[])
       AS u(a, c, e, v, p, o, k, n)
 ), new_outbox AS (
     -- One row for the whole batch: its records' events and keys, in batch order (migration 0008).

@@ -8,7 +8,7 @@ use crate::storage::{AccountRow, StorageError, rfc3339, transaction_json, transf
 use chrono::{DateTime, Utc};
 use ledger_core::apply::{PendingRecord, SettlementRecord};
 use ledger_core::{AccountId, AccountState, EventPayload, LedgerEvent, RegionId};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use std::collections::{BTreeMap, HashMap};
@@ -545,7 +545,7 @@ impl Batch {
         traceparent: Option<String>,
         after: impl Fn(&AccountId) -> (i64, i64, i64),
     ) {
-        let payload = serde_json::to_value(event).expect("events serialize");
+        let payload = serde_json::to_string(event).expect("events serialize");
         // Before the event: the batch's accounts are updated only after their command's event is
         // recorded (an account it opens had nothing).
         let before: Vec<(i64, i64)> = event
@@ -557,7 +557,7 @@ impl Batch {
         w.ev_id.push(event.event_id);
         w.ev_aggregate.push(event.aggregate_id());
         w.ev_type.push(event.event_type().to_owned());
-        w.ev_vectors.push(json!(event.vectors));
+        w.ev_vectors.push(to_json(&event.vectors));
         w.ev_traceparent.push(traceparent.clone());
         for (account, (balance_before, pending_before)) in event.accounts().into_iter().zip(before) {
             let seen =
@@ -566,9 +566,9 @@ impl Batch {
             w.ae_account.push(account.to_string());
             w.ae_counter.push(seen.counter as i64);
             w.ae_event.push(event.event_id);
-            w.ae_vector.push(json!(seen.vector));
+            w.ae_vector.push(to_json(&seen.vector));
             w.ae_posting.push(seen.posting);
-            w.ae_opened.push(seen.opened.map(|spec| json!(spec)));
+            w.ae_opened.push(seen.opened.map(|spec| to_json(&spec)));
             w.ae_key.push(seen.idempotency_key);
             w.ae_entry_seq.push(entry_seq);
             w.ae_balance_before.push(balance_before);
@@ -608,10 +608,10 @@ fn push_transfer(w: &mut Writes, t: TransferRow<'_>) {
     w.tr_to.push(t.to.to_string());
     w.tr_amount.push(t.amount);
     w.tr_currency.push(t.currency.to_string());
-    w.tr_metadata.push(Value::Object(t.metadata.clone()));
+    w.tr_metadata.push(to_json(t.metadata));
     w.tr_key.push(t.idempotency_key.cloned());
-    w.tr_from_vector.push(json!(t.vectors[0]));
-    w.tr_to_vector.push(json!(t.vectors[1]));
+    w.tr_from_vector.push(to_json(t.vectors[0]));
+    w.tr_to_vector.push(to_json(t.vectors[1]));
     w.tr_transaction.push(t.leg.map(|(transaction, _)| transaction));
     w.tr_leg.push(t.leg.map(|(_, leg)| leg));
     for ((account, amount), (seq, balance)) in [(t.from, -t.amount), (t.to, t.amount)].into_iter().zip(t.entries) {
@@ -621,4 +621,9 @@ fn push_transfer(w: &mut Writes, t: TransferRow<'_>) {
         w.en_amount.push(amount);
         w.en_balance.push(balance);
     }
+}
+
+/// A JSON column's text. Our own types, maps with string keys: serializing them cannot fail.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("ledger types serialize to JSON")
 }
