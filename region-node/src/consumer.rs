@@ -370,7 +370,7 @@ async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>, full
 /// change flags it clears are the same rows' same versions. A balance changed meanwhile (remote
 /// apply runs beside the consumer) fails it with a serialization error, and the next try records
 /// it; read committed would clear the flag of a change the full snapshot's read did not see.
-pub(crate) async fn write_snapshot(pool: &PgPool, offsets: serde_json::Value, full: bool) -> Result<i64, sqlx::Error> {
+async fn write_snapshot(pool: &PgPool, offsets: serde_json::Value, full: bool) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
     let base: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE base_id IS NULL")
