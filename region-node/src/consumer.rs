@@ -373,9 +373,8 @@ async fn snapshot(pool: &PgPool, consumer: &std::sync::Arc<StreamConsumer>, full
 async fn write_snapshot(pool: &PgPool, offsets: serde_json::Value, full: bool) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
-    let base: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE base_id IS NULL")
-        .fetch_one(&mut *tx)
-        .await?;
+    let base: Option<i64> =
+        sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE base_id IS NULL").fetch_one(&mut *tx).await?;
     let base = base.filter(|_| !full);
     let id: i64 = sqlx::query_scalar(
         "WITH changed AS (

@@ -174,8 +174,7 @@ async fn published_outbox_rows_are_pruned_after_the_retention_and_nothing_else_i
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(most_rows > 5, "the load left more rows than one statement deletes ({most_rows})");
-    let events: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ledger_events").fetch_one(&node.db.pool).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_events").fetch_one(&node.db.pool).await.unwrap();
     assert_eq!(events as usize, 1 + accounts.len() + TRANSFERS);
     let (bootstrap, topic) = (node.region.kafka_bootstrap().to_owned(), node.topic());
     let records = tokio::task::spawn_blocking(move || {
