@@ -194,9 +194,10 @@ async fn lead(
                 prune_up_to = Some(ripe);
             }
             if let Some(up_to) = prune_up_to {
-                let deleted = outbox_prune::prune(pool, up_to, cfg.prune_rows_max).await?;
+                let rows_max = cfg.prune_rows_max.max(1);
+                let deleted = outbox_prune::prune(pool, up_to, rows_max).await?;
                 tracing::debug!(deleted, up_to, "published outbox rows pruned");
-                if deleted < cfg.prune_rows_max.max(1) as u64 {
+                if deleted < rows_max as u64 {
                     prune_up_to = None;
                 }
             }

@@ -545,7 +545,7 @@ impl Batch {
         traceparent: Option<String>,
         after: impl Fn(&AccountId) -> (i64, i64, i64),
     ) {
-        let payload = serde_json::to_string(event).expect("events serialize");
+        let payload = to_json(event);
         // Before the event: the batch's accounts are updated only after their command's event is
         // recorded (an account it opens had nothing).
         let before: Vec<(i64, i64)> = event
