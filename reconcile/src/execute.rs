@@ -129,9 +129,9 @@ pub async fn execute(pool: &PgPool, regions: &Regions, w: &Work) -> Result<Progr
         }
     }
     let mut confirmed = Vec::new();
-    let filter = format!("account={}&status=resolved", crate::intake::encode(&w.account));
     for endpoint in &regions.endpoints {
-        if crate::intake::find_conflict(regions, endpoint, w.case_id, &filter).await.is_none() {
+        let found = crate::intake::find_conflict(regions, endpoint, w.case_id).await;
+        if found.is_none_or(|c| c["status"] != "resolved") {
             return Ok(Progress::Pending(format!("{} does not list the conflict resolved yet", endpoint.name)));
         }
         confirmed.push(endpoint.name.clone());

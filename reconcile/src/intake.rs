@@ -15,13 +15,12 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Transfers fetched per case: an episode on a hot account can name hundreds; the case page shows
-/// the first ones and says how many there are.
+/// Transfers fetched per case: an episode on a hot account can name thousands; the case page shows
+/// the first ones and says how many there are. The regions list as many (the first by event id)
+/// with each conflict, in `GET /v1/conflicts` and `GET /v1/conflicts/{id}` alike.
 pub const BRANCHES_MAX: usize = 100;
 /// Cases enriched per pass.
 const ENRICH_BATCH: i64 = 20;
-/// Pages of `GET /v1/conflicts` read per region while looking for one conflict.
-const LOOKUP_PAGES_MAX: usize = 50;
 
 /// Stores one record of a region's `ledger.conflicts`, by its `event-type` header.
 pub async fn store_record(pool: &PgPool, region: &str, event_type: &str, payload: &Value) -> Result<(), sqlx::Error> {
@@ -150,29 +149,20 @@ pub async fn backfill_once(pool: &PgPool, regions: &Regions, page: u32) -> Resul
     Ok(stored)
 }
 
-/// Finds a conflict's full record in a region (an episode's members are listed only there),
-/// paging through `GET /v1/conflicts?<filter>`: an account's conflicts can fill many pages.
-pub async fn find_conflict(
-    regions: &Regions,
-    endpoint: &RegionEndpoint,
-    id: uuid::Uuid,
-    filter: &str,
-) -> Option<Value> {
-    let mut after = 0i64;
-    for _ in 0..LOOKUP_PAGES_MAX {
-        let path = format!("/v1/conflicts?{filter}&after={after}&limit=1000");
-        let Answer::Ok(_, body) = regions.get(endpoint, &path).await else { return None };
-        if let Some(found) = body["conflicts"].as_array()?.iter().find(|c| c["conflict_id"] == json!(id)) {
-            return Some(found.clone());
-        }
-        after = body["next"].as_str()?.parse().ok()?;
+/// A conflict as a region records it (`GET /v1/conflicts/{id}`: its first `BRANCHES_MAX` events
+/// described), or `None` while that region has not detected it or cannot be reached.
+pub async fn find_conflict(regions: &Regions, endpoint: &RegionEndpoint, id: uuid::Uuid) -> Option<Value> {
+    match regions.get(endpoint, &format!("/v1/conflicts/{id}")).await {
+        Answer::Ok(_, body) if body["conflict_id"] == json!(id) => Some(body),
+        _ => None,
     }
-    None
 }
 
-async fn lookup(regions: &Regions, region: &str, id: uuid::Uuid, kind: &str, account: &str) -> Option<Value> {
+/// The conflict in `region`, if it is there of the case's kind (a region that still has it as
+/// another kind has not applied the whole episode yet).
+async fn lookup(regions: &Regions, region: &str, id: uuid::Uuid, kind: &str) -> Option<Value> {
     let endpoint = regions.endpoint(region)?;
-    find_conflict(regions, endpoint, id, &format!("kind={kind}&account={}", encode(account))).await
+    find_conflict(regions, endpoint, id).await.filter(|c| c["kind"] == kind)
 }
 
 /// Percent-encodes a query value.
@@ -216,7 +206,7 @@ pub async fn enrich_once(pool: &PgPool, regions: &Regions) -> Result<usize, sqlx
     for case in store::cases_to_enrich(pool, ENRICH_BATCH).await? {
         let (id, kind) = (case.id, &case.kind);
         for region in &case.seen_in {
-            let Some(conflict) = lookup(regions, region, id, kind, &case.account).await else { continue };
+            let Some(conflict) = lookup(regions, region, id, kind).await else { continue };
             if case.event_count.is_some() && conflict["event_count"].as_i64() != case.event_count {
                 // This region is still applying the episode (or is past the report): another
                 // region, or the next pass.

@@ -169,6 +169,99 @@ async fn an_overdraft_spread_over_three_regions_is_one_conflict_naming_all_three
     cluster.stop().await;
 }
 
+/// An overdraft episode of more events than a list names (`EVENTS_LISTED`): the list names the
+/// first by event id and where to continue; `GET /v1/conflicts/{id}` is the same conflict and pages
+/// through every member exactly once, at any page size up to the largest, identically in every
+/// region; paging that names nothing valid is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_of_more_events_than_a_page_is_listed_a_page_at_a_time_everywhere() {
+    let listed = region_node::api::EVENTS_LISTED as usize;
+    let problem = |kind: &str| json!(format!("{}{kind}", region_node::problem::TYPE_BASE));
+    let debits = listed + 30;
+    let mut cluster = Cluster::start().await;
+    setup_funded(&cluster).await;
+    cluster.pause().await;
+    // Alone, us-east debits acc 150 → 20 by ones and eu-west 150 → 50: together -80.
+    let mut sent = BTreeSet::new();
+    for _ in 0..debits {
+        let r = cluster.nodes[0].transfer("acc", "shop-us", 1).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        sent.insert(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let r = cluster.nodes[1].transfer("acc", "shop-eu", 100).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    sent.insert(r.body["id"].as_str().unwrap().to_owned());
+    cluster.resume().await;
+    cluster.converged(Duration::from_secs(120)).await;
+
+    let mut pages_of_regions = BTreeSet::new();
+    for node in &cluster.nodes {
+        assert_eq!(node.balance("acc").await, 150 - debits as i64 - 100);
+        let r = node.get("/v1/conflicts?kind=overdraft&account=acc").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let list = r.body["conflicts"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{}", r.body);
+        let listed_conflict = &list[0];
+        assert_eq!(listed_conflict["event_count"], debits + 1, "every debit of either region is a member");
+        let events = listed_conflict["events"].as_array().unwrap();
+        assert_eq!(events.len(), listed, "a list names a page of an episode, not all of it");
+        assert_eq!(listed_conflict["events_next"], events[listed - 1]["event_id"]);
+        let id = listed_conflict["conflict_id"].as_str().unwrap();
+        let one = node.get(&format!("/v1/conflicts/{id}")).await;
+        assert_eq!(one.status, 200, "{}", one.body);
+        assert_eq!(&one.body, listed_conflict, "one conflict answers what its list entry says");
+
+        // Pages of 47 from the start to the end: each member once, in event id order, each a
+        // transfer that was sent.
+        let (mut got, mut after, mut pages) = (Vec::new(), String::new(), Vec::new());
+        loop {
+            let r = node.get(&format!("/v1/conflicts/{id}?events_limit=47{after}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let page = r.body["events"].as_array().unwrap().clone();
+            assert!(!page.is_empty() && page.len() <= 47, "{}", r.body);
+            got.extend(page.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()));
+            pages.push(page.clone());
+            match r.body["events_next"].as_str() {
+                Some(next) => {
+                    assert_eq!(next, page.last().unwrap()["event_id"].as_str().unwrap());
+                    after = format!("&events_after={next}");
+                }
+                None => break,
+            }
+            assert!(pages.len() <= debits, "paging does not end");
+        }
+        assert_eq!(pages.len(), (debits + 1).div_ceil(47));
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "ascending event ids, none twice");
+        let transfers: BTreeSet<String> = pages
+            .iter()
+            .flatten()
+            .map(|e| e["transfer"]["id"].as_str().expect("each event described").to_owned())
+            .collect();
+        assert_eq!(transfers, sent, "exactly the transfers sent");
+        let whole = node.get(&format!("/v1/conflicts/{id}?events_limit={}", region_node::api::EVENTS_PAGE_MAX)).await;
+        assert_eq!(whole.body["events"], Value::from(pages.concat()), "the largest page holds them all");
+        assert_eq!(whole.body["events_next"], Value::Null);
+        pages_of_regions.insert(Value::from(pages).to_string());
+
+        for bad in [
+            format!("{id}?events_limit=0"),
+            format!("{id}?events_limit={}", region_node::api::EVENTS_PAGE_MAX + 1),
+            format!("{id}?events_limit=ten"),
+            format!("{id}?events_after=nope"),
+            format!("{id}?after=0"),
+        ] {
+            let r = node.get(&format!("/v1/conflicts/{bad}")).await;
+            assert_eq!((r.status, &r.body["type"]), (400, &problem("invalid-query")), "{bad}: {}", r.body);
+        }
+        for missing in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
+            let r = node.get(&format!("/v1/conflicts/{missing}")).await;
+            assert_eq!((r.status, &r.body["type"]), (404, &problem("not-found")), "{missing}: {}", r.body);
+        }
+    }
+    assert_eq!(pages_of_regions.len(), 1, "every region pages the episode alike");
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_retried_in_a_second_region_is_one_duplicate_intent_everywhere() {
     let mut cluster = Cluster::start().await;
@@ -192,6 +285,15 @@ async fn a_key_retried_in_a_second_region_is_one_duplicate_intent_everywhere() {
         assert_eq!(duplicates.len(), 1, "region {i}: {conflicts:?}");
         assert_eq!(duplicates[0]["events"].as_array().unwrap().len(), 2, "both executions named");
         assert_eq!(cluster.nodes[i].balance("acc").await, 130, "both executions applied, flagged for finance");
+        // One conflict alone is the same as in the list; its few events are all on the first page.
+        let id = duplicates[0]["conflict_id"].as_str().unwrap();
+        let one = cluster.nodes[i].get(&format!("/v1/conflicts/{id}")).await;
+        assert_eq!(one.status, 200, "{}", one.body);
+        assert_eq!(one.body["events"], duplicates[0]["events"]);
+        assert_eq!(one.body["events_next"], Value::Null);
+        let first = duplicates[0]["events"][0]["event_id"].as_str().unwrap();
+        let rest = cluster.nodes[i].get(&format!("/v1/conflicts/{id}?events_after={first}")).await;
+        assert_eq!((rest.status, &rest.body["events"]), (200, &json!([])), "{}", rest.body);
     }
     // After replication the key replays in the third region instead of running a third time.
     let ap = &cluster.nodes[2];

@@ -1,7 +1,12 @@
 //! `GET /v1/conflicts`: the conflicts this region detected while applying other regions' events,
 //! a page at a time (`after` is the `next` cursor of the previous page), filtered by kind,
-//! account, status and detection time. `POST /v1/conflicts/{id}/resolve` (the `reconcile` scope
-//! only): finance's resolution, applied in this region (see `storage::resolve`).
+//! account, status and detection time. `GET /v1/conflicts/{id}`: one conflict, its events a page
+//! at a time. `POST /v1/conflicts/{id}/resolve` (the `reconcile` scope only): finance's
+//! resolution, applied in this region (see `storage::resolve`).
+//!
+//! An overdraft episode on a hot account can name thousands of events, so no answer lists more
+//! than a page of them: `EVENTS_LISTED` with each conflict of a list, up to `EVENTS_PAGE_MAX` per
+//! request of one conflict, in event id order, with `events_next` to continue from.
 
 use super::body::JsonBody;
 use super::query::PathId;
@@ -16,14 +21,22 @@ use ledger_core::Currency;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
+use sqlx::postgres::PgRow;
 use std::collections::{BTreeMap, HashMap};
 
 /// Most conflicts in one page.
 pub const PAGE_MAX: i64 = 1_000;
 /// Conflicts in a page when `limit` is not given.
 const PAGE_DEFAULT: i64 = 100;
+/// An episode's events listed with each conflict of a list, and by default with one conflict: the
+/// reconcile service shows this many side by side (`reconcile::intake::BRANCHES_MAX`), and compares
+/// what the list and one conflict name, so the two must agree.
+pub const EVENTS_LISTED: i64 = 100;
+/// Most events of one conflict in one answer.
+pub const EVENTS_PAGE_MAX: i64 = 1_000;
 
 const PARAMETERS: [&str; 7] = ["limit", "kind", "account", "status", "since", "until", "after"];
+const ONE_PARAMETERS: [&str; 2] = ["events_after", "events_limit"];
 
 fn time(query: &HashMap<String, String>, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, Problem> {
     query
@@ -108,54 +121,145 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
         Ok(rows) => rows,
         Err(e) => return read_problem(e).into_response(),
     };
-    // An overdraft episode names every event that together overdrew the account.
-    let overdrafts: Vec<uuid::Uuid> = rows
-        .iter()
-        .filter(|r| r.get::<String, _>("kind") == "overdraft" && r.get::<Option<Value>, _>("joint_vector").is_some())
-        .map(|r| r.get("conflict_id"))
-        .collect();
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.get::<i64, _>("seq").to_string())).flatten();
+    match described(&state.pool, &rows, None, EVENTS_LISTED).await {
+        Ok(conflicts) => Json(json!({ "region": state.region, "conflicts": conflicts, "next": next })).into_response(),
+        Err(e) => read_problem(e).into_response(),
+    }
+}
+
+/// One conflict this region detected, with a page of its events.
+#[utoipa::path(
+    get,
+    path = "/v1/conflicts/{id}",
+    tag = "conflicts",
+    operation_id = "getConflict",
+    security(("bearer" = ["read"])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The conflict id (the same in every region)"),
+        ("events_after" = Option<String>, Query, format = Uuid,
+            description = "The previous answer's `events_next`: an episode's events after this one, by event id"),
+        ("events_limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Events at most; 100 by default"),
+    ),
+    responses(
+        (status = 200, description = "The conflict", body = super::openapi::Conflict),
+        (status = 400, description = "`invalid-query` (also for a parameter not listed)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`not-found`: this region has not detected the conflict (yet)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+)]
+pub(super) async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let checked = super::query::only(&query, &ONE_PARAMETERS)
+        .and_then(|()| super::query::integer(&query, "events_limit", EVENTS_LISTED, 1, EVENTS_PAGE_MAX));
+    let limit = match checked {
+        Ok(limit) => limit,
+        Err(p) => return p.into_response(),
+    };
+    let events_after = match query.get("events_after").map(|a| a.parse::<uuid::Uuid>()).transpose() {
+        Ok(after) => after,
+        Err(_) => return Problem::invalid_query("events_after must be an event id (a UUID)").into_response(),
+    };
+    // An id that is not a UUID names no conflict.
+    let Ok(conflict_id) = id.parse::<uuid::Uuid>() else {
+        return Problem::conflict_not_found(&id).into_response();
+    };
+    let rows = sqlx::query(
+        "SELECT seq, conflict_id, kind, account_id, events, event_count, joint_vector, joint_balance, detected_at,
+                updated_at, status, resolved_at, resolution
+         FROM conflicts WHERE conflict_id = $1",
+    )
+    .bind(conflict_id)
+    .fetch_all(&state.pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) if rows.is_empty() => return Problem::conflict_not_found(&id).into_response(),
+        Ok(rows) => rows,
+        Err(e) => return read_problem(e).into_response(),
+    };
+    match described(&state.pool, &rows, events_after, limit).await {
+        Ok(mut conflicts) => Json(conflicts.swap_remove(0)).into_response(),
+        Err(e) => read_problem(e).into_response(),
+    }
+}
+
+/// An episode is an overdraft that carries its joint past; its members are labelled in
+/// `account_events`. Every other conflict lists its few events (one per region at most) inline.
+fn is_episode(r: &PgRow) -> bool {
+    r.get::<String, _>("kind") == "overdraft" && r.get::<Option<Value>, _>("joint_vector").is_some()
+}
+
+/// The conflicts of `rows` as answered: each episode's events after `after` (by event id), at most
+/// `limit` of them, with `events_next` when more follow; every other conflict's events whole (and
+/// none once `after` is given: they were all on the first page); every event described.
+async fn described(
+    pool: &sqlx::PgPool,
+    rows: &[PgRow],
+    after: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<Value>, sqlx::Error> {
+    let episodes: Vec<uuid::Uuid> = rows.iter().filter(|r| is_episode(r)).map(|r| r.get("conflict_id")).collect();
     let mut members: BTreeMap<uuid::Uuid, Vec<Value>> = BTreeMap::new();
-    if !overdrafts.is_empty() {
+    if !episodes.is_empty() {
+        // One more than the page, to know whether another follows; the lateral limit keeps a hot
+        // account's episode from being read whole for a page of it.
         let found = sqlx::query(
-            "SELECT episode, event_id, origin_region, vector FROM account_events WHERE episode = ANY($1)
-             ORDER BY episode, event_id",
+            "SELECT e.id AS episode, m.event_id, m.origin_region, m.vector
+             FROM UNNEST($1::uuid[]) AS e(id)
+             CROSS JOIN LATERAL (
+                 SELECT event_id, origin_region, vector FROM account_events
+                 WHERE episode = e.id AND ($2::uuid IS NULL OR event_id > $2)
+                 ORDER BY event_id LIMIT $3
+             ) m
+             ORDER BY e.id, m.event_id",
         )
-        .bind(&overdrafts)
-        .fetch_all(&state.pool)
-        .await;
-        match found {
-            Ok(found) => {
-                for m in found {
-                    members.entry(m.get("episode")).or_default().push(json!({
-                        "event_id": m.get::<uuid::Uuid, _>("event_id"),
-                        "region": m.get::<String, _>("origin_region"),
-                        "vector": m.get::<Value, _>("vector"),
-                    }));
-                }
-            }
-            Err(e) => return read_problem(e).into_response(),
+        .bind(&episodes)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+        for m in found {
+            members.entry(m.try_get("episode")?).or_default().push(json!({
+                "event_id": m.try_get::<uuid::Uuid, _>("event_id")?,
+                "region": m.try_get::<String, _>("origin_region")?,
+                "vector": m.try_get::<Value, _>("vector")?,
+            }));
         }
     }
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.get::<i64, _>("seq").to_string())).flatten();
-    let mut events: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            members.remove(&r.get::<uuid::Uuid, _>("conflict_id")).map(Value::from).unwrap_or_else(|| r.get("events"))
-        })
-        .collect();
-    if let Err(e) = describe_events(&state.pool, &mut events).await {
-        return read_problem(e).into_response();
+    let mut events = Vec::with_capacity(rows.len());
+    let mut nexts = Vec::with_capacity(rows.len());
+    for r in rows {
+        if is_episode(r) {
+            let mut page = members.remove(&r.get::<uuid::Uuid, _>("conflict_id")).unwrap_or_default();
+            let more = page.len() as i64 > limit;
+            page.truncate(limit as usize);
+            nexts.push(if more { page.last().map(|e| e["event_id"].clone()) } else { None });
+            events.push(Value::from(page));
+        } else {
+            nexts.push(None);
+            events.push(if after.is_some() { json!([]) } else { r.get("events") });
+        }
     }
-    let conflicts: Vec<Value> = rows
+    describe_events(pool, &mut events).await?;
+    Ok(rows
         .iter()
         .zip(events)
-        .map(|(r, events)| {
+        .zip(nexts)
+        .map(|((r, events), events_next)| {
             let id: uuid::Uuid = r.get("conflict_id");
             json!({
                 "conflict_id": id,
                 "kind": r.get::<String, _>("kind"),
                 "account": r.get::<String, _>("account_id"),
                 "events": events,
+                "events_next": events_next,
                 "event_count": r.get::<i64, _>("event_count"),
                 "joint_vector": r.get::<Option<Value>, _>("joint_vector"),
                 "joint_balance": r.get::<Option<i64>, _>("joint_balance"),
@@ -166,8 +270,7 @@ pub(super) async fn list(State(state): State<AppState>, Query(query): Query<Hash
                 "resolution": r.get::<Option<Value>, _>("resolution"),
             })
         })
-        .collect();
-    Json(json!({ "region": state.region, "conflicts": conflicts, "next": next })).into_response()
+        .collect())
 }
 
 /// Adds to every named event what it did, from the stored event: a transfer's `transfer` (its id,

@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod command;
 mod conflicts;
+pub use conflicts::{EVENTS_LISTED, EVENTS_PAGE_MAX};
 mod health;
 mod monitors;
 pub mod openapi;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transactions", post(transactions::create))
         .route("/v1/transactions/{id}", get(transactions::get))
         .route("/v1/conflicts", get(conflicts::list))
+        .route("/v1/conflicts/{id}", get(conflicts::get))
         .route("/v1/conflicts/{id}/resolve", post(conflicts::resolve))
         .route("/v1/replication/events", get(replication::events))
         .route("/v1/monitors", post(monitors::create))

@@ -54,6 +54,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         transactions::create,
         transactions::get,
         conflicts::list,
+        conflicts::get,
         conflicts::resolve,
         replication::events,
         monitors::create,
@@ -493,9 +494,15 @@ pub struct Conflict {
     pub kind: String,
     /// The account (or, for `duplicate-intent`, the key's first account).
     pub account: String,
-    /// The events involved, each described by what it did (`transfer` or `opening`) when known.
+    /// The events involved, each described by what it did (`transfer` or `opening`) when known. An
+    /// overdraft episode's are a page: the first 100 by event id in a list, a chosen page of
+    /// `GET /v1/conflicts/{id}`; `event_count` says how many there are.
     #[schema(value_type = Vec<Object>)]
     pub events: Value,
+    /// The `events_after` of the next page of events (`GET /v1/conflicts/{id}`), or null when
+    /// `events` ends the list.
+    #[schema(required = true, format = Uuid)]
+    pub events_next: Option<String>,
     /// How many events the conflict counts.
     pub event_count: i64,
     /// For an overdraft, the joint past's version vector.
