@@ -24,6 +24,8 @@ pub const CHECKS_MAX: u32 = 20;
 /// The shortest health interval: more often would be load on the nodes' `/readyz` (a PostgreSQL
 /// query and a Kafka metadata request each) for nothing.
 pub const HEALTH_INTERVAL_MS_MIN: u64 = 50;
+/// Largest `in_flight_max` (64 GiB of bodies at the default `body_limit_bytes`).
+pub const IN_FLIGHT_MAX_MAX: usize = 65_536;
 
 /// One serving region: a region node's base URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,13 @@ pub struct RouterConfig {
     pub body_limit_bytes: usize,
     /// An upstream that has not answered (status and headers) within this is a 502.
     pub upstream_timeout_ms: u64,
+    /// A request body not received whole within this is a 408 `body-timeout`: a client that sends
+    /// slowly holds one of the `in_flight_max` places only this long.
+    pub body_timeout_ms: u64,
+    /// Requests forwarded at once (body buffered, upstream awaited); one more is refused at once
+    /// with 503 `router-overloaded`, so what the router holds is bounded by about this many
+    /// `body_limit_bytes`.
+    pub in_flight_max: usize,
     /// OTLP/gRPC endpoint spans are exported to (`http://127.0.0.1:4317`); none when empty.
     pub otlp_endpoint: String,
 }
@@ -105,6 +114,10 @@ impl Default for RouterConfig {
             // Longer than the node's own request timeout (10 s), so a slow node answers its own
             // 503 before the router gives up with a 502.
             upstream_timeout_ms: 15_000,
+            body_timeout_ms: 10_000,
+            // 1 GiB of bodies at most; the three local nodes together commit a few thousand
+            // transfers a second, each answered in milliseconds, so this is far above real use.
+            in_flight_max: 1_024,
             otlp_endpoint: String::new(),
         }
     }
@@ -371,6 +384,12 @@ impl RouterConfig {
         if self.upstream_timeout_ms == 0 {
             return out("upstream_timeout_ms", 0, "at least 1 ms");
         }
+        if self.body_timeout_ms == 0 {
+            return out("body_timeout_ms", 0, "at least 1 ms");
+        }
+        if self.in_flight_max == 0 || self.in_flight_max > IN_FLIGHT_MAX_MAX {
+            return out("in_flight_max", self.in_flight_max as u64, "between 1 and 65,536");
+        }
         Ok(())
     }
 }
@@ -521,6 +540,9 @@ mod tests {
         assert!(refused(|c| c.health_timeout_ms = c.health_interval_ms + 1));
         assert!(refused(|c| c.body_limit_bytes = 0));
         assert!(refused(|c| c.upstream_timeout_ms = 0));
+        assert!(refused(|c| c.body_timeout_ms = 0));
+        assert!(refused(|c| c.in_flight_max = 0));
+        assert!(refused(|c| c.in_flight_max = IN_FLIGHT_MAX_MAX + 1));
         let mut cfg = three();
         cfg.regions =
             (0..=REGIONS_MAX).map(|i| RegionEndpoint { name: format!("r{i}"), url: "http://h:1".into() }).collect();

@@ -94,6 +94,8 @@ pub(crate) struct App {
     pub(crate) thresholds: Thresholds,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) client: proxy::Client,
+    /// One permit per request being forwarded (`in_flight_max`).
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running router.
@@ -142,6 +144,7 @@ pub async fn start(cfg: config::RouterConfig) -> Result<GeoRouter, StartError> {
         thresholds: Thresholds { fall: plan.config.fall_checks, rise: plan.config.rise_checks },
         metrics: metrics::Metrics::default(),
         client: proxy::client(connect_timeout),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(plan.config.in_flight_max)),
         plan,
     });
     for u in &app.plan.upstreams {

@@ -46,6 +46,28 @@ impl Problem {
         }
     }
 
+    /// `in_flight_max` requests are being forwarded already.
+    pub fn overloaded(in_flight_max: usize) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            slug: "router-overloaded",
+            title: "Router overloaded",
+            detail: format!("the router is forwarding its most requests at once ({in_flight_max}); retry later"),
+            retry_after_s: Some(1),
+        }
+    }
+
+    /// The request body did not arrive within `body_timeout_ms`.
+    pub fn body_timeout(timeout_ms: u64) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            slug: "body-timeout",
+            title: "Request body too slow",
+            detail: format!("the body did not arrive within {timeout_ms} ms"),
+            retry_after_s: None,
+        }
+    }
+
     /// The chosen region failed to answer; the router does not retry this request elsewhere.
     pub fn region_unavailable(detail: impl Into<String>) -> Self {
         Self {

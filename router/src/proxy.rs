@@ -140,6 +140,13 @@ async fn forward_untraced(
             return problem.into_response();
         }
     };
+    // Held until the upstream's answer (status and headers) is here or the router answers itself;
+    // its body then streams outside the bound, as the nodes' answers are small.
+    let Ok(_in_flight) = app.in_flight.clone().try_acquire_owned() else {
+        let problem = Problem::overloaded(app.plan.config.in_flight_max);
+        app.metrics.request(&client, NONE, problem.status.as_u16());
+        return problem.into_response();
+    };
     let ranked = app.plan.ranked(&client);
     let healthy: Vec<usize> = ranked.iter().copied().filter(|&i| app.regions[i].is_healthy()).collect();
     if healthy.is_empty() {
@@ -150,7 +157,12 @@ async fn forward_untraced(
         app.metrics.request(&client, NONE, problem.status.as_u16());
         return problem.into_response();
     }
-    let body = match read_body(&parts.headers, body, app.plan.config.body_limit_bytes).await {
+    let body_timeout_ms = app.plan.config.body_timeout_ms;
+    let body = read_body(&parts.headers, body, app.plan.config.body_limit_bytes);
+    let body = tokio::time::timeout(Duration::from_millis(body_timeout_ms), body)
+        .await
+        .unwrap_or_else(|_| Err(Problem::body_timeout(body_timeout_ms)));
+    let body = match body {
         Ok(body) => body,
         Err(problem) => {
             app.metrics.request(&client, NONE, problem.status.as_u16());

@@ -278,3 +278,103 @@ async fn no_healthy_region_is_a_503_with_retry_after_and_an_oversized_body_never
     assert_eq!(regions["us-east"]["state"], "unhealthy");
     router.shutdown().await;
 }
+
+/// `in_flight_max` requests held by a slow region: one more is refused at once with 503
+/// `router-overloaded` and `Retry-After`, reaching no region, while the router's own endpoints
+/// answer; the held ones all complete, and the next request goes through. Bodies that trickle in
+/// hold their places only `body_timeout_ms`: each is a 408 `body-timeout` that sent nothing on, and
+/// frees its place.
+#[tokio::test]
+async fn requests_over_in_flight_max_are_refused_at_once_and_slow_bodies_time_out() {
+    const IN_FLIGHT: usize = 4;
+    let (a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
+    let router = router::start(config(&a, &b, |c| {
+        c.in_flight_max = IN_FLIGHT;
+        c.body_timeout_ms = 500;
+    }))
+    .await
+    .unwrap();
+    let client = Arc::new(Client::new(&router));
+    wait_both(&client, true).await;
+    let overloaded = |r: &common::Reply| {
+        assert_eq!((r.status, r.problem(), r.region.as_deref()), (503, "router-overloaded", None), "{:?}", r.body);
+        assert_eq!(r.headers["retry-after"], "1");
+    };
+
+    a.behaviour.post_delay_ms.store(3_000, Ordering::SeqCst);
+    let held: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.send(Method::POST, "/v1/transfers", &[], Some(json!({"n": i}))).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.behaviour.posts.load(Ordering::SeqCst) < IN_FLIGHT as u64 {
+        assert!(Instant::now() < deadline, "the held requests reach the region");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = client.send(Method::GET, "/v1/accounts/x", &[], None).await;
+    overloaded(&r);
+    assert!(held.iter().all(|h| !h.is_finished()), "refused while the others were still held, not queued behind them");
+    assert_eq!(a.behaviour.gets.load(Ordering::SeqCst) + b.behaviour.gets.load(Ordering::SeqCst), 0);
+    assert_eq!(client.send(Method::GET, "/_router/healthz", &[], None).await.status, 200);
+    let metrics = client.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            "ledger_router_requests_total",
+            r#"client_region="us-east",serving_region="none",status="503""#
+        ),
+        1.0
+    );
+    for h in held {
+        let r = h.await.unwrap();
+        assert_eq!((r.status, r.region.as_deref()), (201, Some("us-east")), "{:?}", r.body);
+    }
+    assert_eq!(a.behaviour.posts.load(Ordering::SeqCst), IN_FLIGHT as u64, "each held POST sent once");
+    a.behaviour.post_delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(client.send(Method::GET, "/v1/accounts/x", &[], None).await.status, 201);
+
+    // Bodies promised whole and never finished fill every place, then time out and free them. A
+    // slow body that found every place taken by the GETs below (503) tries again.
+    let addr = router.addr();
+    let slow: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                loop {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let head = "POST /v1/transfers HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n\
+                                Content-Length: 100\r\nConnection: close\r\n\r\n{\"from\":";
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    let mut answer = String::new();
+                    s.read_to_string(&mut answer).await.unwrap();
+                    if !answer.starts_with("HTTP/1.1 503") {
+                        return answer;
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.send(Method::GET, "/v1/accounts/x", &[], None).await;
+        if r.status == 503 {
+            // This client sends one request at a time: the slow bodies held every place.
+            overloaded(&r);
+            break;
+        }
+        // A GET that found a place before the slow bodies took them all.
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        assert!(Instant::now() < deadline, "the slow bodies take every place");
+    }
+    for s in slow {
+        let answer = s.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("https://ledger.dev/problems/body-timeout"), "{answer}");
+    }
+    assert_eq!(a.behaviour.posts.load(Ordering::SeqCst), IN_FLIGHT as u64, "no slow body was sent on");
+    let r = client.send(Method::POST, "/v1/transfers", &[], Some(json!({"after": "timeouts"}))).await;
+    assert_eq!(r.status, 201, "every place is free again: {:?}", r.body);
+    router.shutdown().await;
+}
