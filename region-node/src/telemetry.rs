@@ -54,6 +54,8 @@ pub mod metric {
     pub const TASK_RESTARTS: &str = "ledger_task_restarts_total";
     /// Gauge, seconds since the last snapshot.
     pub const SNAPSHOT_AGE: &str = "ledger_snapshot_age_seconds";
+    /// Counter: snapshots that failed (tried again at the consumer's next pass).
+    pub const SNAPSHOT_FAILURES: &str = "ledger_snapshot_failures_total";
 }
 
 /// Latency buckets, seconds: fine below 10 ms where the latency targets are.

@@ -575,6 +575,81 @@ async fn snapshots_hold_what_changed_and_rebuild_every_balance_across_full_ones(
     node.stop().await;
 }
 
+/// A snapshot that meets another writer of the balance view (remote apply beside the consumer)
+/// holding a change to a balance it must clear waits for it and then succeeds; under repeatable
+/// read alone it failed with a serialization error once the writer committed. The writer here is
+/// the test's own transaction on the node's database, changing a balance flagged since the last
+/// snapshot, as remote apply does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_for_a_writer_of_the_balance_view_instead_of_failing() {
+    let node = start(|cfg| cfg.snapshot_every_ms = 100).await;
+    let pool = &node.db.pool;
+    node.open("world", "USD", true).await;
+    node.open("paid", "USD", false).await;
+    node.open("held", "USD", false).await;
+    assert_eq!(node.transfer("world", "held", 7).await.status, 201);
+    node.wait_read_models(Duration::from_secs(30)).await;
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>("SELECT events_applied FROM rm_progress").fetch_one(pool).await.unwrap()
+    };
+    let snapshot_of = |events: i64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE events_applied = $1")
+                .bind(events)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            if let Some(id) = id {
+                return id;
+            }
+            assert!(std::time::Instant::now() < deadline, "no snapshot of {events} events");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    snapshot_of(applied().await).await;
+
+    // `held` is flagged changed (committed), then changed again by a writer that does not commit yet.
+    sqlx::query("UPDATE rm_balances SET snapshot_dirty = true WHERE account_id = 'held'").execute(pool).await.unwrap();
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query("UPDATE rm_balances SET balance = balance + 5, snapshot_dirty = true WHERE account_id = 'held'")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    // A transfer elsewhere makes a snapshot due; it must wait for the writer.
+    assert_eq!(node.transfer("world", "paid", 3).await.status, 201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the snapshot never met the writer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.commit().await.unwrap();
+    let id = snapshot_of(applied().await).await;
+
+    let metrics = node.http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
+    let failures: Vec<&str> = metrics.lines().filter(|l| l.starts_with("ledger_snapshot_failures_total")).collect();
+    assert!(failures.is_empty(), "no snapshot failed: {failures:?}");
+    // What the writer changed is in the snapshot, and no flag is left for a change it missed.
+    let rebuilt: Value =
+        sqlx::query_scalar("SELECT ledger_snapshot_balances($1)").bind(id).fetch_one(pool).await.unwrap();
+    let view: Value = sqlx::query_scalar("SELECT jsonb_object_agg(account_id, balance) FROM rm_balances")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, view);
+    assert_eq!(rebuilt["held"], 12);
+    node.stop().await;
+}
+
 /// Regression (finding 6): the committer remembers at most `accounts_remembered_max` accounts and
 /// used to forget them all when full, in the middle of planning a batch, so accounts it had just
 /// read looked absent and transfers between existing accounts got 404 `account-not-found`.
