@@ -24,6 +24,7 @@ fn wait_gone(pids: &[u32]) {
 fn start_probe(mode: &str) -> (std::process::Child, Vec<u32>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_testkit-probe"))
         .arg(mode)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -39,6 +40,9 @@ fn start_probe(mode: &str) -> (std::process::Child, Vec<u32>) {
 #[test]
 fn engines_stop_when_a_test_process_panics() {
     let (mut child, pids) = start_probe("panic");
+    // Its engines were seen running; now it may panic (it waits for stdin to close, or it could
+    // panic and clean up before the check above looked).
+    drop(child.stdin.take());
     let status = child.wait().unwrap();
     assert!(!status.success(), "the probe panicked");
     wait_gone(&pids);

@@ -1,5 +1,5 @@
 //! A stand-in test process for the harness's own tests: it starts one region's engines through
-//! testkit, prints their pids, then dies the way a test process may die (`panic`, or `hang` until
+//! testkit, prints their pids, then dies (`panic` once its stdin closes) the way a test process may die (`panic`, or `hang` until
 //! it is killed), so a test can check that nothing it started outlives it.
 
 fn main() {
@@ -10,7 +10,11 @@ fn main() {
     use std::io::Write;
     std::io::stdout().flush().expect("flushing stdout");
     match mode.as_str() {
-        "panic" => panic!("testkit-probe panics on purpose, with engines running"),
+        "panic" => {
+            // Not before the test has seen the engines run: it closes stdin once it has.
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            panic!("testkit-probe panics on purpose, with engines running")
+        }
         "hang" => loop {
             std::thread::sleep(std::time::Duration::from_secs(60));
         },
