@@ -493,6 +493,26 @@ async fn events_reach_kafka_with_headers_and_the_read_models_once() {
     node.stop().await;
 }
 
+/// The newest snapshot with an id above `after_id` that records `events_applied` events, once one
+/// is written (30 s at most).
+async fn snapshot_of(pool: &sqlx::PgPool, events_applied: i64, after_id: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE events_applied = $1 AND id > $2")
+                .bind(events_applied)
+                .bind(after_id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if let Some(id) = id {
+            return id;
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot of {events_applied} events after {after_id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Snapshots hold what changed since the one before, every `snapshot_full_every`-th holds every
 /// balance, and the table keeps at most twice that many: crossed here with 3 over twelve rounds of
 /// 100 transfers, each round into a different few of 60 accounts. After every round, the balances
@@ -530,21 +550,7 @@ async fn snapshots_hold_what_changed_and_rebuild_every_balance_across_full_ones(
         let applied: i64 = sqlx::query_scalar("SELECT events_applied FROM rm_progress").fetch_one(pool).await.unwrap();
         // The snapshot written once the round was applied (the read model and its progress commit
         // together, and a snapshot reads both in one snapshot of the database).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let id = loop {
-            let id: Option<i64> =
-                sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE events_applied = $1 AND id > $2")
-                    .bind(applied)
-                    .bind(last_id)
-                    .fetch_one(pool)
-                    .await
-                    .unwrap();
-            if let Some(id) = id {
-                break id;
-            }
-            assert!(std::time::Instant::now() < deadline, "no snapshot of round {round} ({applied} events applied)");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let id = snapshot_of(pool, applied, last_id).await;
         last_id = id;
         let rebuilt: Value =
             sqlx::query_scalar("SELECT ledger_snapshot_balances($1)").bind(id).fetch_one(pool).await.unwrap();
@@ -592,22 +598,7 @@ async fn a_snapshot_waits_for_a_writer_of_the_balance_view_instead_of_failing() 
     let applied = || async {
         sqlx::query_scalar::<_, i64>("SELECT events_applied FROM rm_progress").fetch_one(pool).await.unwrap()
     };
-    let snapshot_of = |events: i64| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM ledger_snapshots WHERE events_applied = $1")
-                .bind(events)
-                .fetch_one(pool)
-                .await
-                .unwrap();
-            if let Some(id) = id {
-                return id;
-            }
-            assert!(std::time::Instant::now() < deadline, "no snapshot of {events} events");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    snapshot_of(applied().await).await;
+    snapshot_of(pool, applied().await, 0).await;
 
     // `held` is flagged changed (committed), then changed again by a writer that does not commit yet.
     sqlx::query("UPDATE rm_balances SET snapshot_dirty = true WHERE account_id = 'held'").execute(pool).await.unwrap();
@@ -633,7 +624,7 @@ async fn a_snapshot_waits_for_a_writer_of_the_balance_view_instead_of_failing() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     writer.commit().await.unwrap();
-    let id = snapshot_of(applied().await).await;
+    let id = snapshot_of(pool, applied().await, 0).await;
 
     let metrics = node.http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
     let failures: Vec<&str> = metrics.lines().filter(|l| l.starts_with("ledger_snapshot_failures_total")).collect();

@@ -1,6 +1,6 @@
 //! A stand-in test process for the harness's own tests: it starts one region's engines through
-//! testkit, prints their pids, then dies (`panic` once its stdin closes) the way a test process may die (`panic`, or `hang` until
-//! it is killed), so a test can check that nothing it started outlives it.
+//! testkit, prints their pids, then dies the way a test process may die (`panic` once its stdin
+//! closes, or `hang` until it is killed), so a test can check that nothing it started outlives it.
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
