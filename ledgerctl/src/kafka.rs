@@ -302,15 +302,19 @@ impl KafkaBroker {
             let dead = !process::is_ours_and_alive(pid, &self.marker());
             if dead || started.elapsed() > READY_TIMEOUT {
                 let server_log = self.dir.join("logs").join("server.log");
+                // The broker logs through log4j into server.log; its stdout (`self.log`) holds only
+                // what the JVM itself says (a bad flag, no memory), so a broker that stops on a
+                // fatal error leaves the cause in server.log alone.
+                let (detail, log) = match (dead, process::first_error(&server_log)) {
+                    (true, Some(error)) => (format!("the broker exited: {error}"), server_log),
+                    (true, None) => (format!("the broker exited: {}", process::last_line(&self.log)), self.log.clone()),
+                    (false, _) => ("no answer to metadata requests".into(), server_log),
+                };
                 return Err(StackError::NotReady {
                     what: format!("Kafka on port {}", self.port),
                     waited_s: started.elapsed().as_secs(),
-                    detail: if dead {
-                        format!("the broker exited: {}", process::last_line(&self.log))
-                    } else {
-                        "no answer to metadata requests".into()
-                    },
-                    log: if dead { self.log.clone() } else { server_log },
+                    detail,
+                    log,
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -154,6 +154,50 @@ pub fn stop(pid: u32, marker: &str, signal: Signal, grace: Duration) -> bool {
     true
 }
 
+/// The lowest port [`free_port`] hands out; the ones under it are left to services people run.
+const PRIVATE_PORT_MIN: u16 = 16_384;
+
+/// A loopback port nothing listens on, for a process this one is about to start (test harnesses).
+///
+/// Binding port 0 and letting go draws from the kernel's ephemeral range, the range it also draws
+/// from for every outgoing connection and every other `bind(0)`. An engine binds its port seconds
+/// later (a JVM starting), and in between the kernel may hand the same port to someone else, or to
+/// the next `bind(0)` of this very process: the broker then exits on "Address already in use" (seen
+/// in CI). So ports come from below the ephemeral range, which the kernel never hands out on its
+/// own, walked in order from a per-process start so that one process never gets a port twice.
+pub fn free_port() -> u16 {
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let Some((low, high)) = private_port_range() else {
+        return ephemeral_port();
+    };
+    let span = u32::from(high - low);
+    let mut next = NEXT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Spread concurrent processes (a harness and the probe it runs) over the range.
+    let walked = next.get_or_insert_with(|| std::process::id().wrapping_mul(7_919) % span);
+    for _ in 0..span {
+        let port = low + (*walked % span) as u16;
+        *walked = walked.wrapping_add(1);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    ephemeral_port()
+}
+
+/// `[PRIVATE_PORT_MIN, first ephemeral port)`, or `None` when the ephemeral range starts too low
+/// to leave a useful range under it.
+fn private_port_range() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let ephemeral_min =
+        range.as_deref().and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok()).unwrap_or(32_768);
+    (ephemeral_min >= PRIVATE_PORT_MIN + 1_024).then_some((PRIVATE_PORT_MIN, ephemeral_min))
+}
+
+fn ephemeral_port() -> u16 {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding an ephemeral loopback port");
+    listener.local_addr().expect("a bound listener has an address").port()
+}
+
 /// Fails with [`StackError::PortInUse`] when nothing may bind `port` on loopback.
 pub fn ensure_port_free(port: u16, what: &str) -> Result<()> {
     match std::net::TcpListener::bind(("127.0.0.1", port)) {
@@ -197,10 +241,64 @@ pub async fn wait_ready<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// The first `ERROR` or `FATAL` line of a log4j log (`[time] LEVEL message`) with the line after it
+/// when that continues the entry (an exception), for error messages: the first error is the cause,
+/// the ones after it are consequences.
+pub fn first_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut lines = text.lines();
+    let first = lines.by_ref().find(|l| l.contains("] ERROR ") || l.contains("] FATAL "))?;
+    match lines.next() {
+        Some(next) if !next.starts_with('[') && !next.trim().is_empty() => Some(format!("{first} {}", next.trim())),
+        _ => Some(first.to_owned()),
+    }
+}
+
 /// The last non-empty line of a log file, for error messages.
 pub fn last_line(log: &Path) -> String {
     std::fs::read_to_string(log)
         .ok()
         .and_then(|s| s.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
         .unwrap_or_else(|| "no output".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_stay_clear_of_the_ephemeral_range() {
+        let (low, high) = private_port_range().expect("this machine's ephemeral range starts at 32768");
+        // Held open, as an engine holds its port: the walk must step over them, not only not repeat.
+        let mut held = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..2_000 {
+            let port = free_port();
+            assert!((low..high).contains(&port), "{port} is outside [{low}, {high})");
+            assert!(seen.insert(port), "{port} handed out twice");
+            held.push(std::net::TcpListener::bind(("127.0.0.1", port)).expect("a free port binds"));
+        }
+    }
+
+    #[test]
+    fn the_first_error_of_a_log4j_log_is_named_with_its_exception() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        std::fs::write(
+            &log,
+            "[2026-12-01 10:44:10,001] INFO starting (kafka.server.KafkaRaftServer)\n\
+             [2026-12-01 10:44:11,807] ERROR Unable to start acceptor for CONTROLLER (kafka.network.DataPlaneAcceptor)\n\
+             org.apache.kafka.common.KafkaException: Socket server failed to bind to 127.0.0.1:29302: Address already in use.\n\
+             \tat kafka.network.Acceptor.openServerSocket(SocketServer.scala:741)\n\
+             [2026-12-01 10:44:11,832] ERROR Encountered fatal fault (ProcessTerminatingFaultHandler)\n",
+        )
+        .unwrap();
+        let error = first_error(&log).unwrap();
+        assert!(error.contains("Unable to start acceptor for CONTROLLER"), "{error}");
+        assert!(error.ends_with("127.0.0.1:29302: Address already in use."), "{error}");
+        std::fs::write(&log, "[2026-12-01 10:44:10,001] INFO starting\n").unwrap();
+        assert_eq!(first_error(&log), None);
+        assert_eq!(first_error(&dir.path().join("missing.log")), None);
+    }
 }

@@ -16,10 +16,6 @@ const FUNDING: i64 = 1_000;
 const TRANSFERS: usize = 4_000;
 const CLIENTS: usize = 32;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
-}
-
 /// What the load asked for and got, by idempotency key.
 #[derive(Default)]
 struct Told {
@@ -114,7 +110,7 @@ async fn the_baseline_ledger_conserves_money_and_never_overdraws_under_concurren
     let pg = PgServer {
         bin_dir: ledgerctl::config::StackConfig::default_local().pg_bin_dir,
         data_dir: dir.path().join("pg"),
-        port: free_port(),
+        port: ledgerctl::process::free_port(),
         log: dir.path().join("postgres.log"),
     };
     pg.init().unwrap();

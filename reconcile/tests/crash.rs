@@ -110,7 +110,7 @@ async fn entries(regions: &Regions, i: usize, account: &str) -> usize {
 async fn a_kill_at_any_step_finishes_on_restart_with_exactly_one_compensating_transfer() {
     let mut regions = Regions::start().await;
     let mut cfg = regions.reconcile_config();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = testkit::free_port();
     cfg.http_addr = format!("127.0.0.1:{port}");
     let staff = Staff::create(&cfg.database_url).await;
     let pool = reconcile::connect(&cfg.database_url).await.unwrap();

@@ -44,10 +44,6 @@ async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_transfer() {
     let region = testkit::regions(1)[0].clone();
@@ -55,7 +51,7 @@ async fn kill_9_under_load_loses_no_acknowledged_transfer() {
     let prefix = testkit::unique_prefix();
     region.create_topics(&prefix).await;
     let key = format!("crash-{}", uuid::Uuid::new_v4());
-    let port = free_port();
+    let port = testkit::free_port();
     let http = reqwest::Client::new();
     let mut node = spawn_node(&db.url, region.kafka_bootstrap(), &prefix, &key, port);
     wait_ready(&http, &node.base).await;
@@ -217,7 +213,7 @@ async fn sigterm_finishes_requests_and_flushes_the_outbox() {
     region.create_topics(&prefix).await;
     let key = format!("term-{}", uuid::Uuid::new_v4());
     let http = reqwest::Client::new();
-    let mut node = spawn_node(&db.url, region.kafka_bootstrap(), &prefix, &key, free_port());
+    let mut node = spawn_node(&db.url, region.kafka_bootstrap(), &prefix, &key, testkit::free_port());
     wait_ready(&http, &node.base).await;
     let post = |body: Value, path: &str| http.post(format!("{}{path}", node.base)).bearer_auth(&key).json(&body).send();
     assert_eq!(

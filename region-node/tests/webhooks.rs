@@ -520,7 +520,7 @@ async fn a_webhook_is_delivered_exactly_once_to_a_deduping_receiver_after_a_kill
     .await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (receiver, url) = Receiver::start().await;
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+    let port = testkit::free_port();
     let log = std::env::temp_dir().join(format!("webhook-kill-{}.log", uuid::Uuid::new_v4()));
     let mut worker = spawn_worker_node(a, port, &log);
     wait_ready(&worker.base).await;

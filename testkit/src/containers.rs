@@ -82,11 +82,6 @@ pub(crate) struct ContainerEngines {
     regions: Vec<ContainerRegion>,
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding an ephemeral port");
-    listener.local_addr().expect("ephemeral port").port()
-}
-
 /// One word for `sh`, whatever it contains.
 fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
@@ -176,12 +171,17 @@ impl ContainerEngines {
     }
 
     async fn start_region(&self, name: &str) -> ContainerRegion {
-        let pg = PgServer { bin_dir: PG_BIN.into(), data_dir: PG_DATA.into(), port: free_port(), log: PathBuf::new() };
+        let pg = PgServer {
+            bin_dir: PG_BIN.into(),
+            data_dir: PG_DATA.into(),
+            port: crate::free_port(),
+            log: PathBuf::new(),
+        };
         let broker = KafkaBroker {
             peers: Vec::new(),
             dir: KAFKA_DIR.into(),
-            port: free_port(),
-            controller_port: free_port(),
+            port: crate::free_port(),
+            controller_port: crate::free_port(),
             heap_mb: ledgerctl::config::DEFAULT_KAFKA_HEAP_MB,
             java: JAVA.into(),
             log: PathBuf::new(),

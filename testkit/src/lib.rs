@@ -25,6 +25,9 @@ mod containers;
 pub mod kafka_util;
 mod local;
 
+/// A loopback port for a process a test is about to start, never one this process had before.
+pub use ledgerctl::process::free_port;
+
 use std::sync::{Mutex, OnceLock};
 
 /// Engine backend, chosen by `LEDGER_TEST_BACKEND`.

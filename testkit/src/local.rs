@@ -61,11 +61,6 @@ fn is_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding an ephemeral port");
-    listener.local_addr().expect("ephemeral port").port()
-}
-
 impl LocalEngines {
     pub(crate) fn new() -> Self {
         remove_folders_of_dead_runs();
@@ -90,14 +85,14 @@ impl LocalEngines {
             let pg = PgServer {
                 bin_dir: StackConfig::default_local().pg_bin_dir,
                 data_dir: region_dir.join("pg"),
-                port: free_port(),
+                port: crate::free_port(),
                 log: region_dir.join("postgres.log"),
             };
             let broker = KafkaBroker {
                 peers: Vec::new(),
                 dir: region_dir.join("kafka"),
-                port: free_port(),
-                controller_port: free_port(),
+                port: crate::free_port(),
+                controller_port: crate::free_port(),
                 heap_mb: DEFAULT_KAFKA_HEAP_MB,
                 java: StackConfig::default_local().java,
                 log: region_dir.join("kafka.out"),
