@@ -84,6 +84,9 @@ pub struct RouterConfig {
     /// A request body not received whole within this is a 408 `body-timeout`: a client that sends
     /// slowly holds one of the `in_flight_max` places only this long.
     pub body_timeout_ms: u64,
+    /// A client connection whose answer makes no progress for this long (the client stopped
+    /// reading) is closed, freeing the answer's `in_flight_max` place and upstream connection.
+    pub send_timeout_ms: u64,
     /// Requests forwarded at once (body buffered, upstream awaited); one more is refused at once
     /// with 503 `router-overloaded`, so what the router holds is bounded by about this many
     /// `body_limit_bytes`.
@@ -115,6 +118,7 @@ impl Default for RouterConfig {
             // 503 before the router gives up with a 502.
             upstream_timeout_ms: 15_000,
             body_timeout_ms: 10_000,
+            send_timeout_ms: 10_000,
             // 1 GiB of bodies at most; the three local nodes together commit a few thousand
             // transfers a second, each answered in milliseconds, so this is far above real use.
             in_flight_max: 1_024,
@@ -387,6 +391,9 @@ impl RouterConfig {
         if self.body_timeout_ms == 0 {
             return out("body_timeout_ms", 0, "at least 1 ms");
         }
+        if self.send_timeout_ms == 0 {
+            return out("send_timeout_ms", 0, "at least 1 ms");
+        }
         if self.in_flight_max == 0 || self.in_flight_max > IN_FLIGHT_MAX_MAX {
             return out("in_flight_max", self.in_flight_max as u64, "between 1 and 65,536");
         }
@@ -541,6 +548,7 @@ mod tests {
         assert!(refused(|c| c.body_limit_bytes = 0));
         assert!(refused(|c| c.upstream_timeout_ms = 0));
         assert!(refused(|c| c.body_timeout_ms = 0));
+        assert!(refused(|c| c.send_timeout_ms = 0));
         assert!(refused(|c| c.in_flight_max = 0));
         assert!(refused(|c| c.in_flight_max = IN_FLIGHT_MAX_MAX + 1));
         let mut cfg = three();

@@ -16,6 +16,7 @@
 //! Its own endpoints live under `/_router/` so they never shadow a node's path.
 
 pub mod config;
+mod conn;
 pub mod health;
 pub mod metrics;
 mod probe;
@@ -135,6 +136,7 @@ pub async fn start(cfg: config::RouterConfig) -> Result<GeoRouter, StartError> {
     let addr =
         listener.local_addr().map_err(|source| StartError::Bind { addr: plan.config.http_addr.clone(), source })?;
     let connect_timeout = Duration::from_millis(plan.config.health_timeout_ms);
+    let send_timeout = Duration::from_millis(plan.config.send_timeout_ms);
     let app = Arc::new(App {
         regions: plan
             .upstreams
@@ -162,7 +164,8 @@ pub async fn start(cfg: config::RouterConfig) -> Result<GeoRouter, StartError> {
         .with_state(app);
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let service = routes.into_make_service_with_connect_info::<SocketAddr>();
+        let service = routes.into_make_service_with_connect_info::<conn::Peer>();
+        let listener = conn::Listener { inner: listener, send_timeout };
         if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await {
             tracing::error!(error = %e, "the router's listener failed");
         }

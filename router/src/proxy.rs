@@ -7,6 +7,7 @@
 //! the router cannot know whether the node committed it.
 
 use crate::config::Plan;
+use crate::conn::Peer;
 use crate::metrics::NONE;
 use crate::problem::Problem;
 use crate::{App, CLIENT_REGION_HEADER, SERVING_REGION_HEADER};
@@ -18,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,7 +106,7 @@ fn region_value(name: &str) -> HeaderValue {
 /// a span in the client's trace (its log lines carry the trace id), but the header goes to the node
 /// as the client sent it: the router never changes what a node sees, so its span and the node's
 /// are siblings under the client's.
-pub(crate) async fn forward(state: State<Arc<App>>, peer: ConnectInfo<SocketAddr>, request: Request) -> Response {
+pub(crate) async fn forward(state: State<Arc<App>>, peer: ConnectInfo<Peer>, request: Request) -> Response {
     use tracing::Instrument;
     let parent = request.headers().get(ledger_telemetry::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if !ledger_telemetry::sampled(parent.as_deref()) {
@@ -129,7 +130,7 @@ pub(crate) async fn forward(state: State<Arc<App>>, peer: ConnectInfo<SocketAddr
 
 async fn forward_untraced(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
@@ -140,9 +141,9 @@ async fn forward_untraced(
             return problem.into_response();
         }
     };
-    // Held until the upstream's answer (status and headers) is here or the router answers itself;
-    // its body then streams outside the bound, as the nodes' answers are small.
-    let Ok(_in_flight) = app.in_flight.clone().try_acquire_owned() else {
+    // Held until the router answers itself or the upstream's answer has streamed to the client
+    // whole (or the connection is gone, see `conn.rs`): a slow reader keeps an upstream connection.
+    let Ok(in_flight) = app.in_flight.clone().try_acquire_owned() else {
         let problem = Problem::overloaded(app.plan.config.in_flight_max);
         app.metrics.request(&client, NONE, problem.status.as_u16());
         return problem.into_response();
@@ -193,7 +194,7 @@ async fn forward_untraced(
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 head.headers.insert(SERVING_REGION_HEADER, region_value(region));
-                return Response::from_parts(head, Body::new(incoming));
+                return Response::from_parts(head, Body::new(Held { body: incoming, _in_flight: in_flight }));
             }
             Ok(Err(e)) if e.is_connect() && may_go_elsewhere && attempt + 1 < healthy.len() => {
                 tracing::warn!(%region, error = %e, method = %parts.method, "region refused the connection; trying the next");
@@ -214,6 +215,33 @@ async fn forward_untraced(
     }
     // Unreachable: the loop returns at its last attempt; kept total rather than panicking.
     Problem::no_healthy_region(1).into_response()
+}
+
+/// An upstream's answer body holding its request's `in_flight_max` place until the body is sent
+/// whole or dropped.
+struct Held {
+    body: hyper::body::Incoming,
+    _in_flight: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

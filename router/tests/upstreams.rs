@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The size of `GET /v1/big`'s answer: far above what loopback sockets and hyper buffer, so a
+/// client that stops reading stalls the router's writes.
+const BIG_BYTES: usize = 64 << 20;
+
 /// What a fake region counts and how it behaves; changed by the test while it runs.
 #[derive(Default)]
 struct Behaviour {
@@ -44,6 +48,7 @@ impl Fake {
         let behaviour = Arc::new(Behaviour::default());
         let app = axum::Router::new()
             .route("/readyz", axum::routing::get(readyz))
+            .route("/v1/big", axum::routing::get(|| async { vec![b'x'; BIG_BYTES] }))
             .fallback(move |state: State<Arc<Behaviour>>, request: Request| echo(name, state, request))
             .with_state(behaviour.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -376,5 +381,52 @@ async fn requests_over_in_flight_max_are_refused_at_once_and_slow_bodies_time_ou
     assert_eq!(a.behaviour.posts.load(Ordering::SeqCst), IN_FLIGHT as u64, "no slow body was sent on");
     let r = client.send(Method::POST, "/v1/transfers", &[], Some(json!({"after": "timeouts"}))).await;
     assert_eq!(r.status, 201, "every place is free again: {:?}", r.body);
+    router.shutdown().await;
+}
+
+/// An answer holds its request's place until the client has taken it whole: a client that reads
+/// its answers goes through one place again and again, while one that stops reading keeps its place
+/// (one more request is a 503) only until `send_timeout_ms` without progress, when the router cuts
+/// its connection, before the whole answer was sent, and frees the place.
+#[tokio::test]
+async fn an_answer_the_client_stops_reading_holds_its_place_only_until_send_timeout_ms() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
+    let router = router::start(config(&a, &b, |c| {
+        c.in_flight_max = 1;
+        c.send_timeout_ms = 1_000;
+    }))
+    .await
+    .unwrap();
+    let client = Client::new(&router);
+    wait_both(&client, true).await;
+    for i in 0..50 {
+        let r = client.send(Method::GET, "/v1/accounts/x", &[], None).await;
+        assert_eq!(r.status, 201, "answer {i} was read whole, so its place was free again: {:?}", r.body);
+    }
+
+    let mut stalled = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    stalled.write_all(b"GET /v1/big HTTP/1.1\r\nHost: r\r\n\r\n").await.unwrap();
+    let mut head = vec![0u8; 4_096];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    // This client now reads nothing more: its answer's place stays taken.
+    let r = client.send(Method::GET, "/v1/accounts/x", &[], None).await;
+    assert_eq!((r.status, r.problem()), (503, "router-overloaded"), "{:?}", r.body);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client.send(Method::GET, "/v1/accounts/x", &[], None).await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!((r.status, r.problem()), (503, "router-overloaded"), "{:?}", r.body);
+        assert!(Instant::now() < deadline, "the stalled answer's place is freed after send_timeout_ms");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rest = Vec::new();
+    // The connection was cut: what remains ends (or is reset) before the whole answer.
+    let _ = stalled.read_to_end(&mut rest).await;
+    assert!(n + rest.len() < BIG_BYTES, "the router gave up on the answer: {} bytes came", n + rest.len());
     router.shutdown().await;
 }
