@@ -164,24 +164,28 @@ const PRIVATE_PORT_MIN: u16 = 16_384;
 /// later (a JVM starting), and in between the kernel may hand the same port to someone else, or to
 /// the next `bind(0)` of this very process: the broker then exits on "Address already in use" (seen
 /// in CI). So ports come from below the ephemeral range, which the kernel never hands out on its
-/// own, walked in order from a per-process start so that one process never gets a port twice.
+/// own, walked in order from a per-process start: one process gets a port again only after walking
+/// the whole range (about 16,000 ports).
 pub fn free_port() -> u16 {
-    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
-    let Some((low, high)) = private_port_range() else {
+    static WALKED: Mutex<Option<u32>> = Mutex::new(None);
+    let Some(range) = private_port_range() else {
         return ephemeral_port();
     };
-    let span = u32::from(high - low);
-    let mut next = NEXT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut walked = WALKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // Spread concurrent processes (a harness and the probe it runs) over the range.
-    let walked = next.get_or_insert_with(|| std::process::id().wrapping_mul(7_919) % span);
-    for _ in 0..span {
+    let walked = walked.get_or_insert_with(|| std::process::id().wrapping_mul(7_919));
+    next_free_port(range, walked).unwrap_or_else(ephemeral_port)
+}
+
+/// The next port of `[low, high)` after `walked` steps that binds, stepping past busy ones; `None`
+/// when every port of the range is busy.
+fn next_free_port((low, high): (u16, u16), walked: &mut u32) -> Option<u16> {
+    let span = u32::from(high - low);
+    (0..span).find_map(|_| {
         let port = low + (*walked % span) as u16;
         *walked = walked.wrapping_add(1);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    ephemeral_port()
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok().then_some(port)
+    })
 }
 
 /// `[PRIVATE_PORT_MIN, first ephemeral port)`, or `None` when the ephemeral range starts too low
@@ -279,6 +283,24 @@ mod tests {
             assert!(seen.insert(port), "{port} handed out twice");
             held.push(std::net::TcpListener::bind(("127.0.0.1", port)).expect("a free port binds"));
         }
+    }
+
+    #[test]
+    fn the_walk_wraps_around_its_range_and_steps_past_busy_ports_until_all_are_busy() {
+        // Eight ports nothing else here uses (under PRIVATE_PORT_MIN), four held by "someone else".
+        let range = (15_000, 15_008);
+        let others: Vec<_> =
+            [15_001, 15_002, 15_005, 15_007].map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).unwrap()).into();
+        let mut walked = 6;
+        let mut mine = Vec::new();
+        let mut order = Vec::new();
+        while let Some(port) = next_free_port(range, &mut walked) {
+            order.push(port);
+            mine.push(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+        }
+        assert_eq!(order, [15_006, 15_000, 15_003, 15_004], "from step 6, around the end, busy ones skipped");
+        drop(others);
+        assert_eq!(next_free_port(range, &mut walked), Some(15_005), "the walk goes on where it stopped");
     }
 
     #[test]
