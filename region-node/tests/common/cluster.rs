@@ -76,13 +76,13 @@ impl Cluster {
         let replication_key = format!("test-replication-{}", uuid::Uuid::new_v4());
         let reconcile_key = format!("test-reconcile-{}", uuid::Uuid::new_v4());
         // Each node's port is chosen before any starts, so that each can be given the others' URLs.
-        let mut ports: Vec<Option<std::net::TcpListener>> =
-            regions.iter().map(|_| peer_urls.then(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap())).collect();
-        let urls: Vec<Option<String>> =
-            ports.iter().map(|l| l.as_ref().map(|l| format!("http://{}", l.local_addr().unwrap()))).collect();
+        // Not `bind(0)`: a port let go in the ephemeral range may be taken by an outgoing connection
+        // before its node binds it (see `testkit::free_port`).
+        let ports: Vec<Option<u16>> = regions.iter().map(|_| peer_urls.then(testkit::free_port)).collect();
+        let urls: Vec<Option<String>> = ports.iter().map(|p| p.map(|p| format!("http://127.0.0.1:{p}"))).collect();
         for (i, region) in regions.iter().enumerate() {
             let peers: Vec<String> = names.iter().filter(|n| *n != region.name()).cloned().collect();
-            let addr = ports[i].take().map(|l| l.local_addr().unwrap().to_string());
+            let addr = ports[i].map(|p| format!("127.0.0.1:{p}"));
             let peer_urls = names
                 .iter()
                 .zip(&urls)
