@@ -136,12 +136,19 @@ async fn wait_both(client: &Client, healthy: bool) {
     }
 }
 
-#[tokio::test]
-async fn headers_and_bodies_pass_untouched_both_ways() {
+/// Both fake regions, a router over them configured by `tune`, and a client that has seen both
+/// regions healthy.
+async fn start(tune: impl FnOnce(&mut RouterConfig)) -> (Fake, Fake, router::GeoRouter, Client) {
     let (a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
-    let router = router::start(config(&a, &b, |_| {})).await.unwrap();
+    let router = router::start(config(&a, &b, tune)).await.unwrap();
     let client = Client::new(&router);
     wait_both(&client, true).await;
+    (a, b, router, client)
+}
+
+#[tokio::test]
+async fn headers_and_bodies_pass_untouched_both_ways() {
+    let (_a, _b, router, client) = start(|_| {}).await;
     let sent = [
         ("authorization", "Bearer ldev_secret"),
         ("idempotency-key", "pay-42"),
@@ -220,15 +227,11 @@ async fn a_region_failing_one_check_in_three_is_never_taken_out() {
 /// Health checks run once (a 60 s interval), so the router still believes the stopped region is in.
 #[tokio::test]
 async fn a_post_is_sent_once_and_a_refused_get_goes_to_the_next_region() {
-    let (mut a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
-    let router = router::start(config(&a, &b, |c| {
+    let (mut a, b, router, client) = start(|c| {
         c.health_interval_ms = 60_000;
         c.upstream_timeout_ms = 300;
-    }))
-    .await
-    .unwrap();
-    let client = Client::new(&router);
-    wait_both(&client, true).await;
+    })
+    .await;
     let us = [("x-client-region", "us-east")];
 
     a.behaviour.post_delay_ms.store(1_000, Ordering::SeqCst);
@@ -262,10 +265,7 @@ async fn a_post_is_sent_once_and_a_refused_get_goes_to_the_next_region() {
 
 #[tokio::test]
 async fn no_healthy_region_is_a_503_with_retry_after_and_an_oversized_body_never_leaves() {
-    let (a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
-    let router = router::start(config(&a, &b, |c| c.body_limit_bytes = 16)).await.unwrap();
-    let client = Client::new(&router);
-    wait_both(&client, true).await;
+    let (a, b, router, client) = start(|c| c.body_limit_bytes = 16).await;
 
     let r = client.send(Method::POST, "/v1/transfers", &[], Some(json!({"seventeen bytes": 1}))).await;
     assert_eq!((r.status, r.problem()), (413, "payload-too-large"), "{:?}", r.body);
@@ -292,15 +292,12 @@ async fn no_healthy_region_is_a_503_with_retry_after_and_an_oversized_body_never
 #[tokio::test]
 async fn requests_over_in_flight_max_are_refused_at_once_and_slow_bodies_time_out() {
     const IN_FLIGHT: usize = 4;
-    let (a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
-    let router = router::start(config(&a, &b, |c| {
+    let (a, b, router, client) = start(|c| {
         c.in_flight_max = IN_FLIGHT;
         c.body_timeout_ms = 500;
-    }))
-    .await
-    .unwrap();
-    let client = Arc::new(Client::new(&router));
-    wait_both(&client, true).await;
+    })
+    .await;
+    let client = Arc::new(client);
     let overloaded = |r: &common::Reply| {
         assert_eq!((r.status, r.problem(), r.region.as_deref()), (503, "router-overloaded", None), "{:?}", r.body);
         assert_eq!(r.headers["retry-after"], "1");
@@ -391,15 +388,11 @@ async fn requests_over_in_flight_max_are_refused_at_once_and_slow_bodies_time_ou
 #[tokio::test]
 async fn an_answer_the_client_stops_reading_holds_its_place_only_until_send_timeout_ms() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (a, b) = (Fake::start("us-east").await, Fake::start("eu-west").await);
-    let router = router::start(config(&a, &b, |c| {
+    let (_a, _b, router, client) = start(|c| {
         c.in_flight_max = 1;
         c.send_timeout_ms = 1_000;
-    }))
-    .await
-    .unwrap();
-    let client = Client::new(&router);
-    wait_both(&client, true).await;
+    })
+    .await;
     for i in 0..50 {
         let r = client.send(Method::GET, "/v1/accounts/x", &[], None).await;
         assert_eq!(r.status, 201, "answer {i} was read whole, so its place was free again: {:?}", r.body);
