@@ -168,7 +168,8 @@ const PRIVATE_PORT_MIN: u16 = 16_384;
 /// the whole range (about 16,000 ports).
 pub fn free_port() -> u16 {
     static WALKED: Mutex<Option<u32>> = Mutex::new(None);
-    let Some(range) = private_port_range() else {
+    static RANGE: OnceLock<Option<(u16, u16)>> = OnceLock::new();
+    let Some(range) = *RANGE.get_or_init(private_port_range) else {
         return ephemeral_port();
     };
     let mut walked = WALKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

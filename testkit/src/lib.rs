@@ -25,7 +25,8 @@ mod containers;
 pub mod kafka_util;
 mod local;
 
-/// A loopback port for a process a test is about to start, never one this process had before.
+/// A loopback port for a process a test is about to start, outside the kernel's ephemeral range
+/// and not one this process had before (see `ledgerctl::process::free_port`).
 pub use ledgerctl::process::free_port;
 
 use std::sync::{Mutex, OnceLock};
